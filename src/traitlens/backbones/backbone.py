@@ -1,0 +1,170 @@
+"""The one interface every model is seen through: layers of tokens, captured or edited by hooks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from traitlens.backbones.codecs import TokenCodec
+from traitlens.backbones.layout import TokenLayout
+from traitlens.backbones.preprocess import Preprocess
+from traitlens.errors import LayerError
+
+TokenEdit = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One readable and editable point of a model."""
+
+    name: str
+    module: nn.Module = field(repr=False)
+    codec: TokenCodec = field(repr=False)
+    layout: TokenLayout
+    width: int
+
+
+class _StopForward(Exception):
+    """Raised from a hook to skip the layers after the last one a caller needs."""
+
+
+class Backbone:
+    """A vision model seen as a sequence of token layers.
+
+    ``forward`` maps preprocessed pixels (b, 3, h, w) to the model's head output (class logits when
+    it has a classifier, else its image embedding). ``capture`` and ``edit`` reach any layer in
+    ``layer_names`` through hooks that are removed when the ``with`` block ends, errors included.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        model: nn.Module,
+        layers: Sequence[Layer],
+        preprocess: Preprocess,
+        forward_fn: Callable[[torch.Tensor], torch.Tensor],
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.class_names = list(class_names) if class_names is not None else None
+        self._layers = {layer.name: layer for layer in layers}
+        self._order = {layer.name: index for index, layer in enumerate(layers)}
+        self._forward_fn = forward_fn
+        self._fingerprint: str | None = None
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self._layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> Backbone:
+        self.model.to(device)
+        return self
+
+    def layer(self, key: str | int) -> Layer:
+        """A layer by module name or block index (negative counts from the end)."""
+        return self._layers[self.resolve_layer(key)]
+
+    def resolve_layer(self, key: str | int) -> str:
+        names = self.layer_names
+        text = str(key).strip()
+        if text.lstrip("-").isdigit():
+            index = int(text)
+            if -len(names) <= index < len(names):
+                return names[index]
+        elif text in self._layers:
+            return text
+        raise LayerError(
+            f"unknown layer {text!r} for {self.spec}; valid layers are indices "
+            f"-{len(names)}..{len(names) - 1} or names: {', '.join(names)}"
+        )
+
+    def resolve_layers(self, keys: Sequence[str | int]) -> list[str]:
+        """Resolve, de-duplicate and sort layers into forward order."""
+        resolved = {self.resolve_layer(key) for key in keys}
+        return sorted(resolved, key=self._order.__getitem__)
+
+    def forward(self, pixels_bchw: torch.Tensor) -> torch.Tensor:
+        return self._forward_fn(pixels_bchw)
+
+    @contextmanager
+    def capture(self, layers: Sequence[str], *, detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+        """Within the block, each forward fills the yielded dict with ``tokens_btd`` per layer.
+
+        With ``detach=False`` the captured tensors stay in the autograd graph (for gradient maps).
+        """
+        captured: dict[str, torch.Tensor] = {}
+        with ExitStack() as stack:
+            for name in layers:
+                layer = self.layer(name)
+
+                def hook(_module: nn.Module, _inputs: Any, output: Any, layer: Layer = layer) -> None:
+                    tokens_btd = layer.codec.to_tokens(output)
+                    captured[layer.name] = tokens_btd.detach() if detach else tokens_btd
+
+                stack.callback(layer.module.register_forward_hook(hook).remove)
+            yield captured
+
+    @contextmanager
+    def edit(self, layer_name: str, edit_fn: TokenEdit) -> Iterator[None]:
+        """Within the block, the layer's output is replaced by ``edit_fn(tokens_btd)``."""
+        layer = self.layer(layer_name)
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            edited_btd = edit_fn(layer.codec.to_tokens(output))
+            return layer.codec.from_tokens(edited_btd, like=output)
+
+        handle = layer.module.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @torch.inference_mode()
+    def tokens(self, pixels_bchw: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``tokens_btd`` at each of ``layers``, running the model only as deep as needed."""
+        names = self.resolve_layers(layers)
+        last = self.layer(names[-1])
+
+        def stop(_module: nn.Module, _inputs: Any, _output: Any) -> None:
+            raise _StopForward
+
+        with self.capture(names) as captured:
+            handle = last.module.register_forward_hook(stop)
+            try:
+                self.forward(pixels_bchw)
+            except _StopForward:
+                pass
+            finally:
+                handle.remove()
+        return captured
+
+    def weights_fingerprint(self) -> str:
+        """SHA-256 over parameter and buffer names, shapes, dtypes and bytes (cached)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.model.state_dict().items()):
+                flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+                digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+                digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "weights_fingerprint": self.weights_fingerprint(),
+            "preprocess": self.preprocess.to_dict(),
+            "layers": {name: {"width": layer.width, "layout": layer.layout.to_dict()} for name, layer in self._layers.items()},
+        }

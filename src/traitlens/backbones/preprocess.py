@@ -1,0 +1,63 @@
+"""Image preprocessing with explicit geometry, shared by images and their masks.
+
+Each provider describes its model's preprocessing as a :class:`Preprocess`; applying the same
+resize and crop to a segmentation mask is what lets patch labels line up with patch tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as tvf
+
+ResizeMode = Literal["shortest", "squash"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF_MEAN = (0.5, 0.5, 0.5)
+HALF_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize, center-crop, scale to [0, 1] and normalize.
+
+    ``resize_mode="shortest"`` scales the shorter side to ``resize`` then crops ``size``;
+    ``"squash"`` resizes straight to ``size`` (aspect ratio not kept), as SigLIP does.
+    """
+
+    size_hw: tuple[int, int]
+    resize: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bicubic"
+    resize_mode: ResizeMode = "shortest"
+
+    def _geometry(self, image_chw: torch.Tensor, interpolation: InterpolationMode) -> torch.Tensor:
+        if self.resize_mode == "squash":
+            return tvf.resize(image_chw, list(self.size_hw), interpolation=interpolation, antialias=True)
+        resized = tvf.resize(image_chw, [self.resize], interpolation=interpolation, antialias=True)
+        return tvf.center_crop(resized, list(self.size_hw))
+
+    def image(self, image: Image.Image) -> torch.Tensor:
+        """A PIL image -> normalized float32 (3, h, w)."""
+        uint8_chw = tvf.pil_to_tensor(image.convert("RGB"))
+        resized = self._geometry(uint8_chw, InterpolationMode(self.interpolation))
+        scaled = resized.to(torch.float32).div_(255.0)
+        return tvf.normalize(scaled, list(self.mean), list(self.std))
+
+    def mask(self, labels_hw: np.ndarray) -> np.ndarray:
+        """A label map (h, w) -> the same geometry as :meth:`image`, nearest-neighbour, int64."""
+        labels_1hw = torch.from_numpy(np.ascontiguousarray(labels_hw, dtype=np.int64))[None]
+        resized = self._geometry(labels_1hw, InterpolationMode.NEAREST_EXACT)
+        return resized[0].numpy()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,3 @@
+from traitlens.cli import main
+
+raise SystemExit(main())

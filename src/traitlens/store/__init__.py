@@ -1,0 +1,8 @@
+"""Activation stores: sharded ``.npy`` token arrays plus a manifest (see docs/formats.md)."""
+
+from traitlens.store.extract import ExtractConfig, extract
+from traitlens.store.reader import ActivationStore, StoredImage
+from traitlens.store.shuffle import ShuffleConfig, ShuffledBatches
+from traitlens.store.stats import LayerStats
+
+__all__ = ["ActivationStore", "ExtractConfig", "LayerStats", "ShuffleConfig", "ShuffledBatches", "StoredImage", "extract"]

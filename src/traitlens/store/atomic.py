@@ -1,0 +1,50 @@
+"""Crash-safe writes: write to a temporary name, fsync, rename. A reader never sees half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then move it into place durably."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + TEMP_SUFFIX)
+    with open(temp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def remove_temp_files(root: Path) -> int:
+    """Delete leftovers of writes that a kill interrupted; returns how many."""
+    leftovers = list(root.rglob("*" + TEMP_SUFFIX))
+    for leftover in leftovers:
+        leftover.unlink()
+    return len(leftovers)

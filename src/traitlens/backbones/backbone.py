@@ -30,6 +30,11 @@ class Layer:
     width: int
 
 
+def _as_list(layers: str | int | Sequence[str | int]) -> list[str | int]:
+    """A single layer name or index, or several."""
+    return [layers] if isinstance(layers, str | int) else list(layers)
+
+
 class _StopForward(Exception):
     """Raised from a hook to skip the layers after the last one a caller needs."""
 
@@ -51,6 +56,8 @@ class Backbone:
         forward_fn: Callable[[torch.Tensor], torch.Tensor],
         class_names: Sequence[str] | None = None,
     ) -> None:
+        if not layers:
+            raise LayerError(f"no layer of {spec} yields token sequences or feature maps")
         self.spec = spec
         self.model = model.eval()
         self.preprocess = preprocess
@@ -99,14 +106,19 @@ class Backbone:
         return self._forward_fn(pixels_bchw)
 
     @contextmanager
-    def capture(self, layers: Sequence[str], *, detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
-        """Within the block, each forward fills the yielded dict with ``tokens_btd`` per layer.
+    def capture(
+        self, layers: str | int | Sequence[str | int], *, detach: bool = True
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Within the block, each forward fills the yielded dict with ``tokens_btd`` per layer,
+        keyed by layer name (layers may be given by name or index).
 
         With ``detach=False`` the captured tensors stay in the autograd graph (for gradient maps).
+        Hooks run in the order they were registered: a capture opened inside an ``edit`` block on
+        the same layer sees the edited tokens, one opened outside it sees the original tokens.
         """
         captured: dict[str, torch.Tensor] = {}
         with ExitStack() as stack:
-            for name in layers:
+            for name in self.resolve_layers(_as_list(layers)):
                 layer = self.layer(name)
 
                 def hook(_module: nn.Module, _inputs: Any, output: Any, layer: Layer = layer) -> None:
@@ -117,7 +129,7 @@ class Backbone:
             yield captured
 
     @contextmanager
-    def edit(self, layer_name: str, edit_fn: TokenEdit) -> Iterator[None]:
+    def edit(self, layer_name: str | int, edit_fn: TokenEdit) -> Iterator[None]:
         """Within the block, the layer's output is replaced by ``edit_fn(tokens_btd)``."""
         layer = self.layer(layer_name)
 
@@ -132,9 +144,14 @@ class Backbone:
             handle.remove()
 
     @torch.inference_mode()
-    def tokens(self, pixels_bchw: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        """``tokens_btd`` at each of ``layers``, running the model only as deep as needed."""
-        names = self.resolve_layers(layers)
+    def tokens(
+        self, pixels_bchw: torch.Tensor, layers: str | int | Sequence[str | int]
+    ) -> dict[str, torch.Tensor]:
+        """``tokens_btd`` (b, t, d) at each of ``layers`` keyed by layer name, running the model
+        only as deep as the last of them."""
+        names = self.resolve_layers(_as_list(layers))
+        if not names:
+            raise LayerError(f"no layers requested from {self.spec}")
         last = self.layer(names[-1])
 
         def stop(_module: nn.Module, _inputs: Any, _output: Any) -> None:

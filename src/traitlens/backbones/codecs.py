@@ -13,7 +13,8 @@ import torch
 
 
 class TokenCodec(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def to_tokens(self, output: Any) -> torch.Tensor: ...
 
@@ -71,6 +72,7 @@ class FeatureMapCodec:
         return bhwc.flatten(1, 2)
 
     def from_tokens(self, tokens_btd: torch.Tensor, like: Any) -> Any:
-        b, h, w = like.shape[0], *(like.shape[1:3] if self.channels_last else like.shape[2:4])
+        b = like.shape[0]
+        h, w = like.shape[1:3] if self.channels_last else like.shape[2:4]
         bhwc = tokens_btd.reshape(b, h, w, tokens_btd.shape[-1])
         return bhwc if self.channels_last else bhwc.permute(0, 3, 1, 2)

@@ -1,5 +1,9 @@
 """``hf:REPO_OR_DIR`` — transformers vision models: CLIP and SigLIP vision towers, DINOv2 (with or
-without registers), ViT, and their image-classification variants."""
+without registers), ViT, and their image-classification variants.
+
+Spec options update the config of the model that is built (the vision config of a CLIP or SigLIP
+checkpoint), with random init and pretrained weights alike.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,15 @@ import torch
 from torch import nn
 
 from traitlens.backbones.backbone import Backbone
-from traitlens.backbones.preprocess import CLIP_MEAN, CLIP_STD, HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from traitlens.backbones.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    HALF_MEAN,
+    HALF_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+)
 from traitlens.backbones.probe import SequenceHint, probe_layers
 from traitlens.backbones.spec import LoadRequest, register_provider
 from traitlens.backbones.weights import build_model
@@ -17,6 +29,10 @@ from traitlens.errors import SpecError
 
 _PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic", 1: "lanczos"}
 _NO_CLS_TYPES = ("siglip",)
+# Vision towers of two-tower models; anything else is built by the Auto classes.
+_CLIP_TYPES = ("clip", "clip_vision_model")
+_SIGLIP_TYPES = ("siglip", "siglip_vision_model")
+_BLOCK_LIST_NAMES = ("layer", "layers", "blocks")
 
 
 def _model_class(config: Any) -> tuple[Any, Any]:
@@ -24,9 +40,9 @@ def _model_class(config: Any) -> tuple[Any, Any]:
     import transformers
 
     model_type = config.model_type
-    if model_type.startswith("clip"):
+    if model_type in _CLIP_TYPES:
         return transformers.CLIPVisionModel, getattr(config, "vision_config", config)
-    if model_type.startswith("siglip"):
+    if model_type in _SIGLIP_TYPES:
         return transformers.SiglipVisionModel, getattr(config, "vision_config", config)
     if any(arch.endswith("ForImageClassification") for arch in getattr(config, "architectures", None) or ()):
         return transformers.AutoModelForImageClassification, config
@@ -42,6 +58,13 @@ def _default_preprocess(config: Any) -> Preprocess:
     return Preprocess((size, size), round(size * 256 / 224), IMAGENET_MEAN, IMAGENET_STD, "bicubic")
 
 
+def _entry(mapping: Any, key: str) -> Any:
+    """``size["height"]`` for the plain dicts of transformers 4.x and the SizeDicts of 5.x."""
+    if mapping is None:
+        return None
+    return mapping.get(key) if isinstance(mapping, dict) else getattr(mapping, key, None)
+
+
 def hf_preprocess(repo: str, config: Any) -> Preprocess:
     """The repo's image processor when it has one, else the model family's defaults."""
     import transformers
@@ -53,27 +76,34 @@ def hf_preprocess(repo: str, config: Any) -> Preprocess:
     size, crop = processor.size, getattr(processor, "crop_size", None)
     interpolation = _PIL_RESAMPLE.get(int(getattr(processor, "resample", 3)), "bicubic")
     mean, std = tuple(processor.image_mean), tuple(processor.image_std)
-    if getattr(size, "shortest_edge", None) and getattr(processor, "do_center_crop", False) and crop is not None:
-        return Preprocess((crop.height, crop.width), size.shortest_edge, mean, std, interpolation)
-    if getattr(size, "height", None):
-        return Preprocess((size.height, size.width), min(size.height, size.width), mean, std, interpolation, "squash")
+    shortest = _entry(size, "shortest_edge")
+    crop_h, crop_w = _entry(crop, "height"), _entry(crop, "width")
+    if shortest and getattr(processor, "do_center_crop", False) and crop_h and crop_w:
+        return Preprocess((int(crop_h), int(crop_w)), int(shortest), mean, std, interpolation)
+    height, width = _entry(size, "height"), _entry(size, "width")
+    if height and width:
+        return Preprocess((int(height), int(width)), min(int(height), int(width)), mean, std, interpolation, "squash")
     return _default_preprocess(config)
 
 
-def _sequence_hint(config: Any) -> SequenceHint:
+def _sequence_hint(config: Any, size_hw: tuple[int, int]) -> SequenceHint:
     if config.model_type.startswith(_NO_CLS_TYPES):
         n_prefix, has_cls = 0, False
     else:
         n_prefix, has_cls = 1 + int(getattr(config, "num_register_tokens", 0) or 0), True
-    side = int(config.image_size) // int(config.patch_size)
-    return SequenceHint(n_prefix=n_prefix, has_cls=has_cls, grid_hw=(side, side))
+    patch = config.patch_size
+    patch_h, patch_w = (patch, patch) if isinstance(patch, int) else patch
+    return SequenceHint(n_prefix=n_prefix, has_cls=has_cls, grid_hw=(size_hw[0] // patch_h, size_hw[1] // patch_w))
 
 
-def _encoder_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def _encoder_blocks(model: nn.Module, n_blocks: int) -> list[tuple[str, nn.Module]]:
+    """The transformer blocks: ``encoder.layer`` (DINOv2), ``encoder.layers`` (CLIP, SigLIP) or,
+    since transformers 5, ``vit.layers`` (ViT)."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and name.endswith(("encoder.layer", "encoder.layers")):
+        last = name.rsplit(".", 1)[-1]
+        if isinstance(module, nn.ModuleList) and last in _BLOCK_LIST_NAMES and len(module) == n_blocks:
             return [(f"{name}.{i}", block) for i, block in enumerate(module)]
-    raise SpecError(f"cannot find transformer blocks in {type(model).__name__}")
+    raise SpecError(f"cannot find the {n_blocks} transformer blocks in {type(model).__name__}")
 
 
 def _head_output(model: nn.Module) -> Any:
@@ -95,18 +125,22 @@ def load_hf(request: LoadRequest) -> Backbone:
     repo = request.spec.name
 
     def create(pretrained: bool) -> nn.Module:
-        config = transformers.AutoConfig.from_pretrained(repo, **request.spec.options)
-        model_class, build_config = _model_class(config)
+        model_class, build_config = _model_class(transformers.AutoConfig.from_pretrained(repo))
+        unknown = sorted(key for key in request.spec.options if not hasattr(build_config, key))
+        if unknown:
+            raise SpecError(f"model spec {request.spec.text!r}: {type(build_config).__name__} has no fields {unknown}")
+        build_config.update(request.spec.options)
         if pretrained:
-            return model_class.from_pretrained(repo, **request.spec.options)
+            return model_class.from_pretrained(repo, config=build_config)
         return model_class.from_config(build_config) if hasattr(model_class, "from_config") else model_class(build_config)
 
     model: Any = build_model(request, f"transformers from {repo!r}", create)
     config = model.config
     preprocess = hf_preprocess(repo, config)
     forward = _head_output(model)
-    layers = probe_layers(_encoder_blocks(model), forward, preprocess.size_hw, _sequence_hint(config))
-    id2label = getattr(config, "id2label", None)
-    has_head = hasattr(model, "classifier") and id2label
+    blocks = _encoder_blocks(model, int(config.num_hidden_layers))
+    layers = probe_layers(blocks, forward, preprocess.size_hw, _sequence_hint(config, preprocess.size_hw))
+    id2label: dict[int, str] = getattr(config, "id2label", None) or {}
+    has_head = hasattr(model, "classifier") and bool(id2label)
     class_names = [id2label[i] for i in range(len(id2label))] if has_head else None
     return Backbone(request.spec.text, model, layers, preprocess, forward, class_names=class_names)

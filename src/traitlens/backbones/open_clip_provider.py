@@ -1,7 +1,9 @@
-"""``open_clip:ARCH/PRETRAINED`` or ``open_clip:hf-hub:ORG/REPO`` — CLIP-style models (BioCLIP too).
+"""``open_clip:ARCH/PRETRAINED``, ``open_clip:hf-hub:ORG/REPO`` or ``open_clip:local-dir:PATH`` —
+CLIP-style models (BioCLIP too).
 
 The whole CLIP model is kept, text tower included, so zero-shot heads can be built from prompts;
-``forward`` returns the image embedding.
+``forward`` returns the image embedding. Spec options go to ``open_clip.create_model`` (for
+example ``force_image_size=224``, or whole ``vision_cfg`` / ``text_cfg`` dicts as JSON).
 """
 
 from __future__ import annotations
@@ -19,16 +21,31 @@ from traitlens.backbones.weights import build_model
 from traitlens.errors import SpecError
 
 HF_HUB = "hf-hub:"
+LOCAL_DIR = "local-dir:"
+_SCHEMAS = (HF_HUB, LOCAL_DIR)
+_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
 
 def split_open_clip_name(name: str, pretrained: bool) -> tuple[str, str | None]:
-    """``ViT-B-16/openai`` -> (``ViT-B-16``, ``openai``); ``hf-hub:org/repo`` names both at once."""
-    if name.startswith(HF_HUB):
+    """``ViT-B-16/openai`` -> (``ViT-B-16``, ``openai``); ``hf-hub:org/repo`` and
+    ``local-dir:path`` name the architecture and the weights at once."""
+    if name.startswith(_SCHEMAS):
         return name, None
     arch, _, tag = name.partition("/")
     if pretrained and not tag:
         raise SpecError(f"open_clip spec needs ARCH/PRETRAINED (e.g. open_clip:ViT-B-16/openai), got {name!r}")
     return arch, tag or None
+
+
+def _tag_preprocess(arch: str, tag: str | None) -> dict[str, Any]:
+    """The preprocessing a pretrained tag was trained with. open_clip applies it only when it
+    downloads the tag's weights; a model built for a local weights file needs it too."""
+    import open_clip
+
+    if tag is None:
+        return {}
+    config = open_clip.get_pretrained_cfg(arch, tag)
+    return {key: config[key] for key in _PREPROCESS_KEYS if config.get(key) is not None}
 
 
 def open_clip_preprocess(visual: Any) -> Preprocess:
@@ -62,11 +79,19 @@ def load_open_clip(request: LoadRequest) -> Backbone:
     import open_clip
 
     arch, tag = split_open_clip_name(request.spec.name, request.pretrained and request.weights is None)
-    if not arch.startswith(HF_HUB) and arch not in open_clip.list_models():
+    if not arch.startswith(_SCHEMAS) and arch not in open_clip.list_models():
         raise SpecError(f"open_clip has no architecture {arch!r} (see open_clip.list_models())")
 
     def create(pretrained: bool) -> nn.Module:
-        return open_clip.create_model(arch, pretrained=tag if pretrained else None, **request.spec.options)
+        options = dict(request.spec.options)
+        if pretrained:
+            return open_clip.create_model(arch, pretrained=tag, **options)
+        if arch.startswith(_SCHEMAS):  # these load the weights they find unless told not to
+            options.setdefault("load_weights", False)
+        tag_preprocess = _tag_preprocess(arch, tag)
+        if tag_preprocess:
+            options["force_preprocess_cfg"] = {**tag_preprocess, **options.get("force_preprocess_cfg", {})}
+        return open_clip.create_model(arch, pretrained=None, **options)
 
     model: Any = build_model(request, f"open_clip pretrained {tag or arch!r}", create)
     preprocess = open_clip_preprocess(model.visual)

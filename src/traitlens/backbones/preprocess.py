@@ -15,6 +15,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
+from traitlens.errors import DataError
+
 ResizeMode = Literal["shortest", "squash"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,10 +56,36 @@ class Preprocess:
         return tvf.normalize(scaled, list(self.mean), list(self.std))
 
     def mask(self, labels_hw: np.ndarray) -> np.ndarray:
-        """A label map (h, w) -> the same geometry as :meth:`image`, nearest-neighbour, int64."""
-        labels_1hw = torch.from_numpy(np.ascontiguousarray(labels_hw, dtype=np.int64))[None]
-        resized = self._geometry(labels_1hw, InterpolationMode.NEAREST_EXACT)
-        return resized[0].numpy()
+        """A label map (h, w) -> the same geometry as :meth:`image`, nearest-neighbour, int64.
+
+        Label values are kept exactly: the geometry moves pixel indices (exact in float64, which
+        torchvision resizes without a cast) and labels are gathered by index, because resizing
+        labels directly goes through float32 and corrupts values above 2**24. Pixels a crop pads
+        in get label 0, as the image gets black.
+        """
+        labels = np.asarray(labels_hw, dtype=np.int64)
+        if labels.ndim != 2:
+            raise DataError(f"a mask must be a 2-d label map (h, w), got shape {labels.shape}")
+        height, width = labels.shape
+        index_1hw = torch.arange(1, height * width + 1, dtype=torch.float64).reshape(1, height, width)
+        moved_hw = self._geometry(index_1hw, InterpolationMode.NEAREST_EXACT)[0].round().to(torch.int64)
+        padded_flat = np.concatenate([np.zeros(1, dtype=np.int64), labels.reshape(-1)])
+        return padded_flat[moved_hw.numpy()]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        """Inverse of :meth:`to_dict`, also after a JSON round trip (lists back to tuples)."""
+        height, width = (int(v) for v in data["size_hw"])
+        mean_r, mean_g, mean_b = (float(v) for v in data["mean"])
+        std_r, std_g, std_b = (float(v) for v in data["std"])
+        return cls(
+            size_hw=(height, width),
+            resize=int(data["resize"]),
+            mean=(mean_r, mean_g, mean_b),
+            std=(std_r, std_g, std_b),
+            interpolation=str(data["interpolation"]),
+            resize_mode=data["resize_mode"],
+        )

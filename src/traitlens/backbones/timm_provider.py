@@ -26,7 +26,7 @@ def timm_preprocess(model: nn.Module) -> Preprocess:
     squash = config.get("crop_mode") == "squash"
     return Preprocess(
         size_hw=(height, width),
-        resize=int(math.floor(min(height, width) / config.get("crop_pct", 1.0))),
+        resize=math.floor(min(height, width) / config.get("crop_pct", 1.0)),
         mean=tuple(config["mean"]),
         std=tuple(config["std"]),
         interpolation=config.get("interpolation", "bicubic"),
@@ -34,7 +34,7 @@ def timm_preprocess(model: nn.Module) -> Preprocess:
     )
 
 
-def timm_sequence_hint(model: nn.Module) -> SequenceHint | None:
+def timm_sequence_hint(model: Any) -> SequenceHint | None:
     """Token layout facts for timm transformers; ``None`` for CNNs."""
     if not (hasattr(model, "blocks") and hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")):
         return None

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from traitlens.backbones.spec import LoadRequest
-from traitlens.errors import TraitlensError, WeightsUnavailableError
+from traitlens.errors import SpecError, TraitlensError, WeightsUnavailableError
 
 T = TypeVar("T")
 
@@ -39,8 +39,21 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path, spec: str) -> None:
-    """Load strictly; on mismatch say how many keys are missing or unexpected, with examples."""
-    result = model.load_state_dict(_strip_prefix(state_dict, model), strict=False)
+    """Load strictly; on mismatch say how many keys are missing, unexpected or of the wrong shape,
+    with examples, in one line."""
+    state_dict = _strip_prefix(state_dict, model)
+    own = model.state_dict()
+    wrong_shapes = [
+        f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}"
+        for key, value in state_dict.items()
+        if key in own and value.shape != own[key].shape
+    ]
+    if wrong_shapes:
+        raise WeightsUnavailableError(
+            f"weights {path} do not fit {spec}: {len(wrong_shapes)} tensors have the wrong shape "
+            f"(file vs model), e.g. {wrong_shapes[:3]}"
+        )
+    result = model.load_state_dict(state_dict, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise WeightsUnavailableError(
             f"weights {path} do not fit {spec}: {len(result.missing_keys)} missing keys "
@@ -70,11 +83,11 @@ def _first_line(error: BaseException) -> str:
     return (text[0] if text else type(error).__name__)[:200]
 
 
-
 def build_model(request: LoadRequest, tried: str, create: Callable[[bool], T]) -> T:
     """Build through ``create(pretrained)``: from a local file, the provider's pretrained source,
     or random init with a fixed seed. Failures to obtain weights or configs (no hub) become one
-    line naming the spec, what was tried, and what the user can do instead."""
+    line naming the spec, what was tried, and what the user can do instead; a constructor that
+    rejects the spec's options is a :class:`SpecError`."""
     try:
         if request.weights is not None:
             with fixed_seed():
@@ -88,9 +101,20 @@ def build_model(request: LoadRequest, tried: str, create: Callable[[bool], T]) -
             return create(False)
     except TraitlensError:
         raise
+    except TypeError as error:
+        if request.spec.options:  # e.g. "unexpected keyword argument": the options are at fault
+            raise SpecError(
+                f"model spec {request.spec.text!r}: building the model with options "
+                f"{sorted(request.spec.options)} failed ({_first_line(error)})"
+            ) from error
+        raise _unavailable(request, tried, error) from error
     except Exception as error:
-        what = "pretrained weights" if request.pretrained and request.weights is None else "the model"
-        raise WeightsUnavailableError(
-            f"could not load {what} for {request.spec.text!r} (tried {tried}: {_first_line(error)}); "
-            "pass --weights PATH to load a local file, or --random-init for random weights"
-        ) from error
+        raise _unavailable(request, tried, error) from error
+
+
+def _unavailable(request: LoadRequest, tried: str, error: Exception) -> WeightsUnavailableError:
+    what = "pretrained weights" if request.pretrained and request.weights is None else "the model"
+    return WeightsUnavailableError(
+        f"could not load {what} for {request.spec.text!r} (tried {tried}: {_first_line(error)}); "
+        "pass --weights PATH to load a local file, or --random-init for random weights"
+    )

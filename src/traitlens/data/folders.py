@@ -51,7 +51,9 @@ def open_folder(root: Path) -> ClassFolderSource | ImageFolderSource:
             "folder of images"
         )
     if class_names:
-        return ClassFolderSource(root, [path for name in class_names for path in images_by_class[name]])
+        return ClassFolderSource(
+            root, [path for name in class_names for path in images_by_class[name]]
+        )
     if loose_images:
         return ImageFolderSource(root, loose_images)
     raise DataError(f"no images found in {root} (looked for {describe_extensions()})")

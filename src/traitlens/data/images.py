@@ -21,9 +21,7 @@ class UnreadableImageError(DataError):
 def is_image_file(path: Path) -> bool:
     """Whether ``path`` names a visible file with an image extension (any letter case)."""
     return (
-        not path.name.startswith(".")
-        and path.suffix.lower() in IMAGE_EXTENSIONS
-        and path.is_file()
+        not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
     )
 
 
@@ -34,7 +32,7 @@ def find_images(directory: Path, recursive: bool) -> list[Path]:
     """
     if not recursive:
         return sorted(path for path in directory.iterdir() if is_image_file(path))
-    found = []
+    found: list[Path] = []
     for folder, subfolders, files in os.walk(directory):
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         found.extend(Path(folder, name) for name in files)

@@ -89,9 +89,7 @@ def file_size(path: Path) -> int:
 class FileImageSource(ImageSource):
     """A source whose every record is one image file on disk."""
 
-    def __init__(
-        self, root: Path, records: list[ImageRecord], paths: list[Path]
-    ) -> None:
+    def __init__(self, root: Path, records: list[ImageRecord], paths: list[Path]) -> None:
         super().__init__(root, records)
         self.paths = paths
 

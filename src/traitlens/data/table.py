@@ -45,9 +45,13 @@ class TableSource(FileImageSource):
             raise DataError(f"cannot read table {root}: {error}") from error
         if not cells[path_column]:
             raise DataError(f"table {root} has a header but no rows; expected one row per image")
-        labels = cells[label_column] if label_column is not None else [None] * len(cells[path_column])
+        labels = (
+            cells[label_column] if label_column is not None else [None] * len(cells[path_column])
+        )
         records, paths = [], []
-        for row_number, (path_cell, label_cell) in enumerate(zip(cells[path_column], labels), 1):
+        for row_number, (path_cell, label_cell) in enumerate(
+            zip(cells[path_column], labels, strict=True), 1
+        ):
             source = _text(path_cell)
             if source is None:
                 raise DataError(f"table {root} row {row_number} has an empty '{path_column}' cell")
@@ -80,8 +84,11 @@ def _open_csv(path: Path) -> TextIO:
 
 def _pick(columns: Sequence[str], candidates: Sequence[str]) -> str | None:
     """The actual name of the first candidate present in ``columns``, ignoring case and spaces."""
-    by_lower = {column.strip().lower(): column for column in reversed(columns)}
-    return next((by_lower[name] for name in candidates if name in by_lower), None)
+    for name in candidates:
+        for column in columns:
+            if column.strip().lower() == name:
+                return column
+    return None
 
 
 def _text(value: object) -> str | None:

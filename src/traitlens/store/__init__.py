@@ -1,6 +1,6 @@
 """Activation stores: sharded ``.npy`` token arrays plus a manifest (see docs/formats.md)."""
 
-from traitlens.store.extract import ExtractConfig, extract
+from traitlens.store.extraction import ExtractConfig, extract
 from traitlens.store.reader import ActivationStore, StoredImage
 from traitlens.store.shuffle import ShuffleConfig, ShuffledBatches
 from traitlens.store.stats import LayerStats

@@ -110,7 +110,7 @@ class ActivationStore:
         accumulator = StatsAccumulator.empty(layer.width)
         for shard in self.shards(key):
             for start in range(0, len(shard), 65536):
-                accumulator.add(torch.from_numpy(np.asarray(shard[start : start + 65536])))
+                accumulator.add(torch.from_numpy(np.array(shard[start : start + 65536])))
         return accumulator.finish()
 
     def shuffled(self, key: str | int, config: ShuffleConfig) -> ShuffledBatches:

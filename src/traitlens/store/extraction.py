@@ -247,7 +247,7 @@ class _Extraction:
 
 
 def _finalize(config: ExtractConfig, job: dict[str, Any], backbone: Backbone, source: ImageSource,
-              layers: Sequence[Layer], shards: Sequence[ShardPlan]) -> dict[str, Any]:
+              layers: Sequence[Layer], shards: Sequence[ShardPlan]) -> None:
     root = config.out
     records = []
     for plan in shards:
@@ -291,7 +291,6 @@ def _finalize(config: ExtractConfig, job: dict[str, Any], backbone: Backbone, so
         "layers": stored_layers, "images": images, "skipped": skipped,
     }
     atomic_write_json(root / MANIFEST, manifest)
-    return manifest
 
 
 def _check_tokens(layers: Sequence[Layer], tokens: TokenSelection, spec: str) -> None:
@@ -300,12 +299,16 @@ def _check_tokens(layers: Sequence[Layer], tokens: TokenSelection, spec: str) ->
             raise LayerError(f"layer {layer.name} of {spec} has no CLS token; use --tokens patch or --tokens all")
 
 
-def extract(config: ExtractConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Run the extraction job (resuming if ``config.out`` holds an unfinished one); returns the manifest."""
+def extract(config: ExtractConfig, show_progress: bool = True, backbone: Backbone | None = None) -> dict[str, Any]:
+    """Run the extraction job (resuming if ``config.out`` holds an unfinished one); returns the manifest.
+
+    ``backbone``, when given, is used instead of loading ``config.model`` (it must be that model).
+    """
     if config.batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {config.batch_size}")
     source = open_image_source(config.data)
-    backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained)
+    if backbone is None:
+        backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained)
     layers = [backbone.layer(name) for name in backbone.resolve_layers(config.layers)]
     _check_tokens(layers, config.tokens, config.model)
     images_per_shard = config.images_per_shard or auto_images_per_shard(layers, config.tokens, config.dtype)
@@ -320,8 +323,7 @@ def extract(config: ExtractConfig, show_progress: bool = True) -> dict[str, Any]
         mine = shards[workers.rank :: workers.world_size]
         _Extraction(config, backbone, source, layers, backbone.device).run(mine, show_progress and workers.is_main)
         workers.barrier()
-        manifest = _finalize(config, job, backbone, source, layers, shards) if workers.is_main else {}
+        if workers.is_main:
+            _finalize(config, job, backbone, source, layers, shards)
         workers.barrier()
-        if not workers.is_main:
-            manifest = read_manifest(config.out)
-        return manifest
+        return read_manifest(config.out)

@@ -1,0 +1,145 @@
+"""Extraction and store-reading speed, measured side by side in one run.
+
+1. extraction throughput / bare forward throughput: same model (ViT-S/16, random init: speed does
+   not depend on the weights), same images, same batch size. Extraction is timed end to end
+   (decode, preprocess, forward, fp16 cast, atomic writes, stats), model loading excluded.
+2. shuffled-reader tokens/s / plain sequential read of the same shards (both give float32 torch
+   batches; the shards sit in the page cache, so this measures the reader, not the disk).
+3. bytes per token on disk.
+
+Usage: python benchmarks/extraction.py [--images 96] [--batch-size 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import platform
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from traitlens.backbones import load_backbone
+from traitlens.data import open_image_source
+from traitlens.demo import DEMO_PHOTOS
+from traitlens.store import ActivationStore, ExtractConfig, ShuffleConfig, ShuffledBatches, extract
+
+MODEL = "timm:vit_small_patch16_224"
+
+
+def write_images(folder: Path, n: int) -> Path:
+    import skimage.data
+
+    photos = [np.asarray(getattr(skimage.data, name)()) for name in DEMO_PHOTOS]
+    for i in range(n):
+        pixels = photos[i % len(photos)]
+        offset = 7 * (i // len(photos))  # distinct crops so no two files are the same image
+        path = folder / DEMO_PHOTOS[i % len(photos)] / f"{i:04d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[offset:, offset:]).convert("RGB").save(path, quality=90)
+    return folder
+
+
+def bare_forward_images_per_s(images: Path, batch_size: int) -> float:
+    backbone = load_backbone(MODEL, pretrained=False)
+    source = open_image_source(images)
+    pixels = torch.stack([backbone.preprocess.image(source.load_image(i)) for i in range(len(source))])
+    with torch.inference_mode():
+        backbone.forward(pixels[:batch_size])  # warm-up
+        start = time.perf_counter()
+        for batch in pixels.split(batch_size):
+            backbone.forward(batch)
+    return len(pixels) / (time.perf_counter() - start)
+
+
+def extraction_images_per_s(images: Path, out: Path, layers: tuple[str, ...], batch_size: int) -> float:
+    """Images per second of the whole job; the model is loaded (and fingerprinted) before the clock."""
+    config = ExtractConfig(model=MODEL, data=images, layers=layers, out=out, pretrained=False, batch_size=batch_size)
+    backbone = load_backbone(MODEL, pretrained=False)
+    backbone.weights_fingerprint()
+    start = time.perf_counter()
+    extract(config, show_progress=False, backbone=backbone)
+    return len(open_image_source(images)) / (time.perf_counter() - start)
+
+
+def bytes_per_token(root: Path) -> float:
+    store = ActivationStore(root)
+    files = [store.root / file for name in store.layer_names for file in store.layer(name).shard_files]
+    tokens = sum(store.layer(name).n_tokens for name in store.layer_names)
+    return sum(file.stat().st_size for file in files) / tokens
+
+
+def reader_tokens_per_s(folder: Path, batch_size: int = 4096, width: int = 384, shard_rows: int = 131072,
+                        n_shards: int = 8) -> tuple[float, float]:
+    rng = np.random.default_rng(0)
+    for i in range(n_shards):
+        np.save(folder / f"{i}.npy", rng.standard_normal((shard_rows, width), dtype=np.float32).astype(np.float16))
+    shards = [np.load(folder / f"{i}.npy", mmap_mode="r") for i in range(n_shards)]
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    n_batches = shard_rows * n_shards // batch_size
+
+    def sequential() -> Iterator[torch.Tensor]:
+        for shard in shards:
+            for start in range(0, len(shard), batch_size):
+                rows_nd = np.asarray(shard[start : start + batch_size])
+                yield torch.empty(rows_nd.shape, dtype=torch.float32).copy_(torch.from_numpy(rows_nd))
+
+    def shuffled() -> Iterator[torch.Tensor]:
+        return ShuffledBatches(shards, ShuffleConfig(batch_size=batch_size)).batches()
+
+    def consume(batches: Iterator[torch.Tensor]) -> float:
+        start = time.perf_counter()
+        checksum = 0.0
+        for batch in itertools.islice(batches, n_batches):
+            checksum += float(batch[-1, -1])  # the same light touch for both readers
+        return n_batches * batch_size / (time.perf_counter() - start)
+
+    best = {"sequential": 0.0, "shuffled": 0.0}
+    consume(sequential())  # bring the shards into the page cache
+    for _ in range(3):
+        for name, batches in (("sequential", sequential), ("shuffled", shuffled)):
+            best[name] = max(best[name], consume(batches()))
+    return best["sequential"], best["shuffled"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as temp:
+        root = Path(temp)
+        images = write_images(root / "images", args.images)
+        bare = bare_forward_images_per_s(images, args.batch_size)
+        last = extraction_images_per_s(images, root / "last", ("-1",), args.batch_size)
+        every = extraction_images_per_s(images, root / "all", tuple(str(i) for i in range(12)), args.batch_size)
+        bare = max(bare, bare_forward_images_per_s(images, args.batch_size))  # the better of two, before and after
+        per_token_last, per_token_all = bytes_per_token(root / "last"), bytes_per_token(root / "all")
+        (root / "shards").mkdir()
+        sequential, shuffled = reader_tokens_per_s(root / "shards")
+
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"model {MODEL} (random init), {args.images} images, batch {args.batch_size}, fp32 compute, fp16 store\n")
+    print("| measurement | value | goal |")
+    print("|---|---|---|")
+    print(f"| bare forward | {bare:.2f} img/s | |")
+    print(f"| extraction, last block (patch tokens) | {last:.2f} img/s | |")
+    print(f"| extraction / bare forward, last block | {last / bare:.3f} | >= 0.9 |")
+    print(f"| extraction, all 12 blocks | {every:.2f} img/s | |")
+    print(f"| extraction / bare forward, all 12 blocks | {every / bare:.3f} | >= 0.9 |")
+    print(f"| sequential read (d=384, fp16 -> fp32 batches of 4096) | {sequential / 1e6:.2f} M tokens/s | |")
+    print(f"| shuffled read, same shards | {shuffled / 1e6:.2f} M tokens/s | |")
+    print(f"| shuffled / sequential | {shuffled / sequential:.3f} | >= 0.5 |")
+    print(f"| bytes per token on disk, last-block store (d=384, fp16) | {per_token_last:.2f} | 768 + .npy header |")
+    print(f"| bytes per token on disk, all-blocks store | {per_token_all:.2f} | 768 + .npy header |")
+
+
+if __name__ == "__main__":
+    main()

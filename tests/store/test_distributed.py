@@ -1,0 +1,28 @@
+"""Two torchrun workers (gloo, CPU) write one store equal to a single process's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.store.conftest import TINY_VIT, make_class_folder
+from tests.store.test_resume import tree_bytes
+
+
+def _extract(images: Path, out: Path, launcher: list[str]) -> subprocess.CompletedProcess[str]:
+    args = ["--model", TINY_VIT, "--random-init", "--data", str(images), "--layers", "0,1", "--out", str(out),
+            "--batch-size", "2", "--images-per-shard", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*launcher, "-m", "traitlens", "extract", *args], env=env, capture_output=True, text=True, check=True)
+
+
+def test_two_workers_write_the_same_store_as_one(tmp_path: Path) -> None:
+    images = make_class_folder(tmp_path / "images", per_class=3)
+    _extract(images, tmp_path / "single", [sys.executable])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    _extract(images, tmp_path / "multi", torchrun)
+    single, multi = tree_bytes(tmp_path / "single"), tree_bytes(tmp_path / "multi")
+    assert sorted(single) == sorted(multi)
+    assert single == multi

@@ -87,18 +87,18 @@ def build_model(request: LoadRequest, tried: str, create: Callable[[bool], T]) -
     """Build through ``create(pretrained)``: from a local file, the provider's pretrained source,
     or random init with a fixed seed. Failures to obtain weights or configs (no hub) become one
     line naming the spec, what was tried, and what the user can do instead; a constructor that
-    rejects the spec's options is a :class:`SpecError`."""
+    rejects the spec's options is a :class:`SpecError`. The model is returned in eval mode."""
     try:
         if request.weights is not None:
             with fixed_seed():
                 model = create(False)
             assert isinstance(model, nn.Module)
             load_into(model, read_state_dict(request.weights), request.weights, request.spec.text)
-            return model
-        if request.pretrained:
-            return create(True)
-        with fixed_seed():
-            return create(False)
+        elif request.pretrained:
+            model = create(True)
+        else:
+            with fixed_seed():
+                model = create(False)
     except TraitlensError:
         raise
     except TypeError as error:
@@ -110,6 +110,11 @@ def build_model(request: LoadRequest, tried: str, create: Callable[[bool], T]) -
         raise _unavailable(request, tried, error) from error
     except Exception as error:
         raise _unavailable(request, tried, error) from error
+    # Built models come in training mode; one probing forward in it would move BatchNorm
+    # statistics away from the loaded weights and apply dropout.
+    assert isinstance(model, nn.Module)
+    model.eval()
+    return model
 
 
 def _unavailable(request: LoadRequest, tried: str, error: Exception) -> WeightsUnavailableError:

@@ -39,6 +39,43 @@ def _run_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(kind: type, text: str | None) -> tuple:
+    return tuple(kind(item) for item in text.split(",")) if text else ()
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from traitlens.sae import RunConfig, SAEConfig, TrainConfig, sweep, train
+    from traitlens.store import ActivationStore
+
+    layer = ActivationStore(args.acts).layer(args.layer)
+    activation = "batchtopk" if args.arch == "matryoshka" else args.arch
+    widths = _csv(int, args.width) or tuple(round(e * layer.width) for e in _csv(float, args.expansion) or (16.0,))
+    runs = []
+    for width in widths:
+        nested = _csv(int, args.matryoshka_widths) or ((width // 16, width // 4, width) if args.arch == "matryoshka" else ())
+        base = RunConfig(SAEConfig(d_in=layer.width, width=width, activation=activation, k=min(_csv(int, args.k)[0], width),
+                                   matryoshka_widths=tuple(sorted(set(nested))), normalization=args.normalize))
+        runs += sweep(base, k=_csv(int, args.k), lr=_csv(float, args.lr), sparsity_coefficient=_csv(float, args.l1))
+    config = TrainConfig(
+        acts=args.acts, layer=layer.name, out=args.out, runs=tuple(runs), tokens=args.tokens, batch_size=args.batch_size,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, strict=args.strict, device=args.device,
+        data_init=args.data_init, bias_init=args.bias_init, dead_after_tokens=args.dead_after_tokens,
+        log_to=_csv(str, args.log_to),
+    )
+    for directory in train(config, resume=args.resume):
+        print(f"saved SAE {directory}")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from traitlens.sae.evaluation import EvaluateConfig, evaluate, format_metrics
+
+    config = EvaluateConfig(sae=args.sae, acts=args.acts, out=args.out, model=args.model, weights=args.weights,
+                            pretrained=not args.random_init, device=args.device)
+    print(format_metrics(evaluate(config)))
+    return 0
+
+
 def _run_layers(args: argparse.Namespace) -> int:
     from traitlens.backbones import load_backbone
 
@@ -84,6 +121,44 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     extract.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     extract.set_defaults(run=_run_extract)
+
+    train = commands.add_parser("train", help="train sparse autoencoders (one, or a sweep) on a stored layer")
+    train.add_argument("--acts", required=True, type=Path, help="activation store directory")
+    train.add_argument("--layer", required=True, help="stored layer name or index")
+    train.add_argument("--arch", choices=("topk", "batchtopk", "relu", "jumprelu", "matryoshka"), default="topk",
+                       help="topk, batchtopk, relu (L1), jumprelu (L0) or matryoshka (BatchTopK with nested prefixes)")
+    train.add_argument("--k", default="32", help="active latents per token (TopK family); comma-separated values sweep")
+    train.add_argument("--l1", default="0.0", help="sparsity coefficient: L1 for relu, L0 for jumprelu; comma-separated sweeps")
+    size = train.add_mutually_exclusive_group()
+    size.add_argument("--width", help="number of latents; comma-separated values sweep")
+    size.add_argument("--expansion", help="width as a multiple of the layer width (default 16); comma-separated sweeps")
+    train.add_argument("--matryoshka-widths", help="nested prefix widths ending at the width (default width/16, width/4, width)")
+    train.add_argument("--normalize", choices=("none", "norm", "standardize"), default="norm",
+                       help="input normalization from the store's statistics (default: norm, mean token norm -> sqrt(d))")
+    train.add_argument("--batch-size", type=int, default=4096, help="tokens per step (default 4096)")
+    train.add_argument("--lr", default="3e-4", help="peak learning rate; comma-separated values sweep")
+    train.add_argument("--tokens", required=True, type=int, help="tokens to train on")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--data-init", action="store_true", help="initialize decoder rows from data points")
+    train.add_argument("--bias-init", choices=("geometric_median", "mean", "zero"), default="geometric_median")
+    train.add_argument("--dead-after-tokens", type=int, default=1_000_000, help="a latent silent this long is dead (AuxK)")
+    train.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    train.add_argument("--out", required=True, type=Path, help="output directory (a sweep gets one folder per SAE)")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    train.add_argument("--strict", action="store_true", help="stop at NaN/Inf activations instead of skipping them")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--log-to", help="also log to tensorboard and/or wandb (comma-separated)")
+    train.set_defaults(run=_run_train)
+
+    evaluate = commands.add_parser("evaluate", help="measure a saved SAE on a store (and, with --model, downstream)")
+    evaluate.add_argument("--sae", required=True, type=Path, help="saved SAE directory")
+    evaluate.add_argument("--acts", required=True, type=Path, help="activation store directory")
+    evaluate.add_argument("--model", metavar="SPEC", help="the store's model, to measure accuracy and logit KL with the SAE spliced in")
+    evaluate.add_argument("--weights", type=Path, metavar="PATH")
+    evaluate.add_argument("--random-init", action="store_true")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--out", required=True, type=Path, help="metrics JSON file")
+    evaluate.set_defaults(run=_run_evaluate)
 
     layers = commands.add_parser("layers", help="list a model's layers with widths and token layouts")
     _add_model_args(layers)

@@ -104,6 +104,12 @@ def test_real_mobilenet_v2_sees_a_cat_in_chelsea() -> None:
         probabilities = backbone.forward(backbone.preprocess.image(image)[None]).softmax(dim=-1)[0]
 
     assert backbone.class_names is not None and len(backbone.class_names) == 1000
+    checkpoint = torch.load(_mobilenet_checkpoint(), weights_only=True)
+    loaded = backbone.model.state_dict()
+    # loading (and the probing forward after it) leaves every tensor, BatchNorm statistics included,
+    # exactly as in the file
+    assert checkpoint.keys() == loaded.keys()
+    assert all(torch.equal(loaded[key], checkpoint[key]) for key in checkpoint)
     top = int(probabilities.argmax())
     assert top in IMAGENET_CATS
     assert "cat" in backbone.class_names[top]

@@ -161,10 +161,11 @@ def test_build_model_asks_for_pretrained_only_without_a_file() -> None:
         asked.append(pretrained)
         return _model()
 
-    build_model(_request("timm:toy", pretrained=True), "nothing", create)
-    build_model(_request("timm:toy", pretrained=False), "nothing", create)
+    pretrained = build_model(_request("timm:toy", pretrained=True), "nothing", create)
+    random_init = build_model(_request("timm:toy", pretrained=False), "nothing", create)
 
     assert asked == [True, False]
+    assert not pretrained.training and not random_init.training  # BatchNorm statistics stay put
 
 
 def test_hub_failures_become_one_line_with_the_ways_out() -> None:

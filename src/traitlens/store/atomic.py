@@ -21,16 +21,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then move it into place durably."""
+def temp_path(path: Path) -> Path:
+    """Where a file is written before :func:`commit` moves it to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + TEMP_SUFFIX)
-    with open(temp, "wb") as handle:
-        write(handle)
-        handle.flush()
+    return path.with_name(path.name + TEMP_SUFFIX)
+
+
+def commit(temp: Path, path: Path) -> None:
+    """fsync a finished temporary file and rename it to ``path`` durably."""
+    with open(temp, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(temp, path)
     _fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then move it into place durably."""
+    temp = temp_path(path)
+    with open(temp, "wb") as handle:
+        write(handle)
+    commit(temp, path)
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:

@@ -1,0 +1,389 @@
+"""``traitlens train``: train one SAE or a sweep of SAEs on one shuffled stream of a store layer.
+
+Every SAE of a sweep sees the same batches (read once per step). Checkpoints hold everything the
+future depends on — weights, optimizer moments, dead-latent counters, RNG, step (which is also the
+reader's position, since the shuffled stream can start at any batch) — so ``--resume`` after a
+kill ends identical to an uninterrupted run. Under torchrun each worker takes a slice of every
+global batch and gradients are averaged, which matches one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from traitlens.distributed import Workers, workers_from_env
+from traitlens.errors import DataError, TraitlensError
+from traitlens.sae.config import SAEConfig
+from traitlens.sae.init import BiasInit, initialize_from_data, set_normalization
+from traitlens.sae.io import save_sae, save_tensors
+from traitlens.sae.logging_sinks import MetricSinks
+from traitlens.sae.metrics import explained_variance
+from traitlens.sae.model import Encoding, SparseAutoencoder
+from traitlens.sae.schedule import learning_rate, sparsity_coefficient
+from traitlens.sae.sparse import SparseCodes, decode_codes, gather_preactivations, topk_selection
+from traitlens.store import ActivationStore, ShuffleConfig
+from traitlens.store.atomic import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+DENSE_FREQUENCY = 0.1  # a latent firing on more than this share of tokens counts as dense
+CHECKPOINT_DIR = "checkpoint"
+LOG_FILE = "train_log.jsonl"
+
+
+class TrainingError(TraitlensError):
+    """Training cannot start or continue as asked."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One SAE of a sweep: its architecture, learning rate and sparsity penalty (L1 for ``relu``,
+    L0 for ``jumprelu``; TopK-family SAEs need none)."""
+
+    sae: SAEConfig
+    lr: float = 3e-4
+    sparsity_coefficient: float = 0.0
+
+    @property
+    def name(self) -> str:
+        cfg = self.sae
+        parts = [cfg.activation, f"w{cfg.width}"]
+        parts += [f"k{cfg.k}"] if cfg.is_sparse_coded else [f"c{self.sparsity_coefficient:g}"]
+        parts += ["matryoshka"] if cfg.matryoshka_widths else []
+        return "_".join([*parts, f"lr{self.lr:g}"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sae": self.sae.to_dict(), "lr": self.lr, "sparsity_coefficient": self.sparsity_coefficient}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    acts: Path
+    layer: str
+    out: Path
+    runs: tuple[RunConfig, ...]
+    tokens: int
+    batch_size: int = 4096
+    seed: int = 0
+    warmup_steps: int = 50
+    final_lr_fraction: float = 0.0
+    sparsity_warmup_steps: int = 100
+    grad_clip: float = 1.0
+    aux_k: int = 512
+    aux_coefficient: float = 1 / 32
+    dead_after_tokens: int = 1_000_000
+    bias_init: BiasInit = "geometric_median"
+    data_init: bool = False
+    init_sample_tokens: int = 16384
+    checkpoint_every: int = 100
+    log_every: int = 10
+    strict: bool = False
+    device: str = "auto"
+    log_to: tuple[str, ...] = ()
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, -(-self.tokens // self.batch_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(acts=str(self.acts), out=str(self.out), runs=[run.to_dict() for run in self.runs], log_to=list(self.log_to))
+        return data
+
+
+@dataclass
+class _Run:
+    """One SAE being trained, with the state that goes into checkpoints."""
+
+    config: RunConfig
+    sae: SparseAutoencoder
+    optimizer: torch.optim.Adam
+    tokens_since_fired: torch.Tensor
+    fires_in_window: torch.Tensor
+    tokens_in_window: int = 0
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+    def state_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        tensors = {f"{prefix}.model.{k}": v for k, v in self.sae.state_dict().items()}
+        for index, state in self.optimizer.state_dict()["state"].items():
+            tensors.update({f"{prefix}.optim.{index}.{key}": value for key, value in state.items()})
+        tensors[f"{prefix}.tokens_since_fired"] = self.tokens_since_fired
+        tensors[f"{prefix}.fires_in_window"] = self.fires_in_window
+        return tensors
+
+    def load_state_tensors(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+        model = {k[len(prefix) + 7 :]: v for k, v in tensors.items() if k.startswith(f"{prefix}.model.")}
+        self.sae.load_state_dict(model, strict=True)
+        optim_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith(f"{prefix}.optim."):
+                index, name = key[len(prefix) + 7 :].split(".", 1)
+                optim_state.setdefault(int(index), {})[name] = value
+        state_dict = self.optimizer.state_dict()
+        state_dict["state"] = optim_state
+        self.optimizer.load_state_dict(state_dict)
+        self.tokens_since_fired = tensors[f"{prefix}.tokens_since_fired"].clone()
+        self.fires_in_window = tensors[f"{prefix}.fires_in_window"].clone()
+
+
+def _reduce(tensor: torch.Tensor, workers: Workers, op: Any = None) -> torch.Tensor:
+    if workers.world_size > 1:
+        dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+    return tensor
+
+
+class Trainer:
+    """Trains the runs of a :class:`TrainConfig` on one worker (one of several under torchrun)."""
+
+    def __init__(self, config: TrainConfig, workers: Workers, resume: bool) -> None:
+        self.config = config
+        self.workers = workers
+        self.device = workers.device(config.device)
+        self.store = ActivationStore(config.acts)
+        self.layer = self.store.layer(config.layer)
+        for run in config.runs:
+            if run.sae.d_in != self.layer.width:
+                raise TrainingError(f"SAE input width {run.sae.d_in} does not match layer {self.layer.name} "
+                                    f"of {config.acts} (width {self.layer.width})")
+        if config.batch_size % workers.world_size:
+            raise TrainingError(f"--batch-size {config.batch_size} must divide evenly over {workers.world_size} workers")
+        names = [run.name for run in config.runs]
+        if len(set(names)) != len(names):
+            raise TrainingError(f"the sweep repeats a configuration: {', '.join(names)}")
+        self.step = 0
+        self.n_nonfinite = 0
+        self.runs = [self._new_run(run, index) for index, run in enumerate(config.runs)]
+        checkpoint = config.out / CHECKPOINT_DIR / "state.json"
+        if resume and checkpoint.is_file():
+            self._load_checkpoint(checkpoint)
+        elif checkpoint.is_file():
+            raise TrainingError(f"{config.out} has a checkpoint from an earlier run; pass --resume to continue it, or use another --out")
+        else:
+            self._initialize_from_data()
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def _new_run(self, run: RunConfig, index: int) -> _Run:
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(self.config.seed * 1000 + index)
+        sae = SparseAutoencoder(run.sae)
+        torch.random.set_rng_state(generator_state)
+        set_normalization(sae, self.store.stats(self.layer.name))
+        sae.to(self.device)
+        optimizer = torch.optim.Adam(sae.parameters(), lr=run.lr, betas=(0.9, 0.999))
+        zeros = torch.zeros(run.sae.width, dtype=torch.int64, device=self.device)
+        return _Run(run, sae, optimizer, zeros.clone(), zeros.clone())
+
+    def _initialize_from_data(self) -> None:
+        sample_nd = self._sample(self.config.init_sample_tokens)
+        for index, run in enumerate(self.runs):
+            generator = torch.Generator().manual_seed(self.config.seed * 1000 + index)
+            initialize_from_data(run.sae, sample_nd, self.config.bias_init, self.config.data_init, generator)
+
+    def _sample(self, n_tokens: int) -> torch.Tensor:
+        """The first tokens of a separately seeded stream, the same on every worker."""
+        config = ShuffleConfig(batch_size=min(n_tokens, self.layer.n_tokens), seed=self.config.seed + 7919)
+        sample_nd = next(self.store.shuffled(self.layer.name, config).batches())
+        return sample_nd[torch.isfinite(sample_nd).all(dim=1)].to(self.device)
+
+    # -- one step --------------------------------------------------------------------------------
+    def _clean(self, batch_nd: torch.Tensor) -> torch.Tensor:
+        finite_n = torch.isfinite(batch_nd).all(dim=1)
+        bad = int((~finite_n).sum())
+        if bad:
+            if self.config.strict:
+                raise DataError(f"{bad} tokens with NaN/Inf in batch {self.step} of {self.config.acts} (--strict)")
+            self.n_nonfinite += bad
+            return batch_nd[finite_n]
+        return batch_nd
+
+    def _aux_loss(self, run: _Run, xn_nd: torch.Tensor, encoding: Encoding, recon_nd: torch.Tensor) -> torch.Tensor:
+        """AuxK: the dead latents' top ``aux_k`` pre-activations reconstruct the residual error."""
+        dead_w = run.tokens_since_fired >= self.config.dead_after_tokens
+        n_dead = int(dead_w.sum())
+        if not n_dead:
+            return torch.zeros((), device=xn_nd.device)
+        residual_nd = (xn_nd - recon_nd).detach()
+        masked_nw = encoding.pre_nw.masked_fill(~dead_w, float("-inf"))
+        rows, cols = topk_selection(masked_nw, min(self.config.aux_k, n_dead))
+        values = gather_preactivations(encoding.pre_nw, xn_nd - run.sae.b_dec, run.sae.W_enc, run.sae.b_enc, rows, cols)
+        codes = SparseCodes(rows, cols, values.relu(), xn_nd.shape[0], run.sae.config.width)
+        aux_nd = decode_codes(codes, run.sae.W_dec)
+        return (aux_nd - residual_nd).square().sum(1).mean() / residual_nd.square().sum(1).mean().clamp_min(1e-12)
+
+    def _train_run(self, run: _Run, x_nd: torch.Tensor, global_tokens: int) -> dict[str, float]:
+        cfg, sae = run.config.sae, run.sae
+        xn_nd = sae.normalize(x_nd)
+        encoding = sae.encode_for_training(xn_nd)
+        recon_nd = sae.decode_normalized(encoding)
+        prefixes = cfg.matryoshka_widths[:-1]
+        errors = [(sae.decode_normalized(encoding, p) - xn_nd).square().sum(1).mean() for p in prefixes]
+        errors.append((recon_nd - xn_nd).square().sum(1).mean())
+        recon_loss = torch.stack(errors).mean()
+        loss = recon_loss
+        coefficient = sparsity_coefficient(self.step, run.config.sparsity_coefficient, self.config.sparsity_warmup_steps)
+        if cfg.activation == "relu":
+            loss = loss + coefficient * encoding.dense().sum(1).mean()
+        elif cfg.activation == "jumprelu":
+            loss = loss + coefficient * sae.jumprelu_l0(encoding.pre_nw)
+        aux = self._aux_loss(run, xn_nd, encoding, recon_nd) if cfg.is_sparse_coded else torch.zeros(())
+        loss = loss + self.config.aux_coefficient * aux
+
+        lr = learning_rate(self.step, self.config.total_steps, run.config.lr, self.config.warmup_steps, self.config.final_lr_fraction)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for parameter in sae.parameters():
+            if parameter.grad is not None and self.workers.world_size > 1:
+                _reduce(parameter.grad, self.workers).div_(self.workers.world_size)
+        with torch.no_grad():  # keep decoder rows on the unit sphere: drop the radial gradient
+            grad = sae.W_dec.grad
+            if grad is not None:
+                grad -= (grad * sae.W_dec).sum(1, keepdim=True) * sae.W_dec
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), self.config.grad_clip)
+        run.optimizer.step()
+        with torch.no_grad():
+            sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            return self._update_statistics(run, encoding, xn_nd, recon_nd, global_tokens, float(loss), float(aux), lr)
+
+    def _update_statistics(self, run: _Run, encoding: Encoding, xn_nd: torch.Tensor, recon_nd: torch.Tensor,
+                           global_tokens: int, loss: float, aux: float, lr: float) -> dict[str, float]:
+        sae, cfg = run.sae, run.config.sae
+        if encoding.codes is not None:
+            active = encoding.codes.values > 0
+            fires_w = torch.zeros(cfg.width, dtype=torch.int64, device=xn_nd.device).index_add_(
+                0, encoding.codes.cols[active], torch.ones_like(encoding.codes.cols[active]))
+            if cfg.activation == "batchtopk" and bool(active.any()):
+                smallest = _reduce(encoding.codes.values[active].min().reshape(1), self.workers, dist.ReduceOp.MIN)
+                momentum = 0.0 if self.step == 0 else 0.99
+                sae.threshold.mul_(momentum).add_((1 - momentum) * smallest)
+        else:
+            fires_w = (encoding.dense() > 0).sum(0)
+        fires_w = _reduce(fires_w, self.workers)
+        run.tokens_since_fired = torch.where(fires_w > 0, 0, run.tokens_since_fired + global_tokens)
+        run.fires_in_window += fires_w
+        run.tokens_in_window += global_tokens
+        # NMSE against this batch's mean: squared error and spread summed over all workers
+        sums = torch.stack([(recon_nd - xn_nd).double().square().sum(), (xn_nd.double() - xn_nd.double().mean(0)).square().sum()])
+        error, spread = _reduce(sums, self.workers).tolist()
+        return {
+            "loss": loss, "aux_loss": aux, "lr": lr,
+            "nmse": error / max(spread, 1e-30),
+            "explained_variance": explained_variance(xn_nd, recon_nd),
+            "l0": float(fires_w.sum()) / global_tokens,
+            "dead_fraction": float((run.tokens_since_fired >= self.config.dead_after_tokens).double().mean()),
+        }
+
+    # -- loop --------------------------------------------------------------------------------------
+    def fit(self, show_progress: bool = True) -> list[Path]:
+        config, workers = self.config, self.workers
+        stream = self.store.shuffled(self.layer.name, ShuffleConfig(batch_size=config.batch_size, seed=config.seed))
+        batches = stream.batches(start_batch=self.step)
+        sinks = MetricSinks(config.out, config.log_to, enabled=workers.is_main, resume_after=self.step)
+        with tqdm(total=config.total_steps, initial=self.step, unit="step", desc="train",
+                  disable=not (show_progress and workers.is_main)) as progress:
+            while self.step < config.total_steps:
+                global_nd = next(batches)
+                local_nd = self._clean(global_nd.chunk(workers.world_size)[workers.rank]).to(self.device)
+                metrics = [self._train_run(run, local_nd, len(global_nd)) for run in self.runs]
+                self.step += 1
+                if self.step % config.log_every == 0 or self.step == config.total_steps:
+                    for run, values in zip(self.runs, metrics, strict=True):
+                        values["dense_fraction"] = float((run.fires_in_window.double() / max(run.tokens_in_window, 1) > DENSE_FREQUENCY).double().mean())
+                        run.fires_in_window.zero_()
+                        run.tokens_in_window = 0
+                        run.last_metrics = values
+                        sinks.write(self.step, self.step * config.batch_size, run.config.name, values)
+                    progress.set_postfix(nmse=f"{metrics[0]['nmse']:.3f}", l0=f"{metrics[0]['l0']:.1f}")
+                if self.step % config.checkpoint_every == 0 and self.step < config.total_steps:
+                    self._save_checkpoint()
+                progress.update(1)
+        sinks.close()
+        if self.n_nonfinite:
+            log.warning("skipped %d tokens with NaN/Inf values", self.n_nonfinite)
+        return self._save_results()
+
+    # -- persistence -------------------------------------------------------------------------------
+    def _checkpoint_identity(self) -> dict[str, Any]:
+        identity = self.config.to_dict()
+        del identity["out"], identity["device"], identity["log_to"], identity["checkpoint_every"]
+        return identity
+
+    def _save_checkpoint(self) -> None:
+        if self.workers.is_main:
+            folder = self.config.out / CHECKPOINT_DIR
+            tensors: dict[str, torch.Tensor] = {"rng.torch": torch.random.get_rng_state()}
+            for index, run in enumerate(self.runs):
+                tensors.update(run.state_tensors(f"runs.{index}"))
+            weights = folder / f"state-{self.step:08d}.safetensors"
+            save_tensors(weights, tensors)
+            state = {"step": self.step, "weights": weights.name, "n_nonfinite": self.n_nonfinite,
+                     "tokens_in_window": [run.tokens_in_window for run in self.runs],
+                     "config": self._checkpoint_identity()}
+            atomic_write_json(folder / "state.json", state)
+            for old in folder.glob("state-*.safetensors"):
+                if old != weights:
+                    old.unlink()
+        self.workers.barrier()
+
+    def _load_checkpoint(self, path: Path) -> None:
+        try:
+            state = json.loads(path.read_text())
+            tensors = load_file(str(path.parent / state["weights"]), device=str(self.device))
+        except Exception as error:
+            raise TrainingError(f"damaged checkpoint in {path.parent}: {str(error).splitlines()[0][:200]}") from error
+        if state["config"] != self._checkpoint_identity():
+            raise TrainingError(f"the checkpoint in {path.parent} is from a different training configuration; use another --out")
+        torch.random.set_rng_state(tensors["rng.torch"].cpu())
+        for index, run in enumerate(self.runs):
+            run.load_state_tensors(f"runs.{index}", tensors)
+            run.tokens_in_window = int(state["tokens_in_window"][index])
+        self.step = int(state["step"])
+        self.n_nonfinite = int(state["n_nonfinite"])
+
+    def _save_results(self) -> list[Path]:
+        directories = []
+        for run in self.runs:
+            directory = self.config.out if len(self.runs) == 1 else self.config.out / run.config.name
+            if self.workers.is_main:
+                extra = {"layer": self.layer.name, "acts": str(self.config.acts), "model": self.store.manifest["model"]["spec"],
+                         "tokens_kind": self.store.manifest["tokens"], "run": run.config.to_dict(),
+                         "training": self.config.to_dict(), "metrics": run.last_metrics}
+                save_sae(run.sae, directory, extra)
+            directories.append(directory)
+        self.workers.barrier()
+        return directories
+
+
+def train(config: TrainConfig, resume: bool = False, show_progress: bool = True) -> list[Path]:
+    """Train every run of ``config``; returns the directories of the saved SAEs."""
+    if not config.runs:
+        raise TrainingError("nothing to train: no SAE configurations given")
+    if config.tokens < 1 or config.batch_size < 1:
+        raise TrainingError("--tokens and --batch-size must be positive")
+    with workers_from_env() as workers:
+        return Trainer(config, workers, resume).fit(show_progress)
+
+
+def sweep(base: RunConfig, **values: tuple[Any, ...]) -> tuple[RunConfig, ...]:
+    """Every combination of the given values: ``sweep(run, k=(16, 32), lr=(1e-4, 3e-4))``."""
+    runs = [base]
+    for name, options in values.items():
+        expanded = []
+        for run in runs:
+            for option in options:
+                if name in ("lr", "sparsity_coefficient"):
+                    expanded.append(replace(run, **{name: option}))
+                else:
+                    expanded.append(replace(run, sae=replace(run.sae, **{name: option})))
+        runs = expanded
+    return tuple(runs)

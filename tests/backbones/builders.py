@@ -89,3 +89,23 @@ def pixels(backbone: Backbone, batch: int = 2, seed: int = 0) -> torch.Tensor:
     """Random preprocessed-looking pixels at the backbone's input size."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, *backbone.preprocess.size_hw, generator=generator)
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """Write weights as safetensors or, for any other suffix, with ``torch.save``."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({key: value.contiguous() for key, value in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def perturbed_state(backbone: Backbone, scale: float = 0.1, seed: int = 7) -> dict[str, torch.Tensor]:
+    """The backbone's weights plus noise: unlike the seed-0 random init, so loading them shows."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        key: value + scale * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value
+        for key, value in backbone.model.state_dict().items()
+    }

@@ -223,3 +223,13 @@ def test_to_moves_the_model_and_returns_the_backbone(vit: Backbone) -> None:
     assert vit.to("cpu") is vit
     assert vit.device == torch.device("cpu")
     assert not vit.model.training
+
+
+def test_an_edit_must_keep_the_token_shape(vit: Backbone) -> None:
+    hooks_before = all_hook_counts(vit)
+    with pytest.raises(LayerError, match=r"shape \(2, 5, 192\), got \(2, 4, 192\)"), vit.edit(
+        0, lambda tokens_btd: tokens_btd[:, 1:]
+    ):
+        vit.forward(pixels(vit))
+
+    assert all_hook_counts(vit) == hooks_before

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from traitlens.backbones.codecs import FeatureMapCodec, SequenceCodec, SequenceFirstCodec, TupleFirstCodec
+from traitlens.backbones.codecs import (
+    FeatureMapCodec,
+    SequenceCodec,
+    SequenceFirstCodec,
+    TupleFirstCodec,
+)
 
 
 def test_sequence_codec_is_the_identity() -> None:

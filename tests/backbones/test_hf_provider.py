@@ -6,15 +6,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import transformers
 from PIL import Image
-from safetensors.torch import save_file
 
-from tests.backbones.builders import all_hook_counts, hf_config, pixels, write_hf_config
+from tests.backbones.builders import (
+    all_hook_counts,
+    hf_config,
+    perturbed_state,
+    pixels,
+    save_state_dict,
+    write_hf_config,
+)
 from traitlens.backbones import Backbone, TokenLayout, load_backbone
 from traitlens.backbones.preprocess import CLIP_MEAN, HALF_MEAN, IMAGENET_MEAN
 from traitlens.errors import SpecError, WeightsUnavailableError
@@ -163,12 +170,11 @@ def test_random_init_is_reproducible(backbones: dict[str, Backbone], hf_dir: HfD
     assert again.weights_fingerprint() == backbones["clip_vision"].weights_fingerprint()
 
 
-def test_weights_file_round_trip(tmp_path: Path, backbones: dict[str, Backbone], hf_dir: HfDir) -> None:
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_weights_file_round_trip(tmp_path: Path, backbones: dict[str, Backbone], hf_dir: HfDir, suffix: str) -> None:
     original = backbones["dinov2_registers"]
-    generator = torch.Generator().manual_seed(11)
-    state = {key: value + torch.randn(value.shape, generator=generator) for key, value in original.model.state_dict().items()}
-    path = tmp_path / "dinov2.safetensors"
-    save_file(state, str(path))
+    state = perturbed_state(original)
+    path = save_state_dict(state, tmp_path / f"dinov2{suffix}")
 
     loaded = load_backbone(f"hf:{hf_dir('dinov2_registers')}", weights=path)
 
@@ -253,14 +259,14 @@ def _random_image() -> Image.Image:
         image_std=[0.5, 0.5, 0.5],
     )),
 ])
-def test_a_saved_image_processor_is_followed(tmp_path: Path, kind: str, processor: object) -> None:
+def test_a_saved_image_processor_is_followed(tmp_path: Path, kind: str, processor: Any) -> None:
     directory = write_hf_config(tmp_path, kind)
-    processor.save_pretrained(directory)  # type: ignore[attr-defined]
+    processor.save_pretrained(directory)
 
     backbone = load_backbone(f"hf:{directory}", pretrained=False)
 
     image = _random_image()
-    reference = processor(images=image, return_tensors="pt").pixel_values[0]  # type: ignore[operator]
+    reference = processor(images=image, return_tensors="pt").pixel_values[0]
     ours = backbone.preprocess.image(image)
     assert ours.shape == reference.shape
     assert torch.allclose(ours, reference, atol=1e-4)
@@ -269,3 +275,18 @@ def test_a_saved_image_processor_is_followed(tmp_path: Path, kind: str, processo
     with torch.no_grad(), backbone.capture([0]) as captured:
         backbone.forward(ours[None])
     assert captured[backbone.layer_names[0]].shape[1] == backbone.layer(0).layout.n_tokens
+
+
+def test_half_precision_checkpoints_and_configs_compute_in_float32(tmp_path: Path) -> None:
+    half = transformers.Dinov2Model(hf_config("dinov2")).to(torch.float16).eval()
+    half.save_pretrained(tmp_path)  # config.json now names float16
+
+    pretrained = load_backbone(f"hf:{tmp_path}")
+    random_init = load_backbone(f"hf:{tmp_path}", pretrained=False)
+
+    for backbone in (pretrained, random_init):
+        assert {parameter.dtype for parameter in backbone.model.parameters()} == {torch.float32}
+    x = pixels(pretrained)
+    with torch.no_grad():
+        reference = half.float()(pixel_values=x).pooler_output
+        assert torch.equal(pretrained.forward(x), reference)

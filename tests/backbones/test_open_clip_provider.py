@@ -9,9 +9,15 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from tests.backbones.builders import all_hook_counts, compact_json, pixels, tiny_open_clip_spec
+from tests.backbones.builders import (
+    all_hook_counts,
+    compact_json,
+    perturbed_state,
+    pixels,
+    save_state_dict,
+    tiny_open_clip_spec,
+)
 from traitlens.backbones import Backbone, TokenLayout, load_backbone
 from traitlens.errors import SpecError, WeightsUnavailableError
 
@@ -46,14 +52,6 @@ def _open_clip_blocks(visual: torch.nn.Module, pixels_bchw: torch.Tensor) -> lis
         patches if prefix is None else torch.cat([prefix, patches], dim=1)
         for patches, prefix in zip(out["image_intermediates"], prefixes, strict=True)
     ]
-
-
-def _perturbed_state(backbone: Backbone) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(5)
-    return {
-        key: value + 0.1 * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value
-        for key, value in backbone.model.state_dict().items()
-    }
 
 
 def test_vit_b_16_blocks_layout_and_text_tower(vit_b_16: Backbone) -> None:
@@ -138,9 +136,8 @@ def test_random_init_is_reproducible(tiny: Backbone) -> None:
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_weights_file_round_trip(tmp_path: Path, tiny: Backbone, suffix: str) -> None:
-    state = _perturbed_state(tiny)
-    path = tmp_path / f"clip{suffix}"
-    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    state = perturbed_state(tiny)
+    path = save_state_dict(state, tmp_path / f"clip{suffix}")
 
     loaded = load_backbone(TINY, weights=path)
 
@@ -163,8 +160,7 @@ def test_a_weights_file_for_a_tag_gets_the_tags_preprocessing(tmp_path: Path) ->
     spec = (f"open_clip:ViT-B-16-SigLIP/webli?force_image_size=32&embed_dim=192"
             f"&vision_cfg={compact_json(vision)}&text_cfg={compact_json(text)}")
     random_init = load_backbone(spec, pretrained=False)
-    path = tmp_path / "siglip.safetensors"
-    save_file(random_init.model.state_dict(), str(path))
+    path = save_state_dict(random_init.model.state_dict(), tmp_path / "siglip.safetensors")
 
     loaded = load_backbone(spec, weights=path)
 
@@ -186,12 +182,12 @@ def _write_local_dir(directory: Path, state: dict[str, torch.Tensor]) -> Path:
     preprocess_cfg = {"mean": [0.25, 0.5, 0.75], "std": [0.2, 0.3, 0.4], "interpolation": "bilinear"}
     directory.mkdir()
     (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}))
-    save_file(state, str(directory / "open_clip_model.safetensors"))
+    save_state_dict(state, directory / "open_clip_model.safetensors")
     return directory
 
 
 def test_local_dir_loads_its_weights_and_preprocessing(tmp_path: Path, tiny: Backbone) -> None:
-    state = _perturbed_state(tiny)
+    state = perturbed_state(tiny)
     directory = _write_local_dir(tmp_path / "bioclip-like", state)
 
     pretrained = load_backbone(f"open_clip:local-dir:{directory}")

@@ -63,3 +63,8 @@ def test_malformed_options_are_spec_errors(text: str) -> None:
 
 def test_the_four_providers_are_registered() -> None:
     assert {"timm", "open_clip", "hf", "torchvision"} <= set(PROVIDERS)
+
+
+@pytest.mark.parametrize(("text", "value"), [("False", False), ("True", True), ("None", None), ("null", None)])
+def test_python_spellings_of_literals_are_not_truthy_strings(text: str, value: object) -> None:
+    assert parse_spec(f"timm:vit_tiny_patch16_224?class_token={text}").options == {"class_token": value}

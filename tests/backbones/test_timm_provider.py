@@ -9,9 +9,15 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
-from tests.backbones.builders import TINY_DINOV2_REG, TINY_SIGLIP, TINY_VIT, pixels
+from tests.backbones.builders import (
+    TINY_DINOV2_REG,
+    TINY_SIGLIP,
+    TINY_VIT,
+    perturbed_state,
+    pixels,
+    save_state_dict,
+)
 from traitlens.backbones import Backbone, TokenLayout, load_backbone
 from traitlens.errors import SpecError, WeightsUnavailableError
 
@@ -176,20 +182,10 @@ def test_random_init_is_reproducible(dinov2: Backbone) -> None:
         assert torch.equal(again.forward(x), dinov2.forward(x))
 
 
-def _perturbed_state(backbone: Backbone) -> dict[str, torch.Tensor]:
-    """Weights unlike the seed-0 random init, so loading them is visible."""
-    generator = torch.Generator().manual_seed(7)
-    return {
-        key: value + torch.randn(value.shape, generator=generator) if value.is_floating_point() else value
-        for key, value in backbone.model.state_dict().items()
-    }
-
-
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_weights_file_round_trip(tmp_path: Path, dinov2: Backbone, suffix: str) -> None:
-    state = _perturbed_state(dinov2)
-    path = tmp_path / f"dinov2{suffix}"
-    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    state = perturbed_state(dinov2)
+    path = save_state_dict(state, tmp_path / f"dinov2{suffix}")
     source = load_backbone(TINY_DINOV2_REG, pretrained=False)
     source.model.load_state_dict(state)
 
@@ -202,10 +198,14 @@ def test_weights_file_round_trip(tmp_path: Path, dinov2: Backbone, suffix: str) 
     assert loaded.weights_fingerprint() == source.weights_fingerprint() != dinov2.weights_fingerprint()
 
 
+def _save_tiny_vit(tmp_path: Path) -> Path:
+    state = load_backbone(TINY_VIT, pretrained=False).model.state_dict()
+    return save_state_dict(state, tmp_path / "tiny5.safetensors")
+
+
 def test_imagenet_class_names_come_with_real_weights_only(tmp_path: Path) -> None:
     random_init = load_backbone(TINY_VIT_1K, pretrained=False)
-    path = tmp_path / "vit.safetensors"
-    save_file(random_init.model.state_dict(), str(path))
+    path = save_state_dict(random_init.model.state_dict(), tmp_path / "vit.safetensors")
 
     with_weights = load_backbone(TINY_VIT_1K, weights=path)
 
@@ -213,12 +213,6 @@ def test_imagenet_class_names_come_with_real_weights_only(tmp_path: Path) -> Non
     assert with_weights.class_names is not None and len(with_weights.class_names) == 1000
     assert "tench" in with_weights.class_names[0]
     assert load_backbone(TINY_VIT, weights=_save_tiny_vit(tmp_path)).class_names is None  # 5 classes
-
-
-def _save_tiny_vit(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny5.safetensors"
-    save_file(load_backbone(TINY_VIT, pretrained=False).model.state_dict(), str(path))
-    return path
 
 
 @pytest.mark.parametrize(
@@ -249,6 +243,27 @@ def test_pretrained_without_a_hub_fails_fast_with_the_ways_out() -> None:
     assert "--weights" in message and "--random-init" in message and "vit_tiny_patch16_224" in message
     assert "\n" not in message
     assert elapsed < 10
+
+
+def test_a_weights_file_with_pickled_code_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": load_backbone(TINY_VIT, pretrained=False).model.state_dict(), "hook": _Payload(marker)}, path)
+
+    with pytest.raises(WeightsUnavailableError, match="cannot read weights file"):
+        load_backbone(TINY_VIT, weights=path)
+
+    assert not marker.exists()
+
+
+class _Payload:
+    """Unpickling this would call ``Path.touch``: code run by merely reading a weights file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Path.touch, (self.marker,))
 
 
 def test_unknown_model_is_a_spec_error() -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
+from tests.backbones.builders import save_state_dict
 from traitlens.backbones.spec import LoadRequest, parse_spec
 from traitlens.backbones.weights import build_model, fixed_seed, load_into, read_state_dict
 from traitlens.errors import LayerError, SpecError, WeightsUnavailableError
@@ -37,8 +37,7 @@ class _Payload:
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth", ".bin"])
 def test_reads_tensors_from_safetensors_and_torch_files(tmp_path: Path, suffix: str) -> None:
     state = _model().state_dict()
-    path = tmp_path / f"weights{suffix}"
-    save_file(dict(state), str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    path = save_state_dict(state, tmp_path / f"weights{suffix}")
 
     _assert_same_state(read_state_dict(path), state)
 
@@ -146,8 +145,7 @@ def test_build_model_loads_a_weights_file_over_random_init(tmp_path: Path) -> No
     source = _model()
     with torch.no_grad():
         source[0].weight.fill_(0.5)
-    path = tmp_path / "w.safetensors"
-    save_file(dict(source.state_dict()), str(path))
+    path = save_state_dict(source.state_dict(), tmp_path / "w.safetensors")
 
     built = build_model(_request("timm:toy", weights=path, pretrained=True), "nothing", lambda _pretrained: _model())
 

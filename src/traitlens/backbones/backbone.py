@@ -130,11 +130,18 @@ class Backbone:
 
     @contextmanager
     def edit(self, layer_name: str | int, edit_fn: TokenEdit) -> Iterator[None]:
-        """Within the block, the layer's output is replaced by ``edit_fn(tokens_btd)``."""
+        """Within the block, the layer's output is replaced by ``edit_fn(tokens_btd)``, which must
+        return a tensor of the same (b, t, d) shape."""
         layer = self.layer(layer_name)
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
-            edited_btd = edit_fn(layer.codec.to_tokens(output))
+            tokens_btd = layer.codec.to_tokens(output)
+            edited_btd = edit_fn(tokens_btd)
+            if not isinstance(edited_btd, torch.Tensor) or edited_btd.shape != tokens_btd.shape:
+                got = tuple(edited_btd.shape) if isinstance(edited_btd, torch.Tensor) else type(edited_btd).__name__
+                raise LayerError(
+                    f"an edit of {layer.name} must return tokens of shape {tuple(tokens_btd.shape)}, got {got}"
+                )
             return layer.codec.from_tokens(edited_btd, like=output)
 
         handle = layer.module.register_forward_hook(hook)

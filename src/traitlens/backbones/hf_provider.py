@@ -131,8 +131,14 @@ def load_hf(request: LoadRequest) -> Backbone:
             raise SpecError(f"model spec {request.spec.text!r}: {type(build_config).__name__} has no fields {unknown}")
         build_config.update(request.spec.options)
         if pretrained:
-            return model_class.from_pretrained(repo, config=build_config)
-        return model_class.from_config(build_config) if hasattr(model_class, "from_config") else model_class(build_config)
+            model = model_class.from_pretrained(repo, config=build_config)
+        elif hasattr(model_class, "from_config"):
+            model = model_class.from_config(build_config)
+        else:
+            model = model_class(build_config)
+        # transformers 5 builds in the dtype the config names (often bfloat16 or float16 on the hub);
+        # every backbone computes in float32, like timm and open_clip models do
+        return model.float()
 
     model: Any = build_model(request, f"transformers from {repo!r}", create)
     config = model.config

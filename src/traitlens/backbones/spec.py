@@ -28,8 +28,15 @@ class LoadRequest:
     pretrained: bool
 
 
+# Python spellings of the JSON literals: left as text, ``False`` would be a truthy string.
+_PYTHON_LITERALS: dict[str, Any] = {"True": True, "False": False, "None": None}
+
+
 def _option_value(text: str) -> Any:
-    """``8`` -> 8, ``0.5`` -> 0.5, ``true`` -> True, ``[1,2]`` -> [1, 2]; anything else stays text."""
+    """``8`` -> 8, ``0.5`` -> 0.5, ``true``/``True`` -> True, ``null``/``None`` -> None,
+    ``[1,2]`` -> [1, 2]; anything else stays text."""
+    if text in _PYTHON_LITERALS:
+        return _PYTHON_LITERALS[text]
     try:
         return json.loads(text)
     except json.JSONDecodeError:

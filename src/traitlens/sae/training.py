@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from traitlens.distributed import Workers, workers_from_env
 from traitlens.errors import DataError, TraitlensError
 from traitlens.sae.config import SAEConfig
-from traitlens.sae.init import BiasInit, initialize_from_data, set_normalization
+from traitlens.sae.init import BiasInit, calibrate_threshold, initialize_from_data, set_normalization
 from traitlens.sae.io import save_sae, save_tensors
 from traitlens.sae.logging_sinks import MetricSinks
 from traitlens.sae.metrics import explained_variance
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 DENSE_FREQUENCY = 0.1  # a latent firing on more than this share of tokens counts as dense
 CHECKPOINT_DIR = "checkpoint"
-LOG_FILE = "train_log.jsonl"
 
 
 class TrainingError(TraitlensError):
@@ -161,7 +161,7 @@ class Trainer:
             raise TrainingError(f"the sweep repeats a configuration: {', '.join(names)}")
         self.step = 0
         self.n_nonfinite = 0
-        self.runs = [self._new_run(run, index) for index, run in enumerate(config.runs)]
+        self.runs = [self._new_run(run) for run in config.runs]
         checkpoint = config.out / CHECKPOINT_DIR / "state.json"
         if resume and checkpoint.is_file():
             self._load_checkpoint(checkpoint)
@@ -171,11 +171,14 @@ class Trainer:
             self._initialize_from_data()
 
     # -- set-up ----------------------------------------------------------------------------------
-    def _new_run(self, run: RunConfig, index: int) -> _Run:
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(self.config.seed * 1000 + index)
-        sae = SparseAutoencoder(run.sae)
-        torch.random.set_rng_state(generator_state)
+    def _run_seed(self, run: RunConfig) -> int:
+        """A run's own seed, from its name: an SAE starts the same alone or inside a sweep."""
+        return self.config.seed * 1_000_003 + zlib.crc32(run.name.encode())
+
+    def _new_run(self, run: RunConfig) -> _Run:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._run_seed(run))
+            sae = SparseAutoencoder(run.sae)
         set_normalization(sae, self.store.stats(self.layer.name))
         sae.to(self.device)
         optimizer = torch.optim.Adam(sae.parameters(), lr=run.lr, betas=(0.9, 0.999))
@@ -184,8 +187,8 @@ class Trainer:
 
     def _initialize_from_data(self) -> None:
         sample_nd = self._sample(self.config.init_sample_tokens)
-        for index, run in enumerate(self.runs):
-            generator = torch.Generator().manual_seed(self.config.seed * 1000 + index)
+        for run in self.runs:
+            generator = torch.Generator().manual_seed(self._run_seed(run.config))
             initialize_from_data(run.sae, sample_nd, self.config.bias_init, self.config.data_init, generator)
 
     def _sample(self, n_tokens: int) -> torch.Tensor:
@@ -262,10 +265,6 @@ class Trainer:
             active = encoding.codes.values > 0
             fires_w = torch.zeros(cfg.width, dtype=torch.int64, device=xn_nd.device).index_add_(
                 0, encoding.codes.cols[active], torch.ones_like(encoding.codes.cols[active]))
-            if cfg.activation == "batchtopk" and bool(active.any()):
-                smallest = _reduce(encoding.codes.values[active].min().reshape(1), self.workers, dist.ReduceOp.MIN)
-                momentum = 0.0 if self.step == 0 else 0.99
-                sae.threshold.mul_(momentum).add_((1 - momentum) * smallest)
         else:
             fires_w = (encoding.dense() > 0).sum(0)
         fires_w = _reduce(fires_w, self.workers)
@@ -351,6 +350,10 @@ class Trainer:
         self.n_nonfinite = int(state["n_nonfinite"])
 
     def _save_results(self) -> list[Path]:
+        sample_nd = self._sample(self.config.init_sample_tokens)
+        for run in self.runs:
+            if run.config.sae.activation == "batchtopk":
+                calibrate_threshold(run.sae, sample_nd)
         directories = []
         for run in self.runs:
             directory = self.config.out if len(self.runs) == 1 else self.config.out / run.config.name

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import torch
+
+from traitlens.sae import SAEConfig, SparseAutoencoder
+from traitlens.sae.init import calibrate_threshold, geometric_median
+from traitlens.sae.schedule import learning_rate, sparsity_coefficient
+
+
+def test_geometric_median_resists_outliers() -> None:
+    points = torch.cat([torch.zeros(20, 3), torch.full((3, 3), 1000.0)])
+    assert geometric_median(points).abs().max() < 1e-3 < points.mean(0).abs().max()
+    square = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
+    torch.testing.assert_close(geometric_median(square), torch.tensor([1.0, 1.0]))
+
+
+def test_calibrated_threshold_gives_k_active_latents_on_average() -> None:
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=8, width=64, activation="batchtopk", k=5))
+    sample = torch.randn(400, 8)
+    calibrate_threshold(sae, sample)
+    assert float((sae.encode(sample) > 0).sum(1).double().mean()) == 5.0
+
+
+def test_schedules() -> None:
+    rates = [learning_rate(step, 100, 1.0, 10, 0.1) for step in range(100)]
+    assert rates[0] == 0.1 and rates[9] == 1.0 and abs(rates[-1] - 0.1) < 0.01
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
+    assert [sparsity_coefficient(s, 2.0, 4) for s in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    assert sparsity_coefficient(0, 2.0, 0) == 2.0

@@ -109,3 +109,13 @@ def perturbed_state(backbone: Backbone, scale: float = 0.1, seed: int = 7) -> di
         key: value + scale * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value
         for key, value in backbone.model.state_dict().items()
     }
+
+
+class CodeRunningPayload:
+    """Unpickling this calls ``Path.touch`` on ``marker``: code run by merely reading a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))

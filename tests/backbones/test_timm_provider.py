@@ -14,6 +14,7 @@ from tests.backbones.builders import (
     TINY_DINOV2_REG,
     TINY_SIGLIP,
     TINY_VIT,
+    CodeRunningPayload,
     perturbed_state,
     pixels,
     save_state_dict,
@@ -248,22 +249,12 @@ def test_pretrained_without_a_hub_fails_fast_with_the_ways_out() -> None:
 def test_a_weights_file_with_pickled_code_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "code-ran"
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": load_backbone(TINY_VIT, pretrained=False).model.state_dict(), "hook": _Payload(marker)}, path)
+    torch.save({"state_dict": load_backbone(TINY_VIT, pretrained=False).model.state_dict(), "hook": CodeRunningPayload(marker)}, path)
 
     with pytest.raises(WeightsUnavailableError, match="cannot read weights file"):
         load_backbone(TINY_VIT, weights=path)
 
     assert not marker.exists()
-
-
-class _Payload:
-    """Unpickling this would call ``Path.touch``: code run by merely reading a weights file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (Path.touch, (self.marker,))
 
 
 def test_unknown_model_is_a_spec_error() -> None:

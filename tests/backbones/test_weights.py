@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from tests.backbones.builders import save_state_dict
+from tests.backbones.builders import CodeRunningPayload, save_state_dict
 from traitlens.backbones.spec import LoadRequest, parse_spec
 from traitlens.backbones.weights import build_model, fixed_seed, load_into, read_state_dict
 from traitlens.errors import LayerError, SpecError, WeightsUnavailableError
@@ -22,16 +21,6 @@ def _model() -> nn.Module:
 def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     assert all(torch.equal(a[key], b[key]) for key in a)
-
-
-class _Payload:
-    """Unpickling this would call ``Path.touch`` on the marker: code run from a weights file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.touch, (self.marker,))
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth", ".bin"])
@@ -54,13 +43,15 @@ def test_unwraps_training_checkpoints(tmp_path: Path, key: str) -> None:
 def test_pickled_objects_are_refused_without_running_them(tmp_path: Path) -> None:
     marker = tmp_path / "code-ran"
     path = tmp_path / "evil.pth"
-    torch.save({"weight": torch.zeros(2), "payload": _Payload(marker)}, path)
+    torch.save({"weight": torch.zeros(2), "payload": CodeRunningPayload(marker)}, path)
 
     with pytest.raises(WeightsUnavailableError, match="cannot read weights file") as caught:
         read_state_dict(path)
 
     assert not marker.exists()
     assert "\n" not in str(caught.value)
+    torch.load(path, weights_only=False)  # the payload is live: an unsafe load runs it
+    assert marker.exists()
 
 
 def test_a_file_without_a_state_dict_is_refused(tmp_path: Path) -> None:

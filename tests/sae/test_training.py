@@ -121,7 +121,7 @@ def test_kill_and_resume_ends_identical(sae_store: Path, tmp_path: Path, monkeyp
     real_step = training.Trainer._train_run
     calls = {"n": 0}
 
-    def dies_mid_run(self: training.Trainer, *args: object) -> dict[str, float]:
+    def dies_mid_run(self: training.Trainer, *args: object) -> dict[str, float]:  # type: ignore[misc]
         calls["n"] += 1
         if calls["n"] == 2 * 33 + 1:  # step 33, after the step-30 checkpoint
             raise KeyboardInterrupt

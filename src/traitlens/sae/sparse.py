@@ -8,6 +8,7 @@ the active encoder rows only.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,20 @@ def batch_topk_selection(pre_nw: torch.Tensor, k: int) -> tuple[torch.Tensor, to
     return flat // pre_nw.shape[1], flat % pre_nw.shape[1]
 
 
+def _by_latent(rows: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor, width: int, n_rows: int) -> torch.Tensor:
+    """The (width, n_rows) sparse matrix with ``weights`` at (cols, rows), in CSR form, so that
+    ``_by_latent(...) @ y_nd`` sums weighted rows of ``y`` into each latent: O(nnz * d)."""
+    order = torch.argsort(cols, stable=True)
+    crow = torch.searchsorted(cols[order], torch.arange(width + 1, device=cols.device))
+    with warnings.catch_warnings():  # CSR support is marked beta; the product we use is stable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, rows[order], weights[order], (width, n_rows))
+
+
+def _row_offsets(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    return torch.searchsorted(rows, torch.arange(n_rows, device=rows.device))
+
+
 class _GatherPreactivations(torch.autograd.Function):
     """``pre[rows, cols]`` where ``pre = x @ W_enc.T + b_enc`` was computed without autograd;
     the backward pass costs O(nnz * d_in) instead of a dense (batch x width) product."""
@@ -60,21 +75,45 @@ class _GatherPreactivations(torch.autograd.Function):
     def forward(ctx: Any, pre_nw: torch.Tensor, x_nd: torch.Tensor, w_enc_wd: torch.Tensor, b_enc_w: torch.Tensor,
                 rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x_nd, w_enc_wd, rows, cols)
-        ctx.n_bias = b_enc_w.shape[0]
-        return pre_nw[rows, cols]
+        return pre_nw.reshape(-1).index_select(0, rows * pre_nw.shape[1] + cols)
 
     @staticmethod
     def backward(ctx: Any, grad_j: torch.Tensor) -> tuple[Any, ...]:
         x_nd, w_enc_wd, rows, cols = ctx.saved_tensors
+        width, n_rows = w_enc_wd.shape[0], x_nd.shape[0]
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[1]:
-            offsets = torch.searchsorted(rows, torch.arange(x_nd.shape[0], device=rows.device))
-            grad_x = F.embedding_bag(cols, w_enc_wd, offsets, mode="sum", per_sample_weights=grad_j)
-        if ctx.needs_input_grad[2]:
-            grad_w = torch.zeros_like(w_enc_wd).index_add_(0, cols, x_nd[rows] * grad_j[:, None])
+        if ctx.needs_input_grad[1]:  # grad_x[n] = sum_j grad_j W_enc[cols_j]: a bag over encoder rows
+            grad_x = F.embedding_bag(cols, w_enc_wd, _row_offsets(rows, n_rows), mode="sum", per_sample_weights=grad_j)
+        if ctx.needs_input_grad[2]:  # grad_W_enc[c] = sum_j grad_j x[rows_j]
+            grad_w = _by_latent(rows, cols, grad_j, width, n_rows) @ x_nd
         if ctx.needs_input_grad[3]:
-            grad_b = torch.zeros(ctx.n_bias, dtype=grad_j.dtype, device=grad_j.device).index_add_(0, cols, grad_j)
+            grad_b = torch.zeros(width, dtype=grad_j.dtype, device=grad_j.device).index_add_(0, cols, grad_j)
         return None, grad_x, grad_w, grad_b, None, None
+
+
+class _DecodeCodes(torch.autograd.Function):
+    """sum_j values_j W_dec[cols_j] per row, with an O(nnz * d) backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, values: torch.Tensor, w_dec_wd: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                n_rows: int) -> torch.Tensor:
+        ctx.save_for_backward(values, w_dec_wd, rows, cols)
+        ctx.n_rows = n_rows
+        return F.embedding_bag(cols, w_dec_wd, _row_offsets(rows, n_rows), mode="sum", per_sample_weights=values)
+
+    @staticmethod
+    def backward(ctx: Any, grad_nd: torch.Tensor) -> tuple[Any, ...]:
+        values, w_dec_wd, rows, cols = ctx.saved_tensors
+        grad_values = grad_w = None
+        if ctx.needs_input_grad[0]:  # grad_values_j = grad[rows_j] . W_dec[cols_j], PyTorch's bag kernel
+            leaf = values.detach().requires_grad_(True)
+            with torch.enable_grad():
+                bag_nd = F.embedding_bag(cols, w_dec_wd.detach(), _row_offsets(rows, ctx.n_rows), mode="sum",
+                                         per_sample_weights=leaf)
+            (grad_values,) = torch.autograd.grad(bag_nd, leaf, grad_outputs=grad_nd)
+        if ctx.needs_input_grad[1]:  # grad_W_dec[c] = sum_j values_j grad[rows_j]
+            grad_w = _by_latent(rows, cols, values.detach(), w_dec_wd.shape[0], ctx.n_rows) @ grad_nd
+        return grad_values, grad_w, None, None, None
 
 
 def gather_preactivations(pre_nw: torch.Tensor, x_nd: torch.Tensor, w_enc_wd: torch.Tensor, b_enc_w: torch.Tensor,
@@ -85,4 +124,5 @@ def gather_preactivations(pre_nw: torch.Tensor, x_nd: torch.Tensor, w_enc_wd: to
 
 def decode_codes(codes: SparseCodes, w_dec_wd: torch.Tensor) -> torch.Tensor:
     """Sum of the active decoder rows weighted by their values, (n_rows, d); no bias."""
-    return F.embedding_bag(codes.cols, w_dec_wd, codes.offsets, mode="sum", per_sample_weights=codes.values)
+    out: torch.Tensor = _DecodeCodes.apply(codes.values, w_dec_wd, codes.rows, codes.cols, codes.n_rows)
+    return out

@@ -222,7 +222,7 @@ class Trainer:
         aux_nd = decode_codes(codes, run.sae.W_dec)
         return (aux_nd - residual_nd).square().sum(1).mean() / residual_nd.square().sum(1).mean().clamp_min(1e-12)
 
-    def _train_run(self, run: _Run, x_nd: torch.Tensor, global_tokens: int) -> dict[str, float]:
+    def _train_run(self, run: _Run, x_nd: torch.Tensor, global_tokens: int, logging_step: bool) -> dict[str, float]:
         cfg, sae = run.config.sae, run.sae
         xn_nd = sae.normalize(x_nd)
         encoding = sae.encode_for_training(xn_nd)
@@ -256,21 +256,25 @@ class Trainer:
         run.optimizer.step()
         with torch.no_grad():
             sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
-            return self._update_statistics(run, encoding, xn_nd, recon_nd, global_tokens, float(loss), float(aux), lr)
+            fires_w = self._count_fires(run, encoding, global_tokens)
+            if not logging_step:
+                return {}
+            return self._metrics(run, xn_nd, recon_nd, fires_w, global_tokens, float(loss), float(aux), lr)
 
-    def _update_statistics(self, run: _Run, encoding: Encoding, xn_nd: torch.Tensor, recon_nd: torch.Tensor,
-                           global_tokens: int, loss: float, aux: float, lr: float) -> dict[str, float]:
-        sae, cfg = run.sae, run.config.sae
+    def _count_fires(self, run: _Run, encoding: Encoding, global_tokens: int) -> torch.Tensor:
+        """Per-latent firing counts of this step (all workers), feeding dead and dense tracking."""
         if encoding.codes is not None:
-            active = encoding.codes.values > 0
-            fires_w = torch.zeros(cfg.width, dtype=torch.int64, device=xn_nd.device).index_add_(
-                0, encoding.codes.cols[active], torch.ones_like(encoding.codes.cols[active]))
+            fires_w = torch.bincount(encoding.codes.cols[encoding.codes.values > 0], minlength=run.config.sae.width)
         else:
             fires_w = (encoding.dense() > 0).sum(0)
         fires_w = _reduce(fires_w, self.workers)
         run.tokens_since_fired = torch.where(fires_w > 0, 0, run.tokens_since_fired + global_tokens)
         run.fires_in_window += fires_w
         run.tokens_in_window += global_tokens
+        return fires_w
+
+    def _metrics(self, run: _Run, xn_nd: torch.Tensor, recon_nd: torch.Tensor, fires_w: torch.Tensor, global_tokens: int,
+                 loss: float, aux: float, lr: float) -> dict[str, float]:
         # NMSE against this batch's mean: squared error and spread summed over all workers
         sums = torch.stack([(recon_nd - xn_nd).double().square().sum(), (xn_nd.double() - xn_nd.double().mean(0)).square().sum()])
         error, spread = _reduce(sums, self.workers).tolist()
@@ -293,9 +297,10 @@ class Trainer:
             while self.step < config.total_steps:
                 global_nd = next(batches)
                 local_nd = self._clean(global_nd.chunk(workers.world_size)[workers.rank]).to(self.device)
-                metrics = [self._train_run(run, local_nd, len(global_nd)) for run in self.runs]
+                logging_step = (self.step + 1) % config.log_every == 0 or self.step + 1 == config.total_steps
+                metrics = [self._train_run(run, local_nd, len(global_nd), logging_step) for run in self.runs]
                 self.step += 1
-                if self.step % config.log_every == 0 or self.step == config.total_steps:
+                if logging_step:
                     for run, values in zip(self.runs, metrics, strict=True):
                         values["dense_fraction"] = float((run.fires_in_window.double() / max(run.tokens_in_window, 1) > DENSE_FREQUENCY).double().mean())
                         run.fires_in_window.zero_()

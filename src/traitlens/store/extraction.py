@@ -26,8 +26,15 @@ from traitlens.data import ImageSource, UnreadableImageError, open_image_source,
 from traitlens.distributed import Workers, workers_from_env
 from traitlens.errors import DataError, LayerError, StoreError
 from traitlens.store.atomic import atomic_save_npy, atomic_write_json, remove_temp_files
-from traitlens.store.files import JOB, MANIFEST, acts_path, patch_labels_path, shard_record_path, stats_path
-from traitlens.store.manifest import FORMAT, VERSION, StoredLayer, read_manifest
+from traitlens.store.files import (
+    JOB,
+    MANIFEST,
+    acts_path,
+    patch_labels_path,
+    shard_record_path,
+    stats_path,
+)
+from traitlens.store.manifest import StoredLayer, manifest_header, read_manifest
 from traitlens.store.stats import StatsAccumulator
 
 log = logging.getLogger(__name__)
@@ -278,8 +285,7 @@ def _finalize(config: ExtractConfig, job: dict[str, Any], backbone: Backbone, so
               for r in records for i in r["images"]]
     skipped = [{"source": source.records[s["index"]].source, "reason": s["reason"]} for r in records for s in r["skipped"]]
     manifest = {
-        "format": FORMAT, "version": VERSION,
-        "software": {"traitlens": traitlens.__version__, "torch": torch.__version__},
+        **manifest_header(),
         "job": job,
         "model": {"spec": config.model, "weights": job["weights"], "pretrained": config.pretrained,
                   "weights_fingerprint": job["weights_fingerprint"], "class_names": backbone.class_names},

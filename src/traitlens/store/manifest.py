@@ -18,6 +18,15 @@ FORMAT = "traitlens.activations"
 VERSION = 1
 
 
+def manifest_header() -> dict[str, Any]:
+    """The fields every manifest starts with: format, version, and the software that wrote it."""
+    import torch
+
+    import traitlens
+
+    return {"format": FORMAT, "version": VERSION, "software": {"traitlens": traitlens.__version__, "torch": torch.__version__}}
+
+
 @dataclass(frozen=True)
 class StoredLayer:
     """One layer in a store: its width, token layout, and shard files (relative to the root)."""

@@ -59,9 +59,9 @@ def run_matmul() -> dict[str, float]:
 
 
 def run_traitlens(steps: int, train_nd: np.ndarray, test_nd: np.ndarray) -> dict[str, float]:
+    from traitlens.distributed import Workers
     from traitlens.sae import RunConfig, SAEConfig, TrainConfig, load_sae
     from traitlens.sae.training import Trainer
-    from traitlens.distributed import Workers
     from traitlens.store import store_from_arrays
 
     with tempfile.TemporaryDirectory() as temp:

@@ -45,12 +45,13 @@ def _csv(kind: type, text: str | None) -> tuple:
 
 def _run_train(args: argparse.Namespace) -> int:
     from traitlens.sae import RunConfig, SAEConfig, TrainConfig, sweep, train
+    from traitlens.sae.config import Activation
     from traitlens.store import ActivationStore
 
     layer = ActivationStore(args.acts).layer(args.layer)
-    activation = "batchtopk" if args.arch == "matryoshka" else args.arch
+    activation: Activation = "batchtopk" if args.arch == "matryoshka" else args.arch
     widths = _csv(int, args.width) or tuple(round(e * layer.width) for e in _csv(float, args.expansion) or (16.0,))
-    runs = []
+    runs: list[RunConfig] = []
     for width in widths:
         nested = _csv(int, args.matryoshka_widths) or ((width // 16, width // 4, width) if args.arch == "matryoshka" else ())
         base = RunConfig(SAEConfig(d_in=layer.width, width=width, activation=activation, k=min(_csv(int, args.k)[0], width),

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from traitlens.sae import SAEConfig, SparseAutoencoder
@@ -25,6 +27,6 @@ def test_calibrated_threshold_gives_k_active_latents_on_average() -> None:
 def test_schedules() -> None:
     rates = [learning_rate(step, 100, 1.0, 10, 0.1) for step in range(100)]
     assert rates[0] == 0.1 and rates[9] == 1.0 and abs(rates[-1] - 0.1) < 0.01
-    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(rates[9:]))
     assert [sparsity_coefficient(s, 2.0, 4) for s in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
     assert sparsity_coefficient(0, 2.0, 0) == 2.0

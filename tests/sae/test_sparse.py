@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from traitlens.sae.sparse import SparseCodes, batch_topk_selection, decode_codes, gather_preactivations, topk_selection
+from traitlens.sae.sparse import (
+    SparseCodes,
+    batch_topk_selection,
+    decode_codes,
+    gather_preactivations,
+    topk_selection,
+)
 
 
 def _dense_reference(pre_nw: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

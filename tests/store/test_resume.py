@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.store.conftest import TINY_VIT, make_class_folder
 import traitlens.store.extraction as extract_module
+from tests.store.conftest import TINY_VIT, make_class_folder
 from traitlens.store import ExtractConfig, extract
 from traitlens.store.files import MANIFEST, shard_record_path
 

@@ -52,10 +52,19 @@ def _open_sink(name: str, out: Path) -> Any:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(out / "tensorboard"))
-            return lambda step, run, metrics: [writer.add_scalar(f"{run}/{k}", v, step) for k, v in metrics.items()]
+
+            def to_tensorboard(step: int, run: str, metrics: dict[str, float]) -> None:
+                for key, value in metrics.items():
+                    writer.add_scalar(f"{run}/{key}", value, step)
+
+            return to_tensorboard
         import wandb
 
         session = wandb.init(project="traitlens", dir=str(out))
-        return lambda step, run, metrics: session.log({f"{run}/{k}": v for k, v in metrics.items()}, step=step)
+
+        def to_wandb(step: int, run: str, metrics: dict[str, float]) -> None:
+            session.log({f"{run}/{key}": value for key, value in metrics.items()}, step=step)
+
+        return to_wandb
     except ImportError as error:
         raise TraitlensError(f"--log-to {name} needs the {name} package, which is not installed") from error

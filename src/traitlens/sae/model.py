@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from traitlens.sae.config import SAEConfig
-from traitlens.sae.sparse import SparseCodes, batch_topk_selection, decode_codes, gather_preactivations, topk_selection
+from traitlens.sae.sparse import (
+    SparseCodes,
+    batch_topk_selection,
+    decode_codes,
+    gather_preactivations,
+    topk_selection,
+)
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -75,6 +81,10 @@ class Encoding:
 
 class SparseAutoencoder(nn.Module):
     """encode: (n, d_in) -> (n, width) latents; decode: latents -> (n, d_in); forward: both."""
+
+    input_mean: torch.Tensor
+    input_scale: torch.Tensor
+    threshold: torch.Tensor
 
     def __init__(self, config: SAEConfig) -> None:
         super().__init__()

@@ -24,7 +24,12 @@ from tqdm import tqdm
 from traitlens.distributed import Workers, workers_from_env
 from traitlens.errors import DataError, TraitlensError
 from traitlens.sae.config import SAEConfig
-from traitlens.sae.init import BiasInit, calibrate_threshold, initialize_from_data, set_normalization
+from traitlens.sae.init import (
+    BiasInit,
+    calibrate_threshold,
+    initialize_from_data,
+    set_normalization,
+)
 from traitlens.sae.io import save_sae, save_tensors
 from traitlens.sae.logging_sinks import MetricSinks
 from traitlens.sae.metrics import explained_variance

@@ -48,8 +48,12 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
-    atomic_write(path, lambda handle: handle.write(text.encode()))
+    encoded = (json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+
+    def write(handle: IO[bytes]) -> None:
+        handle.write(encoded)
+
+    atomic_write(path, write)
 
 
 def remove_temp_files(root: Path) -> int:

@@ -91,3 +91,23 @@ def test_python_dash_m_reports_errors_without_a_traceback(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "Traceback" not in result.stderr
     assert "PROVIDER:NAME" in result.stderr
+
+
+def test_train_from_the_command_line_and_its_bad_inputs(capsys: pytest.CaptureFixture[str], images: Path, tmp_path: Path) -> None:
+    acts = tmp_path / "acts"
+    assert main(["extract", "--model", TINY_VIT, "--random-init", "--data", str(images), "--layers", "-1",
+                 "--out", str(acts), "--tokens", "all"]) == 0
+    capsys.readouterr()
+    base = ["train", "--acts", str(acts), "--layer", "-1", "--tokens", "120", "--batch-size", "30"]
+    code, out, _ = _run(capsys, *base, "--arch", "topk", "--k", "2,4", "--width", "64", "--out", str(tmp_path / "sweep"))
+    assert code == 0 and out.count("saved SAE") == 2 and "topk_w64_k4_lr0.0003" in out
+    code, _, err = _run(capsys, *base, "--arch", "topk", "--k", "2,4", "--width", "64", "--out", str(tmp_path / "sweep"))
+    _assert_one_line_error(code, err, "already holds training output")
+    code, out, _ = _run(capsys, *base, "--arch", "topk", "--k", "2,4", "--width", "64", "--out", str(tmp_path / "sweep"), "--resume")
+    assert code == 0 and out.count("saved SAE") == 2
+    code, _, err = _run(capsys, *base, "--layer", "blocks.0", "--out", str(tmp_path / "x"))
+    _assert_one_line_error(code, err, "layer 'blocks.0' is not in the store", "stored layers: blocks.1")
+    code, _, err = _run(capsys, *base, "--k", "500", "--width", "64", "--out", str(tmp_path / "x"))
+    _assert_one_line_error(code, err, "k must be between 1 and the width 64")
+    code, _, err = _run(capsys, "train", "--acts", str(tmp_path / "nope"), "--layer", "0", "--tokens", "10", "--out", str(tmp_path / "x"))
+    _assert_one_line_error(code, err, "no activation store")

@@ -132,7 +132,7 @@ def test_kill_and_resume_ends_identical(sae_store: Path, tmp_path: Path, monkeyp
         train(killed, show_progress=False)
     monkeypatch.setattr(training.Trainer, "_train_run", real_step)
     assert json.loads((killed.out / "checkpoint" / "state.json").read_text())["step"] == 30
-    with pytest.raises(TrainingError, match="--resume"):
+    with pytest.raises(TrainingError, match="pass --resume to continue it"):
         train(killed, show_progress=False)
     train(killed, resume=True, show_progress=False)
     assert _tree(tmp_path / "straight") == _tree(tmp_path / "killed")
@@ -179,8 +179,15 @@ def test_bad_inputs_are_refused_and_nothing_saved_is_lost(sae_store: Path, tmp_p
     config = _config(sae_store, tmp_path / "kept", good, tokens=256 * 25, checkpoint_every=10)
     train(config, show_progress=False)
     saved = _tree(tmp_path / "kept")
-    state = tmp_path / "kept" / "checkpoint" / "state.json"
-    state.write_text("{ not json")
-    with pytest.raises(TrainingError, match="damaged checkpoint"):
-        train(config, resume=True, show_progress=False)
+    with pytest.raises(TrainingError, match="already holds training output"):
+        train(config, show_progress=False)
+    assert not (tmp_path / "kept" / "checkpoint").exists()  # removed once every SAE was saved
+    assert train(config, resume=True, show_progress=False) == [tmp_path / "kept"]  # complete: nothing redone
     assert _tree(tmp_path / "kept") == saved
+
+    interrupted = replace(config, out=tmp_path / "damaged", tokens=256 * 25)
+    (interrupted.out / "checkpoint").mkdir(parents=True)
+    (interrupted.out / "checkpoint" / "state.json").write_text("{ not json")
+    with pytest.raises(TrainingError, match="damaged checkpoint"):
+        train(interrupted, resume=True, show_progress=False)
+    assert (interrupted.out / "checkpoint" / "state.json").read_text() == "{ not json"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from traitlens.sae.init import (
     initialize_from_data,
     set_normalization,
 )
-from traitlens.sae.io import save_sae, save_tensors
+from traitlens.sae.io import CONFIG, save_sae, save_tensors
 from traitlens.sae.logging_sinks import MetricSinks
 from traitlens.sae.metrics import explained_variance
 from traitlens.sae.model import Encoding, SparseAutoencoder
@@ -168,12 +169,21 @@ class Trainer:
         self.n_nonfinite = 0
         self.runs = [self._new_run(run) for run in config.runs]
         checkpoint = config.out / CHECKPOINT_DIR / "state.json"
+        self.complete = resume and not checkpoint.is_file() and all((d / CONFIG).is_file() for d in self.result_dirs)
         if resume and checkpoint.is_file():
             self._load_checkpoint(checkpoint)
-        elif checkpoint.is_file():
-            raise TrainingError(f"{config.out} has a checkpoint from an earlier run; pass --resume to continue it, or use another --out")
-        else:
+        elif not resume and config.out.exists() and any(config.out.iterdir()):
+            hint = "pass --resume to continue it" if checkpoint.is_file() else "it is kept as it is"
+            raise TrainingError(f"{config.out} already holds training output ({hint}); use another --out")
+        elif not self.complete:
             self._initialize_from_data()
+
+    @property
+    def result_dirs(self) -> list[Path]:
+        """Where each SAE is saved: ``out`` itself for one SAE, ``out/<run name>`` in a sweep."""
+        if len(self.config.runs) == 1:
+            return [self.config.out]
+        return [self.config.out / run.name for run in self.config.runs]
 
     # -- set-up ----------------------------------------------------------------------------------
     def _run_seed(self, run: RunConfig) -> int:
@@ -294,6 +304,9 @@ class Trainer:
     # -- loop --------------------------------------------------------------------------------------
     def fit(self, show_progress: bool = True) -> list[Path]:
         config, workers = self.config, self.workers
+        if self.complete:
+            log.info("%s is already complete", config.out)
+            return self.result_dirs
         stream = self.store.shuffled(self.layer.name, ShuffleConfig(batch_size=config.batch_size, seed=config.seed))
         batches = stream.batches(start_batch=self.step)
         sinks = MetricSinks(config.out, config.log_to, enabled=workers.is_main, resume_after=self.step)
@@ -364,17 +377,16 @@ class Trainer:
         for run in self.runs:
             if run.config.sae.activation == "batchtopk":
                 calibrate_threshold(run.sae, sample_nd)
-        directories = []
-        for run in self.runs:
-            directory = self.config.out if len(self.runs) == 1 else self.config.out / run.config.name
+        for run, directory in zip(self.runs, self.result_dirs, strict=True):
             if self.workers.is_main:
                 extra = {"layer": self.layer.name, "acts": str(self.config.acts), "model": self.store.manifest["model"]["spec"],
                          "tokens_kind": self.store.manifest["tokens"], "run": run.config.to_dict(),
                          "training": self.config.to_dict(), "metrics": run.last_metrics}
                 save_sae(run.sae, directory, extra)
-            directories.append(directory)
+        if self.workers.is_main:  # every SAE is saved: the checkpoint has done its job
+            shutil.rmtree(self.config.out / CHECKPOINT_DIR, ignore_errors=True)
         self.workers.barrier()
-        return directories
+        return self.result_dirs
 
 
 def train(config: TrainConfig, resume: bool = False, show_progress: bool = True) -> list[Path]:

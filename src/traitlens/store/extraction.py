@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 import traitlens
-from traitlens.backbones import Backbone, Layer, TokenSelection, load_backbone
+from traitlens.backbones import Backbone, Layer, TokenSelection, load_backbone, parse_spec
 from traitlens.data import ImageSource, UnreadableImageError, open_image_source, patch_labels
 from traitlens.distributed import Workers, workers_from_env
 from traitlens.errors import DataError, LayerError, StoreError
@@ -312,6 +312,7 @@ def extract(config: ExtractConfig, show_progress: bool = True, backbone: Backbon
     """
     if config.batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {config.batch_size}")
+    parse_spec(config.model)  # a typo in the spec fails before any data is read
     source = open_image_source(config.data)
     if backbone is None:
         backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained)

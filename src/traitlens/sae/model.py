@@ -25,42 +25,28 @@ from traitlens.sae.sparse import (
 )
 
 
-class _JumpReLU(torch.autograd.Function):
-    """pre * H(pre - theta); theta gets a straight-through gradient through a rectangle kernel."""
+class _Threshold(torch.autograd.Function):
+    """JumpReLU ``pre * H(pre - theta)`` or, with ``step=True``, the step ``H(pre - theta)`` that
+    the L0 penalty counts. ``theta = exp(log_threshold)`` learns through a straight-through
+    estimator: the rectangle kernel of width ``bandwidth`` stands in for H's derivative."""
 
     @staticmethod
-    def forward(ctx: Any, pre_nw: torch.Tensor, log_threshold_w: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    def forward(ctx: Any, pre_nw: torch.Tensor, log_threshold_w: torch.Tensor, bandwidth: float, step: bool) -> torch.Tensor:
         threshold_w = log_threshold_w.exp()
         ctx.save_for_backward(pre_nw, threshold_w)
-        ctx.bandwidth = bandwidth
-        return pre_nw * (pre_nw > threshold_w)
+        ctx.bandwidth, ctx.step = bandwidth, step
+        active_nw = (pre_nw > threshold_w).to(pre_nw.dtype)
+        return active_nw if step else pre_nw * active_nw
 
     @staticmethod
     def backward(ctx: Any, grad_nw: torch.Tensor) -> tuple[Any, ...]:
         pre_nw, threshold_w = ctx.saved_tensors
         eps = ctx.bandwidth
-        in_window = ((pre_nw - threshold_w).abs() < eps / 2).to(grad_nw.dtype)
-        grad_threshold_w = (-(threshold_w / eps) * in_window * grad_nw).sum(0)
-        return grad_nw * (pre_nw > threshold_w), grad_threshold_w * threshold_w, None
-
-
-class _Step(torch.autograd.Function):
-    """H(pre - theta) for the L0 penalty; gradient to theta only, through the rectangle kernel."""
-
-    @staticmethod
-    def forward(ctx: Any, pre_nw: torch.Tensor, log_threshold_w: torch.Tensor, bandwidth: float) -> torch.Tensor:
-        threshold_w = log_threshold_w.exp()
-        ctx.save_for_backward(pre_nw, threshold_w)
-        ctx.bandwidth = bandwidth
-        return (pre_nw > threshold_w).to(pre_nw.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad_nw: torch.Tensor) -> tuple[Any, ...]:
-        pre_nw, threshold_w = ctx.saved_tensors
-        eps = ctx.bandwidth
-        in_window = ((pre_nw - threshold_w).abs() < eps / 2).to(grad_nw.dtype)
-        grad_threshold_w = (-(1.0 / eps) * in_window * grad_nw).sum(0)
-        return None, grad_threshold_w * threshold_w, None
+        in_window_nw = ((pre_nw - threshold_w).abs() < eps / 2).to(grad_nw.dtype)
+        scale_w = 1.0 / eps if ctx.step else threshold_w / eps  # d/dtheta of H, or of pre * H
+        grad_threshold_w = -(scale_w * in_window_nw * grad_nw).sum(0)
+        grad_pre = None if ctx.step else grad_nw * (pre_nw > threshold_w)
+        return grad_pre, grad_threshold_w * threshold_w, None, None
 
 
 @dataclass
@@ -133,14 +119,14 @@ class SparseAutoencoder(nn.Module):
             return Encoding(pre_nw=pre_nw, codes=SparseCodes(rows, cols, values, xn_nd.shape[0], cfg.width))
         pre_nw = self.pre_activations(xn_nd)
         if cfg.activation == "jumprelu":
-            latents_nw = _JumpReLU.apply(pre_nw, self.log_threshold, cfg.jumprelu_bandwidth)
+            latents_nw = _Threshold.apply(pre_nw, self.log_threshold, cfg.jumprelu_bandwidth, False)
         else:
             latents_nw = pre_nw.relu()
         return Encoding(pre_nw=pre_nw.detach(), latents_nw=latents_nw)
 
     def jumprelu_l0(self, pre_nw: torch.Tensor) -> torch.Tensor:
         """Mean number of active latents per token, differentiable in the thresholds."""
-        step_nw = _Step.apply(pre_nw, self.log_threshold, self.config.jumprelu_bandwidth)
+        step_nw = _Threshold.apply(pre_nw, self.log_threshold, self.config.jumprelu_bandwidth, True)
         return step_nw.sum(1).mean()
 
     def decode_normalized(self, encoding: Encoding, prefix: int | None = None) -> torch.Tensor:

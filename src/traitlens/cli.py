@@ -71,8 +71,10 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from traitlens.sae.evaluation import EvaluateConfig, evaluate, format_metrics
 
-    config = EvaluateConfig(sae=args.sae, acts=args.acts, out=args.out, model=args.model, weights=args.weights,
-                            pretrained=not args.random_init, device=args.device)
+    config = EvaluateConfig(sae=args.sae, acts=args.acts, out=args.out, layer=args.layer, model=args.model,
+                            weights=args.weights, pretrained=not args.random_init, batch_size=args.batch_size,
+                            image_batch_size=args.image_batch_size, max_images=args.max_images, strict=args.strict,
+                            device=args.device)
     print(format_metrics(evaluate(config)))
     return 0
 
@@ -157,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", metavar="SPEC", help="the store's model, to measure accuracy and logit KL with the SAE spliced in")
     evaluate.add_argument("--weights", type=Path, metavar="PATH")
     evaluate.add_argument("--random-init", action="store_true")
+    evaluate.add_argument("--layer", help="stored layer (default: the one the SAE was trained on)")
+    evaluate.add_argument("--batch-size", type=int, default=4096, help="tokens per batch")
+    evaluate.add_argument("--image-batch-size", type=int, default=16, help="images per forward pass (with --model)")
+    evaluate.add_argument("--max-images", type=int, metavar="N", help="downstream fidelity on the first N stored images (default: all)")
+    evaluate.add_argument("--strict", action="store_true", help="NaN/Inf activations are an error instead of skipped")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--out", required=True, type=Path, help="metrics JSON file")
     evaluate.set_defaults(run=_run_evaluate)

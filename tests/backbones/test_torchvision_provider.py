@@ -104,6 +104,8 @@ def test_real_mobilenet_v2_sees_a_cat_in_chelsea() -> None:
         probabilities = backbone.forward(backbone.preprocess.image(image)[None]).softmax(dim=-1)[0]
 
     assert backbone.class_names is not None and len(backbone.class_names) == 1000
+    # the file is torchvision's IMAGENET1K_V1 download, so V1's preprocessing (resize 256, not V2's 232)
+    assert backbone.preprocess.resize == 256
     checkpoint = torch.load(_mobilenet_checkpoint(), weights_only=True)
     loaded = backbone.model.state_dict()
     # loading (and the probing forward after it) leaves every tensor, BatchNorm statistics included,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -25,6 +26,20 @@ def _stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, module) for name, module in model.named_children() if name not in _HEAD_NAMES]
 
 
+def _weights_entry(name: str, file: Path | None) -> Any:
+    """The weights enum entry that describes ``file`` (torchvision names its downloads after the
+    URL's last part, e.g. ``mobilenet_v2-b0353104.pth`` is IMAGENET1K_V1), so its preprocessing
+    and class names are used; otherwise the library's default entry."""
+    import torchvision
+
+    entries = torchvision.models.get_model_weights(name)
+    if file is not None:
+        for entry in entries:
+            if entry.url.rsplit("/", 1)[-1] == file.name:
+                return entry
+    return entries.DEFAULT
+
+
 @register_provider("torchvision")
 def load_torchvision(request: LoadRequest) -> Backbone:
     import torchvision
@@ -32,7 +47,7 @@ def load_torchvision(request: LoadRequest) -> Backbone:
     name = request.spec.name
     if name not in torchvision.models.list_models():
         raise SpecError(f"torchvision has no model {name!r} (see torchvision.models.list_models())")
-    default_weights = torchvision.models.get_model_weights(name).DEFAULT
+    default_weights = _weights_entry(name, request.weights)
 
     def create(pretrained: bool) -> nn.Module:
         weights = default_weights if pretrained else None

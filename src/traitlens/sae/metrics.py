@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+DENSE_FREQUENCY = 0.1  # a latent firing on more than this share of tokens counts as dense
+
 
 def nmse(x_nd: torch.Tensor, recon_nd: torch.Tensor, mean_d: torch.Tensor) -> float:
     """Squared error over squared distance to the dataset-mean vector (float64)."""

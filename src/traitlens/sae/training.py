@@ -33,7 +33,7 @@ from traitlens.sae.init import (
 )
 from traitlens.sae.io import CONFIG, save_sae, save_tensors
 from traitlens.sae.logging_sinks import MetricSinks
-from traitlens.sae.metrics import explained_variance
+from traitlens.sae.metrics import DENSE_FREQUENCY, explained_variance
 from traitlens.sae.model import Encoding, SparseAutoencoder
 from traitlens.sae.schedule import learning_rate, sparsity_coefficient
 from traitlens.sae.sparse import SparseCodes, decode_codes, gather_preactivations, topk_selection
@@ -42,7 +42,6 @@ from traitlens.store.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-DENSE_FREQUENCY = 0.1  # a latent firing on more than this share of tokens counts as dense
 CHECKPOINT_DIR = "checkpoint"
 
 

@@ -8,11 +8,14 @@ any batch without replaying the ones before it.
 
 Only row *indices* are shuffled: each batch is gathered straight from the memory-mapped shards
 (sorted by position, so reads stay nearly sequential), never through a copied window. Memory is
-the index arrays of one window plus one batch.
+the index arrays of one window plus one batch. Rows are gathered as whole machine words (each
+row viewed as int64s): torch's multi-threaded row copy is then about twice as fast as numpy's
+``take`` and ~40x faster than ``index_select`` on float16 rows.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -37,10 +40,11 @@ class ShuffledBatches:
 
     def __init__(self, shards: Sequence[np.ndarray], config: ShuffleConfig) -> None:
         self.config = config
-        self._shards = list(shards)
+        self._row_words = [_as_row_words(shard) for shard in shards]
+        self._storage_dtype = torch.from_numpy(np.empty(0, dtype=shards[0].dtype)).dtype
         # Reused for every batch (the float32 batch handed out is a fresh copy): fresh buffers of
         # this size cost page faults that are slower than the gather itself.
-        self._gather_buffer = np.empty((config.batch_size, shards[0].shape[1]), dtype=shards[0].dtype)
+        self._gather_buffer = torch.empty((config.batch_size, self._row_words[0].shape[1]), dtype=self._row_words[0].dtype)
         sizes = np.array([len(shard) for shard in shards], dtype=np.int64)
         self.n_rows = int(sizes.sum())
         if self.n_rows == 0:
@@ -83,13 +87,14 @@ class ShuffledBatches:
         rows = np.sort(rows)  # a batch is a set; sorted reads are nearly sequential
         shard_of_row = np.searchsorted(self._shard_starts, rows, side="right") - 1
         cuts = np.flatnonzero(np.diff(shard_of_row)) + 1
-        batch_nd = self._gather_buffer[: len(rows)]
+        words_nw = self._gather_buffer[: len(rows)]
         for start, stop in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(rows)])), strict=True):
             shard = int(shard_of_row[start])
-            # numpy's take is ~20x faster than torch.index_select for float16 rows on the CPU
-            np.take(self._shards[shard], rows[start:stop] - self._shard_starts[shard], axis=0, out=batch_nd[start:stop])
+            local_rows = torch.from_numpy(rows[start:stop] - self._shard_starts[shard])
+            torch.index_select(self._row_words[shard], 0, local_rows, out=words_nw[start:stop])
+        batch_nd = words_nw.view(self._storage_dtype)
         # copy_ converts float16 in a vectorized kernel; .float() took ~40x longer here
-        return torch.empty(batch_nd.shape, dtype=torch.float32).copy_(torch.from_numpy(batch_nd))
+        return torch.empty(batch_nd.shape, dtype=torch.float32).copy_(batch_nd)
 
     def batches(self, start_batch: int = 0) -> Iterator[torch.Tensor]:
         """Batches ``start_batch``, ``start_batch + 1``, ... forever."""
@@ -101,3 +106,14 @@ class ShuffledBatches:
             for i in range(n_full):
                 yield self._gather(pending[i * size : (i + 1) * size])
             pending = pending[n_full * size :]
+
+
+def _as_row_words(shard: np.ndarray) -> torch.Tensor:
+    """The shard's rows as the widest integer words that tile them, shared with the memory map
+    (read-only: nothing ever writes through this view)."""
+    row_bytes = shard.shape[1] * shard.dtype.itemsize
+    word = next(np.dtype(w) for w in (np.int64, np.int32, np.int16, np.uint8) if row_bytes % np.dtype(w).itemsize == 0)
+    words = np.ascontiguousarray(shard).view(word)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(words)

@@ -79,6 +79,22 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_import_sae(args: argparse.Namespace) -> int:
+    from traitlens.sae import save_sae
+    from traitlens.sae.importers import SAEImportError, import_sae
+    from traitlens.sae.io import CONFIG
+
+    if (args.out / CONFIG).exists():
+        raise SAEImportError(f"{args.out} already holds an SAE; choose another --out")
+    subtract = {"yes": True, "no": False, None: None}[args.saev_subtract_b_dec]
+    sae, extra = import_sae(args.from_path, subtract_b_dec=subtract)
+    if args.layer is not None:
+        extra["layer"] = args.layer
+    save_sae(sae, args.out, extra)
+    print(f"imported {args.from_path} as a {sae.config.activation} SAE (d_in {sae.config.d_in}, width {sae.config.width}) into {args.out}")
+    return 0
+
+
 def _run_layers(args: argparse.Namespace) -> int:
     from traitlens.backbones import load_backbone
 
@@ -167,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--out", required=True, type=Path, help="metrics JSON file")
     evaluate.set_defaults(run=_run_evaluate)
+
+    import_sae = commands.add_parser("import-sae", help="convert an SAE saved by SAELens or saev into a traitlens SAE")
+    import_sae.add_argument("--from", dest="from_path", required=True, type=Path,
+                            help="a SAELens directory (cfg.json + sae_weights.safetensors) or a saev checkpoint file")
+    import_sae.add_argument("--out", required=True, type=Path, help="new traitlens SAE directory")
+    import_sae.add_argument("--layer", help="the store layer the SAE reads (recorded for traitlens evaluate)")
+    import_sae.add_argument("--saev-subtract-b-dec", choices=("yes", "no"),
+                            help="saev schema-1 files only: whether the encoder subtracts b_dec from its input")
+    import_sae.set_defaults(run=_run_import_sae)
 
     layers = commands.add_parser("layers", help="list a model's layers with widths and token layouts")
     _add_model_args(layers)

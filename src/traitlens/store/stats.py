@@ -27,8 +27,10 @@ class StatsAccumulator:
         """Accumulate a (tokens, width) block; rows with NaN/Inf are counted and left out."""
         acts64_nd = acts_nd.to(torch.float64)
         finite_n = torch.isfinite(acts64_nd).all(dim=1)
-        self.n_nonfinite += int((~finite_n).sum())
-        acts64_nd = acts64_nd[finite_n]
+        n_finite = int(finite_n.sum())
+        self.n_nonfinite += len(finite_n) - n_finite
+        if n_finite < len(finite_n):  # the masked copy costs as much as the sums: only when needed
+            acts64_nd = acts64_nd[finite_n]
         self.count += int(acts64_nd.shape[0])
         self.sum_d += acts64_nd.sum(0).cpu().numpy()
         self.sumsq_d += acts64_nd.square().sum(0).cpu().numpy()

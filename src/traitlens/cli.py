@@ -18,7 +18,7 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
+def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="SPEC",
                         help="timm:NAME, open_clip:ARCH/PRETRAINED, hf:REPO_OR_DIR, torchvision:NAME (options: SPEC?key=value&...)")
     parser.add_argument("--weights", type=Path, metavar="PATH", help="local weights (safetensors, or torch file read with weights_only)")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     extract = commands.add_parser("extract", help="store a model's layer tokens for a set of images")
-    _add_model_args(extract)
+    add_model_args(extract)
     extract.add_argument("--data", required=True, type=Path, help="class folder, image folder, CSV/Parquet, segmentation folder or saved HF dataset")
     extract.add_argument("--layers", required=True, help="comma-separated block indices (negative from the end) or module names")
     extract.add_argument("--out", required=True, type=Path, help="store directory (an unfinished one is resumed)")
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     import_sae.set_defaults(run=_run_import_sae)
 
     layers = commands.add_parser("layers", help="list a model's layers with widths and token layouts")
-    _add_model_args(layers)
+    add_model_args(layers)
     layers.set_defaults(run=_run_layers)
 
     inspect = commands.add_parser("inspect", help="summarize an activation store")
@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job on the embedded default data and model")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default: runs/demo)")
     demo.set_defaults(run=_run_demo)
+
+    from traitlens.specimens.cli import add_specimens_commands
+
+    add_specimens_commands(commands, add_model_args)
     return parser
 
 

@@ -118,3 +118,22 @@ def test_no_images_is_an_error(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match=r"no images found in .*images"):
         SegmentationSource(tmp_path)
+
+
+def test_images_in_class_subfolders_carry_their_class_as_label(tmp_path: Path) -> None:
+    write_image(tmp_path / "images" / "heron" / "a.png")
+    write_image(tmp_path / "images" / "egret" / "b.png")
+    write_label_map(tmp_path / "annotations" / "heron" / "a.png", LABELS_HW)
+    write_label_map(tmp_path / "annotations" / "egret" / "b.png", LABELS_HW)
+
+    source = SegmentationSource(tmp_path)
+
+    assert [(r.source, r.label) for r in source.records] == [("images/egret/b.png", "egret"), ("images/heron/a.png", "heron")]
+    assert source.class_names == ["egret", "heron"]
+
+
+def test_images_directly_in_images_have_no_label(tmp_path: Path) -> None:
+    write_image(tmp_path / "images" / "a.png")
+    write_image(tmp_path / "images" / "heron" / "b.png")
+
+    assert [r.label for r in SegmentationSource(tmp_path).records] == [None, None]

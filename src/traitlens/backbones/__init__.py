@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from traitlens.backbones import hf_provider, open_clip_provider, timm_provider, torchvision_provider
+from traitlens.backbones import (
+    hf_provider,
+    open_clip_provider,
+    timm_provider,
+    torchvision_provider,
+    traitlens_provider,
+)
 from traitlens.backbones.backbone import Backbone, Layer, TokenEdit
 from traitlens.backbones.layout import TOKEN_SELECTIONS, TokenLayout, TokenSelection
 from traitlens.backbones.preprocess import Preprocess
 from traitlens.backbones.spec import PROVIDERS, LoadRequest, ModelSpec, parse_spec
 
 # Importing the provider modules registers them; named here so linters see the use.
-_PROVIDER_MODULES = (hf_provider, open_clip_provider, timm_provider, torchvision_provider)
+_PROVIDER_MODULES = (hf_provider, open_clip_provider, timm_provider, torchvision_provider, traitlens_provider)
 
 
 def load_backbone(spec: str, weights: str | Path | None = None, pretrained: bool = True) -> Backbone:

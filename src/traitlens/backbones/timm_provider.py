@@ -76,12 +76,14 @@ def load_timm(request: LoadRequest) -> Backbone:
         return timm.create_model(name, pretrained=pretrained, **request.spec.options)
 
     model: Any = build_model(request, "the Hugging Face hub through timm", create)
-    preprocess = timm_preprocess(model)
+    has_real_head = request.pretrained or request.weights is not None
+    class_names = imagenet_class_names(model) if has_real_head and model.num_classes else None
+    return timm_backbone(request.spec.text, model, timm_preprocess(model), class_names)
+
+
+def timm_backbone(spec_text: str, model: Any, preprocess: Preprocess, class_names: list[str] | None) -> Backbone:
+    """A built timm model as a Backbone: its ``feature_info`` layers, probed once."""
     candidates, hint = timm_layers_and_hint(model)
     channels_last = getattr(model, "output_fmt", "NCHW") == "NHWC"
     layers = probe_layers(candidates, model, preprocess.size_hw, hint, channels_last=channels_last)
-    has_real_head = request.pretrained or request.weights is not None
-    return Backbone(
-        request.spec.text, model, layers, preprocess, model,
-        class_names=imagenet_class_names(model) if has_real_head and model.num_classes else None,
-    )
+    return Backbone(spec_text, model, layers, preprocess, model, class_names=class_names)

@@ -28,6 +28,8 @@ class SegmentationSource(FileImageSource):
     anywhere with the same stem (``annotations/trimaps/a.png``, the Oxford-IIIT Pets layout).
     Images without one have no mask. Mask pixel values are class indices; ``mask_names`` comes
     from ``names.txt`` or ``classes.txt`` in ``root`` (line i names label i), else is None.
+    When every image sits in a subfolder of ``images/``, the top-level subfolder is its image label,
+    as in a class folder (``images/<class>/x.png``).
     """
 
     kind = "segmentation"
@@ -38,7 +40,12 @@ class SegmentationSource(FileImageSource):
             raise DataError(
                 f"no images found in {root / 'images'} (looked for {describe_extensions()})"
             )
-        records = [ImageRecord(path.relative_to(root).as_posix(), None) for path in image_paths]
+        relative = [path.relative_to(root / "images") for path in image_paths]
+        # the class-folder convention inside images/: when every image sits in a subfolder, the
+        # top-level subfolder is its image label (a split folder such as train/ becomes one too)
+        in_subfolders = all(len(part.parts) > 1 for part in relative)
+        records = [ImageRecord(path.relative_to(root).as_posix(), part.parts[0] if in_subfolders else None)
+                   for path, part in zip(image_paths, relative, strict=True)]
         super().__init__(root, records, image_paths)
         self.mask_paths = _match_masks(root, image_paths)
         self.mask_names = _read_names(root)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from traitlens.distributed import Workers, workers_from_env
 from traitlens.errors import DataError, TraitlensError
+from traitlens.optim_state import load_optimizer_tensors, optimizer_tensors
 from traitlens.sae.config import SAEConfig
 from traitlens.sae.init import (
     BiasInit,
@@ -119,8 +120,7 @@ class _Run:
 
     def state_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         tensors = {f"{prefix}.model.{k}": v for k, v in self.sae.state_dict().items()}
-        for index, state in self.optimizer.state_dict()["state"].items():
-            tensors.update({f"{prefix}.optim.{index}.{key}": value for key, value in state.items()})
+        tensors.update(optimizer_tensors(self.optimizer, f"{prefix}.optim"))
         tensors[f"{prefix}.tokens_since_fired"] = self.tokens_since_fired
         tensors[f"{prefix}.fires_in_window"] = self.fires_in_window
         return tensors
@@ -128,14 +128,7 @@ class _Run:
     def load_state_tensors(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
         model = {k[len(prefix) + 7 :]: v for k, v in tensors.items() if k.startswith(f"{prefix}.model.")}
         self.sae.load_state_dict(model, strict=True)
-        optim_state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith(f"{prefix}.optim."):
-                index, name = key[len(prefix) + 7 :].split(".", 1)
-                optim_state.setdefault(int(index), {})[name] = value
-        state_dict = self.optimizer.state_dict()
-        state_dict["state"] = optim_state
-        self.optimizer.load_state_dict(state_dict)
+        load_optimizer_tensors(self.optimizer, f"{prefix}.optim", tensors)
         self.tokens_since_fired = tensors[f"{prefix}.tokens_since_fired"].clone()
         self.fires_in_window = tensors[f"{prefix}.fires_in_window"].clone()
 

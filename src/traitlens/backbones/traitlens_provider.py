@@ -1,0 +1,48 @@
+"""``traitlens:specimens-vit`` — the embedded default model — or ``traitlens:DIR``, a model
+directory written by ``traitlens specimens train-model``; both are small timm ViTs with a head."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from torch import nn
+
+from traitlens.backbones.backbone import Backbone
+from traitlens.backbones.spec import LoadRequest, register_provider
+from traitlens.backbones.timm_provider import timm_backbone
+from traitlens.backbones.weights import build_model, load_into, read_state_dict
+from traitlens.errors import SpecError
+
+EMBEDDED = {"specimens-vit": "specimens/default_model"}
+
+
+def model_directory(name: str) -> Path:
+    """The directory behind ``traitlens:NAME``: an embedded model, or a path."""
+    if name in EMBEDDED:
+        return Path(str(resources.files("traitlens") / EMBEDDED[name]))
+    directory = Path(name).expanduser()
+    if not directory.is_dir():
+        raise SpecError(f"traitlens has no embedded model {name!r} ({', '.join(EMBEDDED)}) and {name} is not a model directory")
+    return directory
+
+
+@register_provider("traitlens")
+def load_traitlens(request: LoadRequest) -> Backbone:
+    from traitlens.specimens.model_dir import WEIGHTS, read_model_dir
+
+    if request.spec.options:
+        raise SpecError(f"model spec {request.spec.text!r}: traitlens models take no options")
+    directory = model_directory(request.spec.name)
+    saved = read_model_dir(directory)
+
+    def create(pretrained: bool) -> nn.Module:
+        model = saved.build()
+        if pretrained:  # "pretrained" here is the directory's own trained weights
+            load_into(model, read_state_dict(directory / WEIGHTS), directory / WEIGHTS, request.spec.text)
+        return model
+
+    model = build_model(request, f"the model directory {directory}", create)
+    has_real_head = request.pretrained or request.weights is not None
+    return timm_backbone(request.spec.text, model, saved.shape.preprocess(),
+                         list(saved.class_names) if has_real_head else None)

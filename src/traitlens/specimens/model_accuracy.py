@@ -1,0 +1,44 @@
+"""Top-1 accuracy of any classifier backbone on a labelled image source (``specimens accuracy``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from traitlens.backbones import load_backbone
+from traitlens.data import open_image_source
+from traitlens.errors import DataError
+from traitlens.specimens.training import load_labelled_images
+
+
+@dataclass(frozen=True)
+class AccuracyConfig:
+    model: str
+    data: Path
+    weights: Path | None = None
+    pretrained: bool = True
+    batch_size: int = 256
+
+
+@torch.no_grad()
+def model_accuracy(config: AccuracyConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Accuracy overall and per class; the source's class names must be the model's."""
+    backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained)
+    if backbone.class_names is None:
+        raise DataError(f"{config.model} has no classification head with class names")
+    source = open_image_source(config.data)
+    images = load_labelled_images(source, backbone.preprocess, show_progress)
+    unknown = sorted(set(images.class_names) - set(backbone.class_names))
+    if unknown:
+        raise DataError(f"classes of {config.data} that {config.model} does not know: {', '.join(unknown[:5])}")
+    model_index = torch.tensor([backbone.class_names.index(name) for name in images.class_names])
+    targets_n = model_index[images.labels_n]
+    predictions_n = torch.cat([backbone.forward(batch).argmax(-1) for batch in images.pixels_nchw.split(config.batch_size)])
+    correct_n = predictions_n == targets_n
+    per_class = {name: float(correct_n[images.labels_n == i].double().mean()) for i, name in enumerate(images.class_names)
+                 if bool((images.labels_n == i).any())}
+    return {"model": config.model, "data": str(config.data), "n_images": len(correct_n),
+            "accuracy": float(correct_n.double().mean()), "per_class": per_class}

@@ -1,0 +1,86 @@
+"""train-model: deterministic, resumable, and loadable as ``traitlens:DIR`` with its head."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from traitlens.backbones import load_backbone
+from traitlens.cli import main
+from traitlens.specimens.model_dir import ViTShape
+from traitlens.specimens.training import ModelTrainingError, TrainModelConfig, train_model
+
+TINY = ViTShape(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+
+
+@pytest.fixture(scope="module")
+def colors(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three classes that differ by a colored square in a fixed corner, on noise."""
+    root = tmp_path_factory.mktemp("colors")
+    rng = np.random.default_rng(0)
+    for label, channel in (("red", 0), ("green", 1), ("blue", 2)):
+        (root / label).mkdir()
+        for i in range(40):
+            pixels = rng.integers(0, 90, (32, 32, 3), dtype=np.uint8)
+            pixels[4:14, 4:14, channel] = 255
+            Image.fromarray(pixels).save(root / label / f"{i:03d}.png")
+    return root
+
+
+def _config(data: Path, out: Path, **changes: object) -> TrainModelConfig:
+    options: dict = {"epochs": 4, "batch_size": 16, "lr": 3e-3, "shape": TINY, **changes}
+    return TrainModelConfig(data=data, out=out, **options)
+
+
+def test_training_learns_is_deterministic_and_loads_as_a_backbone(colors: Path, tmp_path: Path) -> None:
+    first = train_model(_config(colors, tmp_path / "a"), show_progress=False)
+    second = train_model(_config(colors, tmp_path / "b"), show_progress=False)
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+    backbone = load_backbone(f"traitlens:{first}")
+    assert backbone.class_names == ["blue", "green", "red"]
+    assert backbone.layer(-1).layout.grid_hw == (4, 4) and backbone.layer(-1).layout.has_cls
+    pixels = backbone.preprocess.image(Image.open(next((colors / "red").iterdir())))
+    with torch.no_grad():
+        assert backbone.class_names[int(backbone.forward(pixels[None]).argmax())] == "red"
+    assert not (first / "checkpoint").exists()
+    assert main(["specimens", "accuracy", "--model", f"traitlens:{first}", "--data", str(colors)]) == 0
+
+
+def test_a_killed_run_resumes_to_the_same_weights(colors: Path, tmp_path: Path) -> None:
+    uninterrupted = train_model(_config(colors, tmp_path / "whole", epochs=20), show_progress=False)
+    command = [sys.executable, "-m", "traitlens", "specimens", "train-model", "--data", str(colors), "--out", str(tmp_path / "killed"),
+               "--epochs", "20", "--batch-size", "16", "--lr", "3e-3", "--img-size", "32", "--patch-size", "8",
+               "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--mlp-ratio", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "model.json").exists(), "the run finished before it could be killed"
+    assert main(command[3:]) == 0
+    resumed = load_file(str(tmp_path / "killed" / "model.safetensors"))
+    whole = load_file(str(uninterrupted / "model.safetensors"))
+    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
+def test_bad_inputs(colors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train_model(_config(colors, tmp_path / "done", epochs=1), show_progress=False)
+    with pytest.raises(ModelTrainingError, match="already holds a trained model"):
+        train_model(_config(colors, tmp_path / "done", epochs=1), show_progress=False)
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "flat" / "a.png")
+    assert main(["specimens", "train-model", "--data", str(tmp_path / "flat"), "--out", str(tmp_path / "x")]) == 2
+    assert "unlabelled" in capsys.readouterr().err
+    assert main(["specimens", "accuracy", "--model", "traitlens:no-such-model", "--data", str(colors)]) == 2
+    assert "no embedded model" in capsys.readouterr().err

@@ -27,20 +27,22 @@ from PIL import Image
 
 from traitlens.backbones import load_backbone
 from traitlens.data import open_image_source
-from traitlens.demo import DEMO_PHOTOS
 from traitlens.store import ActivationStore, ExtractConfig, ShuffleConfig, ShuffledBatches, extract
 
 MODEL = "timm:vit_small_patch16_224"
+# scikit-image's bundled natural photos (the ones that need no download)
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "moon", "grass", "gravel",
+          "brick", "hubble_deep_field", "retina", "immunohistochemistry", "colorwheel", "clock", "cell")
 
 
 def write_images(folder: Path, n: int) -> Path:
     import skimage.data
 
-    photos = [np.asarray(getattr(skimage.data, name)()) for name in DEMO_PHOTOS]
+    photos = [np.asarray(getattr(skimage.data, name)()) for name in PHOTOS]
     for i in range(n):
         pixels = photos[i % len(photos)]
         offset = 7 * (i // len(photos))  # distinct crops so no two files are the same image
-        path = folder / DEMO_PHOTOS[i % len(photos)] / f"{i:04d}.jpg"
+        path = folder / PHOTOS[i % len(photos)] / f"{i:04d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels[offset:, offset:]).convert("RGB").save(path, quality=90)
     return folder

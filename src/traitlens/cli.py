@@ -20,7 +20,8 @@ EXIT_INTERRUPTED = 130
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="SPEC",
-                        help="timm:NAME, open_clip:ARCH/PRETRAINED, hf:REPO_OR_DIR, torchvision:NAME (options: SPEC?key=value&...)")
+                        help="traitlens:specimens-vit (the embedded default), traitlens:DIR, timm:NAME, open_clip:ARCH/PRETRAINED, "
+                             "hf:REPO_OR_DIR, torchvision:NAME (options: SPEC?key=value&...)")
     parser.add_argument("--weights", type=Path, metavar="PATH", help="local weights (safetensors, or torch file read with weights_only)")
     parser.add_argument("--random-init", action="store_true", help="random weights (seed 0) instead of pretrained ones")
 
@@ -74,7 +75,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     config = EvaluateConfig(sae=args.sae, acts=args.acts, out=args.out, layer=args.layer, model=args.model,
                             weights=args.weights, pretrained=not args.random_init, batch_size=args.batch_size,
                             image_batch_size=args.image_batch_size, max_images=args.max_images, strict=args.strict,
-                            device=args.device)
+                            device=args.device, head=args.head)
     print(format_metrics(evaluate(config)))
     return 0
 
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=4096, help="tokens per batch")
     evaluate.add_argument("--image-batch-size", type=int, default=16, help="images per forward pass (with --model)")
     evaluate.add_argument("--max-images", type=int, metavar="N", help="downstream fidelity on the first N stored images (default: all)")
+    evaluate.add_argument("--head", type=Path, metavar="DIR", help="with --model: a probe (traitlens probe --out) replaces the model's head")
     evaluate.add_argument("--strict", action="store_true", help="NaN/Inf activations are an error instead of skipped")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--out", required=True, type=Path, help="metrics JSON file")
@@ -208,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     from traitlens.specimens.cli import add_specimens_commands
 
     add_specimens_commands(commands, add_model_args)
+
+    from traitlens.explain.cli import add_explain_command
+
+    add_explain_command(commands, add_model_args)
+    from traitlens.heads.cli import add_probe_command
+
+    add_probe_command(commands)
     return parser
 
 

@@ -119,3 +119,11 @@ class CodeRunningPayload:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Path.touch, (self.marker,))
+
+
+_TOKENIZED_VISION = {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32}
+# the full CLIP vocabulary, so open_clip's own tokenizer fits the text tower; everything else is tiny
+_TOKENIZED_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+CLIP_WITH_TOKENIZER = (f"open_clip:ViT-B-16?embed_dim=16&vision_cfg={compact_json(_TOKENIZED_VISION)}"
+                       f"&text_cfg={compact_json(_TOKENIZED_TEXT)}")
+"""A tiny random-init CLIP whose text tower takes open_clip's real tokenizer (zero-shot, concepts)."""

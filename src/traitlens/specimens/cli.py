@@ -8,6 +8,15 @@ from pathlib import Path
 from typing import Any
 
 
+def _run_generate(args: argparse.Namespace) -> int:
+    from traitlens.specimens.generate import GenerateConfig, generate
+
+    out = generate(GenerateConfig(out=args.out, n=args.n, seed=args.seed, size=args.size, workers=args.workers))
+    print(f"wrote {args.n} specimens (seed {args.seed}, {args.size}x{args.size} px) to {out}")
+    print(f"  class folder: {out / 'images'}; segmentation folder: {out}; ground truth: {out / 'traits.json'}")
+    return 0
+
+
 def _run_train_model(args: argparse.Namespace) -> int:
     from traitlens.specimens.model_dir import ViTShape
     from traitlens.specimens.training import TrainModelConfig, train_model
@@ -38,9 +47,74 @@ def _run_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_score_discovery(args: argparse.Namespace) -> int:
+    from traitlens.specimens.discovery import DiscoveryOptions, score_discovery
+
+    options = DiscoveryOptions(min_coverage=args.min_coverage, pca_components=args.pca_components,
+                               kmeans_clusters=args.kmeans_clusters, device=args.device)
+    score_discovery(args.acts, args.data, args.layer, args.sae, args.out, options)
+    print((args.out / "discovery.md").read_text(), end="")
+    return 0
+
+
+def _run_score_localization(args: argparse.Namespace) -> int:
+    from traitlens.specimens.localization import score_localization
+
+    score_localization(args.heatmaps, args.data, args.out, args.tolerance)
+    print((args.out / "localization.md").read_text(), end="")
+    return 0
+
+
+def _run_score_flips(args: argparse.Namespace) -> int:
+    from traitlens.specimens.flips import score_flips
+
+    score_flips(args.predictions, args.data, args.out)
+    print((args.out / "flips.md").read_text(), end="")
+    return 0
+
+
+def _add_score_commands(sub: Any) -> None:
+    score = sub.add_parser("score", help="score features, heatmaps or edits against the ground truth")
+    kinds = score.add_subparsers(dest="score_command", required=True, metavar="WHAT")
+    data_help = "the specimens benchmark folder (holds traits.json)"
+
+    discovery = kinds.add_parser("discovery", help="per trait, the best single feature's patch-level average precision")
+    discovery.add_argument("--acts", required=True, type=Path, help="activation store extracted from the benchmark (patch tokens)")
+    discovery.add_argument("--data", required=True, type=Path, help=data_help)
+    discovery.add_argument("--sae", type=Path, help="an SAE directory to score beside the neuron, PCA and k-means baselines")
+    discovery.add_argument("--layer", help="stored layer (default: the SAE's layer, else the last)")
+    discovery.add_argument("--out", required=True, type=Path, help="writes discovery.md and discovery.json here")
+    discovery.add_argument("--min-coverage", type=float, default=0.1, help="trait share of a patch that makes it positive")
+    discovery.add_argument("--pca-components", type=int, default=64)
+    discovery.add_argument("--kmeans-clusters", type=int, default=64)
+    discovery.add_argument("--device", default="cpu")
+    discovery.set_defaults(run=_run_score_discovery)
+
+    localization = kinds.add_parser("localization", help="heatmap mass inside the distinguishing trait and pointing game")
+    localization.add_argument("--heatmaps", required=True, type=Path, help="folder of <species>/<stem>.npy or <stem>.npy maps")
+    localization.add_argument("--data", required=True, type=Path, help=data_help)
+    localization.add_argument("--out", required=True, type=Path, help="writes localization.md and localization.json here")
+    localization.add_argument("--tolerance", type=int, default=0, help="pointing-game tolerance in pixels")
+    localization.set_defaults(run=_run_score_localization)
+
+    flips = kinds.add_parser("flips", help="rate at which an edit turns a species into its look-alike")
+    flips.add_argument("--predictions", required=True, type=Path, help="CSV with columns source,before,after (species names)")
+    flips.add_argument("--data", required=True, type=Path, help=data_help)
+    flips.add_argument("--out", required=True, type=Path, help="writes flips.md and flips.json here")
+    flips.set_defaults(run=_run_score_flips)
+
+
 def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     specimens = commands.add_parser("specimens", help="the ground-truth benchmark: generate, train-model, accuracy, score")
     sub = specimens.add_subparsers(dest="specimens_command", required=True, metavar="COMMAND")
+
+    generate = sub.add_parser("generate", help="draw a benchmark: images, trait masks and traits.json")
+    generate.add_argument("--out", required=True, type=Path, help="new or empty folder (an unfinished one is resumed)")
+    generate.add_argument("--n", required=True, type=int, help="number of images")
+    generate.add_argument("--seed", required=True, type=int, help="any non-negative integer")
+    generate.add_argument("--size", type=int, default=96, help="image side in pixels")
+    generate.add_argument("--workers", type=int, default=2, help="drawing threads (does not change the output)")
+    generate.set_defaults(run=_run_generate)
 
     train = sub.add_parser("train-model", help="train a small ViT from scratch on a class folder")
     train.add_argument("--data", required=True, type=Path, help="class folder (e.g. DIR/images of a generated benchmark)")
@@ -63,3 +137,5 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     accuracy.add_argument("--data", required=True, type=Path, help="class folder whose class names are the model's")
     accuracy.add_argument("--out", type=Path, help="also write the result as JSON")
     accuracy.set_defaults(run=_run_accuracy)
+
+    _add_score_commands(sub)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from traitlens.backbones.preprocess import HALF_MEAN, HALF_STD, Preprocess
-from traitlens.errors import WeightsUnavailableError
+from traitlens.errors import SpecError, WeightsUnavailableError
 from traitlens.store.atomic import atomic_write_json
 
 WEIGHTS = "model.safetensors"
@@ -34,6 +34,10 @@ class ViTShape:
     depth: int = 4
     num_heads: int = 4
     mlp_ratio: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.img_size % self.patch_size:
+            raise SpecError(f"image size {self.img_size} is not a multiple of patch size {self.patch_size}")
 
     def timm_options(self, num_classes: int) -> dict[str, Any]:
         return {**asdict(self), "num_classes": num_classes}

@@ -1,0 +1,55 @@
+"""``traitlens explain``: CAM-family heatmaps (with Finer-CAM) for a folder of images."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from traitlens.explain.config import DEFAULT_GAMMA, DEFAULT_N_REFS
+from traitlens.explain.methods import METHODS
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from traitlens.explain.config import ExplainConfig
+    from traitlens.explain.job import SUMMARY, explain
+
+    refs: Any = None
+    if args.refs is not None:
+        refs = "auto" if args.refs.strip() == "auto" else tuple(name.strip() for name in args.refs.split(",") if name.strip())
+    config = ExplainConfig(
+        model=args.model, images=args.images, method=args.method, out=args.out, weights=args.weights,
+        pretrained=not args.random_init, head=args.head, target=args.target, refs=refs, gamma=args.gamma,
+        n_refs=args.n_refs, layer=args.layer, batch_size=args.batch_size, device=args.device,
+        zero_shot=None if args.zero_shot is None else tuple(name.strip() for name in args.zero_shot.split(",") if name.strip()),
+        template=args.template, concept=args.concept, reference=args.reference,
+    )
+    summary = explain(config)
+    contrast = f", Finer-CAM (gamma {args.gamma})" if config.explained_refs is not None else ""
+    print(f"wrote {len(summary['images'])} {config.method} maps{contrast} of layer {summary['layer']} "
+          f"to {args.out} (see {args.out / SUMMARY})")
+    return 0
+
+
+def add_explain_command(commands: Any, add_model_args: Any) -> None:
+    explain = commands.add_parser("explain", help="heatmaps of the evidence for a class (CAM family, Finer-CAM)")
+    add_model_args(explain)
+    explain.add_argument("--head", type=Path, metavar="DIR", help="a head directory (linear probe, zero-shot prompts) whose classes are explained instead")
+    explain.add_argument("--zero-shot", metavar="C1,C2,...",
+                         help="CLIP-style models: explain these class names as zero-shot prompts (see --template)")
+    explain.add_argument("--template", default="a photo of a {}.", help="zero-shot prompt template (default: 'a photo of a {}.')")
+    explain.add_argument("--concept", metavar="TEXT", help="CLIP-style models: explain this text concept")
+    explain.add_argument("--reference", metavar="TEXT",
+                         help="with --concept: explain the concept against this prompt (comparative, weighted by --gamma)")
+    explain.add_argument("--images", required=True, type=Path, help="class folder, image folder, CSV/Parquet, segmentation folder or saved HF dataset")
+    explain.add_argument("--method", required=True, metavar="NAME", help=f"one of {', '.join(METHODS)}")
+    explain.add_argument("--target", help="explained class, name or index (default: each image's predicted class)")
+    explain.add_argument("--refs", metavar="C1,C2|auto",
+                         help="Finer-CAM: subtract these classes' evidence, or 'auto' for each image's closest classes by score")
+    explain.add_argument("--gamma", type=float, default=DEFAULT_GAMMA, help=f"Finer-CAM: weight of the references (default {DEFAULT_GAMMA}; 0 gives the base method)")
+    explain.add_argument("--n-refs", type=int, default=DEFAULT_N_REFS, help=f"Finer-CAM with --refs auto: number of references (default {DEFAULT_N_REFS})")
+    explain.add_argument("--layer", help="layer name or index (default: the last; the one before it for models with a CLS token)")
+    explain.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    explain.add_argument("--device", default="auto")
+    explain.add_argument("--out", required=True, type=Path, help="output folder: <image>.npy, <image>.png, summary.json")
+    explain.set_defaults(run=_run_explain)

@@ -1,0 +1,167 @@
+"""``traitlens explain``: heatmaps for every image of a source, written to disk with a summary.
+
+Per image ``<relative path without suffix>.npy`` (float32 (H, W) in [0, 1] at the image's own
+resolution) and ``.png`` (the map over the image), then ``summary.json``, written last, so its
+presence marks a finished run. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, Literal
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+import traitlens
+from traitlens.backbones import Backbone, Preprocess, load_backbone
+from traitlens.data import ImageSource, open_image_source
+from traitlens.distributed import Workers
+from traitlens.explain.config import ExplainConfig, ExplainError
+from traitlens.explain.contrast import kept_references, resolve_class
+from traitlens.explain.maps import CamResult, compute_cams, default_layer
+from traitlens.explain.methods import method_by_name
+from traitlens.explain.overlay import overlay
+from traitlens.store.atomic import atomic_save_npy, atomic_write, atomic_write_json
+
+FORMAT = "traitlens.explain"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class _Batch:
+    indices: list[int]
+    images: list[Image.Image]
+    pixels_bchw: torch.Tensor
+
+
+def load_explained_backbone(config: ExplainConfig) -> Backbone:
+    """The config's model, with its head replaced by a probe (``config.head``), zero-shot class
+    prompts or a text concept when one is given."""
+    from traitlens import heads
+
+    backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained)
+    if config.head is not None:
+        return heads.load_head_backbone(backbone, config.head)
+    if config.zero_shot is not None:
+        return heads.zero_shot_backbone(backbone, config.zero_shot, config.template)
+    if config.concept is not None:
+        return heads.concept_backbone(backbone, config.concept, config.reference)
+    return backbone
+
+
+def output_stems(source: ImageSource) -> list[PurePosixPath]:
+    """Per image, its path relative to the output folder without suffix (``sp00/00000001``, as
+    the specimens localization score reads); refuses two images that would share files."""
+    stems: list[PurePosixPath] = []
+    owners: dict[PurePosixPath, str] = {}
+    for record in source.records:
+        parts = [part for part in PurePosixPath(record.source).parts if part not in ("/", ".", "..")]
+        stem = PurePosixPath(*parts).with_suffix("")
+        if stem in owners:
+            raise ExplainError(f"images {owners[stem]} and {record.source} would both be written as {stem}.npy")
+        owners[stem] = record.source
+        stems.append(stem)
+    return stems
+
+
+def _load_batch(source: ImageSource, preprocess: Preprocess, indices: Sequence[int]) -> _Batch:
+    images = [source.load_image(index) for index in indices]
+    return _Batch(list(indices), images, torch.stack([preprocess.image(image) for image in images]))
+
+
+def _batches(source: ImageSource, preprocess: Preprocess, batch_size: int) -> Iterator[_Batch]:
+    """Batches in order, the next one decoded on a thread while the model runs on this one."""
+    chunks = [range(start, min(start + batch_size, len(source))) for start in range(0, len(source), batch_size)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: Future[_Batch] | None = pool.submit(_load_batch, source, preprocess, chunks[0]) if chunks else None
+        for position in range(len(chunks)):
+            assert pending is not None
+            batch = pending.result()
+            later = position + 1 < len(chunks)
+            pending = pool.submit(_load_batch, source, preprocess, chunks[position + 1]) if later else None
+            yield batch
+
+
+def _resolve_refs(config: ExplainConfig, class_names: list[str] | None) -> list[int] | Literal["auto"] | None:
+    refs = config.explained_refs
+    if refs is None or refs == "auto":
+        return refs
+    indices = [resolve_class(key, class_names, "reference class") for key in refs]
+    if len(set(indices)) != len(indices):
+        raise ExplainError(f"reference classes repeat: {', '.join(str(key) for key in refs)}")
+    return indices
+
+
+def _class_name(class_names: list[str] | None, index: int) -> str | None:
+    return class_names[index] if class_names is not None and index < len(class_names) else None
+
+
+def _image_record(config: ExplainConfig, result: CamResult, row: int, source: str, stem: PurePosixPath,
+                  image_hw: tuple[int, int], class_names: list[str] | None) -> dict[str, Any]:
+    target = int(result.targets_b[row])
+    refs = result.refs_bk[row][kept_references(result.refs_bk, result.targets_b)[row]].tolist()
+    logits_c = result.logits_bc[row].double().cpu()
+    return {
+        "source": source, "map": f"{stem}.npy", "overlay": f"{stem}.png", "image_hw": list(image_hw),
+        "method": method_by_name(config.method).name, "layer": result.layer,
+        "gamma": config.gamma if config.explained_refs is not None else 0.0,
+        "target": _class_name(class_names, target), "target_index": target, "target_score": float(logits_c[target]),
+        "references": [_class_name(class_names, ref) for ref in refs], "reference_indices": refs,
+        "reference_scores": [float(logits_c[ref]) for ref in refs],
+    }
+
+
+def _write_image_outputs(out: Path, stem: PurePosixPath, image: Image.Image, map_hw: torch.Tensor) -> None:
+    atomic_save_npy(out / f"{stem}.npy", map_hw.cpu().numpy())
+    drawn = overlay(image, map_hw)
+
+    def write_png(handle: IO[bytes]) -> None:
+        drawn.save(handle, format="PNG")
+
+    atomic_write(out / f"{stem}.png", write_png)
+
+
+def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Write every image's map and overlay into ``config.out`` and return the summary.
+
+    ``backbone`` replaces loading ``config.model`` (and ``config.head``); only its ``forward``
+    (one score per class) and ``class_names`` are explained, so any head plugs in.
+    """
+    if backbone is None:
+        backbone = load_explained_backbone(config)
+    backbone.to(Workers(0, 1).device(config.device))
+    source = open_image_source(config.images)
+    stems = output_stems(source)
+    layer = backbone.resolve_layer(config.layer) if config.layer is not None else default_layer(backbone)
+    class_names = backbone.class_names
+    target = None if config.explained_target is None else resolve_class(config.explained_target, class_names, "target class")
+    refs = _resolve_refs(config, class_names)
+    (config.out / SUMMARY).unlink(missing_ok=True)
+    images: list[dict[str, Any]] = []
+    with tqdm(total=len(source), unit="img", desc=f"explain ({config.method})", disable=not show_progress) as progress:
+        for batch in _batches(source, backbone.preprocess, config.batch_size):
+            count = len(batch.indices)
+            device = backbone.device
+            targets_b = None if target is None else torch.full((count,), target, device=device)
+            refs_bk = torch.tensor([refs] * count, device=device) if isinstance(refs, list) else refs
+            result = compute_cams(backbone, batch.pixels_bchw, config.method, targets_b, refs_bk, config.gamma,
+                                  config.n_refs, layer, chunk_size=config.batch_size)
+            for row, (index, image) in enumerate(zip(batch.indices, batch.images, strict=True)):
+                image_hw = (image.height, image.width)
+                map_hw = backbone.preprocess.unmap(result.maps_bhw[row], image_hw)
+                _write_image_outputs(config.out, stems[index], image, map_hw)
+                images.append(_image_record(config, result, row, source.records[index].source, stems[index],
+                                            image_hw, class_names))
+            progress.update(count)
+    summary = {
+        "format": FORMAT, "version": 1, "software": {"traitlens": traitlens.__version__},
+        "config": config.to_dict(), "model": {"spec": backbone.spec, "weights_fingerprint": backbone.weights_fingerprint()},
+        "layer": layer, "images": images,
+    }
+    atomic_write_json(config.out / SUMMARY, summary)
+    return summary

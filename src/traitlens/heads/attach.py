@@ -1,0 +1,51 @@
+"""A backbone whose output is a probe's logits: the same model and preprocessing, with the model's
+own head replaced by a :class:`LinearHead` on one layer.
+
+The forward pass runs the model only as far as the probe's layer (later layers cannot change the
+logits), capturing that layer's tokens inside the autograd graph, so gradient heatmaps, edits and
+captures work as on the plain backbone. Its layers are the model's layers up to and including the
+probe's: a later layer never runs, so naming one is an unknown-layer error rather than an empty
+capture, and layer ``-1`` is the probe's own layer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from traitlens.backbones import Backbone
+from traitlens.heads.errors import HeadError
+from traitlens.heads.linear_head import LinearHead, load_head
+from traitlens.heads.pooling import check_pooling, pool_tokens
+
+
+def head_backbone(backbone: Backbone, head: LinearHead, where: str = "the head") -> Backbone:
+    """``backbone`` with ``head`` as its output: forward (b, 3, h, w) -> (b, classes) logits.
+
+    Refused (one line) when the layer is unknown, its width differs from the head's, the pooling
+    needs a token the layer lacks, or the model's weights are not those the head was trained on.
+    """
+    layer = backbone.layer(head.layer)
+    if layer.width != head.width:
+        raise HeadError(f"{where} reads width {head.width} at {head.layer}; that layer of {backbone.spec} has width {layer.width}")
+    check_pooling(layer.layout, "all", head.pooling, f"layer {layer.name} of {backbone.spec}")
+    trained_on = str(head.model.get("weights_fingerprint", ""))
+    if trained_on != backbone.weights_fingerprint():
+        raise HeadError(f"{where} was trained on activations of {head.model.get('spec')} with weights "
+                        f"{trained_on[:12] or 'unknown'}, not those of {backbone.spec} ({backbone.weights_fingerprint()[:12]}); "
+                        "load the same --model, --weights or --random-init")
+
+    def forward(pixels_bchw: torch.Tensor) -> torch.Tensor:
+        with backbone.capture(layer.name, detach=False) as captured:
+            backbone.run_until(pixels_bchw, layer.name)
+        return head.logits(pool_tokens(captured[layer.name], layer.layout, "all", head.pooling))
+
+    names = backbone.layer_names
+    layers = [backbone.layer(name) for name in names[: names.index(layer.name) + 1]]
+    return Backbone(backbone.spec, backbone.model, layers, backbone.preprocess, forward, head.class_names)
+
+
+def load_head_backbone(backbone: Backbone, head_dir: str | Path) -> Backbone:
+    """``backbone`` with the probe saved in ``head_dir`` (``traitlens probe --out``) as its head."""
+    return head_backbone(backbone, load_head(head_dir), f"the head at {head_dir}")

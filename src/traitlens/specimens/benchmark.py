@@ -1,0 +1,68 @@
+"""A specimens benchmark as scoring reads it: ``traits.json`` and the per-image label maps."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from traitlens.data.images import decode_label_map
+from traitlens.errors import DataError, TraitlensError
+from traitlens.specimens.catalog import Lookalike
+from traitlens.specimens.generate import TRAITS_FILE
+
+
+class ScoringError(TraitlensError):
+    """Inputs to a score do not fit together (shapes, values, options)."""
+
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What scoring needs from a benchmark folder's ``traits.json``."""
+
+    root: Path
+    trait_labels: dict[str, int]
+    lookalikes: tuple[Lookalike, ...]
+    image_species: dict[str, str]
+
+    def resolve(self, source: str) -> str:
+        """The benchmark image (``images/<species>/<stem>.png``) of a store image's source, which is
+        relative to the folder it was extracted from: the benchmark root or its ``images/``."""
+        for candidate in (source, f"images/{source}"):
+            if candidate in self.image_species:
+                return candidate
+        raise DataError(f"store image {source} is not an image of the benchmark at {self.root} (see its {TRAITS_FILE})")
+
+    def annotation(self, source: str) -> np.ndarray:
+        """The (h, w) int64 label map of a benchmark image."""
+        path = self.root / "annotations" / PurePosixPath(source).relative_to("images").with_suffix(".png")
+        if not path.is_file():
+            raise DataError(f"annotation {path} of benchmark image {source} is missing")
+        return decode_label_map(path, str(path.relative_to(self.root)))
+
+    def distinguishing_traits(self, species: str) -> tuple[str, ...]:
+        """The traits that tell ``species`` from its look-alikes, sorted; empty when it has none."""
+        return tuple(sorted({pair.trait for pair in self.lookalikes if species in (pair.a, pair.b)}))
+
+
+def read_benchmark(root: Path) -> Benchmark:
+    """Read ``root/traits.json``; DataError when it is missing or malformed."""
+    path = root / TRAITS_FILE
+    if not path.is_file():
+        raise DataError(f"{root} is not a specimens benchmark: {TRAITS_FILE} missing")
+    try:
+        data = json.loads(path.read_text())
+        trait_labels = {str(trait["name"]): int(trait["label"]) for trait in data["traits"]}
+        lookalikes = tuple(Lookalike(str(pair["a"]), str(pair["b"]), str(pair["trait"])) for pair in data["lookalikes"])
+        image_species = {str(image["source"]): str(image["species"]) for image in data["images"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"damaged benchmark description {path}: {type(error).__name__} {error}") from error
+    if any(label < 2 for label in trait_labels.values()):
+        raise DataError(f"{path}: trait labels must be 2 or more (0 is background, 1 the body)")
+    unknown = sorted({pair.trait for pair in lookalikes} - set(trait_labels))
+    if unknown:
+        raise DataError(f"{path}: look-alike pairs name unknown traits: {', '.join(unknown)}")
+    return Benchmark(root, trait_labels, lookalikes, image_species)

@@ -1,0 +1,254 @@
+"""Trait discovery: per trait, the single feature of a feature set that best ranks the trait's patches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from traitlens.backbones.preprocess import Preprocess
+from traitlens.errors import DataError, LayerError, StoreError
+from traitlens.sae.io import load_sae
+from traitlens.specimens.average_precision import average_precision_by_target
+from traitlens.specimens.baselines import (
+    FeatureSet,
+    KMeansFeatures,
+    NeuronFeatures,
+    PCAFeatures,
+    SAEFeatures,
+)
+from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
+from traitlens.specimens.tables import markdown_table, write_text
+from traitlens.store.atomic import atomic_write_json
+from traitlens.store.manifest import StoredLayer
+from traitlens.store.reader import ActivationStore
+
+_FEATURE_CHUNK_ELEMENTS = 1 << 24  # feature scores are computed this many elements (rows x features) at a time
+
+
+def patch_coverage(labels_hw: np.ndarray, grid_hw: tuple[int, int], n_labels: int) -> npt.NDArray[np.float64]:
+    """Fraction of each patch's pixels holding each label, (grid_h * grid_w, n_labels), rows in
+    row-major patch order as the store's patch tokens.
+
+    Pixel row ``y`` of an ``H``-row map falls in patch row ``floor(y * grid_h / H)`` (columns
+    alike), as in :func:`traitlens.data.patch_labels.patch_labels`.
+    """
+    if labels_hw.ndim != 2 or not np.issubdtype(labels_hw.dtype, np.integer):
+        raise DataError(f"expected an (h, w) integer label map, got {labels_hw.dtype} {labels_hw.shape}")
+    height, width = labels_hw.shape
+    grid_h, grid_w = grid_hw
+    if not (0 < grid_h <= height and 0 < grid_w <= width):
+        raise DataError(f"a {grid_h}x{grid_w} patch grid does not fit a {height}x{width} label map")
+    labels = labels_hw.astype(np.int64)
+    if labels.min() < 0 or labels.max() >= n_labels:
+        raise DataError(f"label map holds values {labels.min()}..{labels.max()}, expected 0..{n_labels - 1}")
+    cell_hw = (np.arange(height) * grid_h // height)[:, None] * grid_w + (np.arange(width) * grid_w // width)[None, :]
+    counts_pl = np.bincount((cell_hw * n_labels + labels).ravel(), minlength=grid_h * grid_w * n_labels)
+    counts_pl = counts_pl.reshape(grid_h * grid_w, n_labels)
+    return counts_pl / counts_pl.sum(1, keepdims=True)
+
+
+def trait_positives(coverage_pl: np.ndarray, trait_labels: Sequence[int], min_coverage: float) -> npt.NDArray[np.bool_]:
+    """Which patches of one image count as showing each trait, (n_patches, n_traits).
+
+    A patch is positive for a trait when at least ``min_coverage`` of its pixels show it, or when it
+    is the patch with the most of that trait in the image. The second rule gives every image where a
+    trait is visible at least one positive patch, so small traits (an eye ring a few pixels wide
+    that never fills a tenth of a 12x12 patch) are still scored, on their best patch.
+    """
+    coverage_pt = coverage_pl[:, list(trait_labels)]
+    largest_t = coverage_pt.max(0)
+    return (coverage_pt >= min_coverage) | ((coverage_pt == largest_t) & (coverage_pt > 0))
+
+
+
+@dataclass(frozen=True)
+class DiscoveryOptions:
+    """How :func:`trait_discovery` and :func:`score_discovery` score feature sets."""
+
+    min_coverage: float = 0.1
+    """A patch is positive for a trait from this fraction of trait pixels (see trait_positives)."""
+    pca_components: int = 64
+    """Principal directions of the PCA baseline (each scored in both signs)."""
+    kmeans_clusters: int = 64
+    """Centroids of the k-means baseline."""
+    kmeans_iterations: int = 20
+    """Most Lloyd iterations after the k-means++ seeding."""
+    seed: int = 0
+    """Seed of the k-means++ seeding."""
+    max_score_elements: int = 1 << 27
+    """Most feature scores (patches x features) held at once; larger sets are scored in column
+    blocks, recomputing their features once per block."""
+    device: str = "cpu"
+    """Where features and average precisions are computed."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_coverage <= 1:
+            raise ScoringError(f"min_coverage must be in (0, 1], got {self.min_coverage}")
+        if self.max_score_elements < 1:
+            raise ScoringError(f"max_score_elements must be positive, got {self.max_score_elements}")
+
+
+@dataclass(frozen=True)
+class TraitDiscovery:
+    """Per feature set and trait, the best single feature and its average precision (None for a
+    trait without positive patches), over ``n_patches`` patches of the scored images."""
+
+    traits: tuple[str, ...]
+    n_positive: tuple[int, ...]
+    n_patches: int
+    n_images_fit: int
+    n_images_scored: int
+    n_features: dict[str, int]
+    best_feature: dict[str, tuple[int | None, ...]]
+    best_ap: dict[str, tuple[float | None, ...]]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per trait: ``trait``, ``positives``, ``chance`` (the positive rate, which is the
+        expected AP of a random feature), then per feature set its best AP under the set's name
+        and the feature's index under ``"<name> feature"``."""
+        rows = []
+        for t, trait in enumerate(self.traits):
+            row: dict[str, Any] = {"trait": trait, "positives": self.n_positive[t], "chance": self.n_positive[t] / self.n_patches}
+            for name in self.best_ap:
+                row[name] = self.best_ap[name][t]
+                row[f"{name} feature"] = self.best_feature[name][t]
+            rows.append(row)
+        return rows
+
+
+def _patch_token_slice(store: ActivationStore, stored: StoredLayer) -> slice:
+    kind = store.manifest["tokens"]
+    if kind == "cls":
+        raise LayerError(f"the store at {store.root} holds only CLS tokens; trait discovery needs patch tokens "
+                         "(extract with --tokens patch or --tokens all)")
+    first = stored.layout.n_prefix if kind == "all" else 0
+    if stored.tokens_per_image - first != stored.layout.n_patches:
+        raise StoreError(f"layer {stored.name} stores {stored.tokens_per_image} {kind} tokens per image, which does not "
+                         f"match its layout ({stored.layout.n_prefix} prefix + {stored.layout.n_patches} patches)")
+    return slice(first, first + stored.layout.n_patches)
+
+
+def _mask_geometry(store: ActivationStore) -> Callable[[np.ndarray], np.ndarray]:
+    """Label map -> the model's input geometry, so masks line up with the patch grid. A store
+    without preprocessing (made from arrays) saw images at their own size."""
+    settings = store.manifest.get("preprocess")
+    if settings is None:
+        return lambda labels_hw: labels_hw
+    return Preprocess.from_dict(settings).mask
+
+
+def _best_features(feature_set: FeatureSet, acts_nd: torch.Tensor, positives_nt: torch.Tensor,
+                   max_score_elements: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(n_features, best AP per target (t,), its feature index (t,)); -inf AP where no positives."""
+    n = len(acts_nd)
+    probe_1f = feature_set.features(acts_nd[:1])
+    n_features = probe_1f.shape[1]
+    rows = max(1, _FEATURE_CHUNK_ELEMENTS // n_features)
+    best_ap_t = torch.full((positives_nt.shape[1],), -torch.inf, dtype=torch.float64, device=acts_nd.device)
+    best_feature_t = torch.zeros(positives_nt.shape[1], dtype=torch.int64, device=acts_nd.device)
+    block = max(1, max_score_elements // n)
+    for start in range(0, n_features, block):
+        columns = slice(start, min(start + block, n_features))
+        scores_nb = torch.empty(n, columns.stop - start, dtype=probe_1f.dtype, device=acts_nd.device)
+        # copied into place chunk by chunk: a column slice would keep each chunk's full scores alive
+        for first in range(0, n, rows):
+            scores_nb[first : first + rows] = feature_set.features(acts_nd[first : first + rows])[:, columns]
+        ap_tb = average_precision_by_target(scores_nb, positives_nt)
+        # argmax takes the first of tied maxima, and only a strictly better block replaces the best
+        # so far: a tie always goes to the lowest feature index
+        block_index_t = ap_tb.argmax(1)
+        block_best_t = ap_tb.gather(1, block_index_t[:, None])[:, 0]
+        better_t = block_best_t > best_ap_t
+        best_ap_t = torch.where(better_t, block_best_t, best_ap_t)
+        best_feature_t = torch.where(better_t, block_index_t + start, best_feature_t)
+    return n_features, best_ap_t, best_feature_t
+
+
+@torch.no_grad()
+def trait_discovery(feature_sets: Mapping[str, FeatureSet], store: ActivationStore, layer: str | int,
+                    benchmark: Benchmark, options: DiscoveryOptions = DiscoveryOptions()) -> TraitDiscovery:
+    """Best single feature per trait for each feature set, on the same patches and targets.
+
+    One ordered pass over the layer's patch tokens. Images alternate: even-numbered store images fit
+    the feature sets that learn from data (PCA, k-means), odd-numbered ones are scored, for every
+    set alike, so no baseline is scored on the tokens it was fitted to. (An SAE trained on the whole
+    store has seen the scored images; the baselines have not.) Targets come from each scored image's
+    annotation, moved through the store's preprocessing onto the patch grid (:func:`patch_coverage`,
+    :func:`trait_positives`).
+    """
+    stored = store.layer(layer)
+    patches = _patch_token_slice(store, stored)
+    if store.n_images < 2:
+        raise ScoringError(f"trait discovery needs at least 2 images (one to fit, one to score); the store has {store.n_images}")
+    sources = [benchmark.resolve(image.source) for image in store.images]
+    geometry = _mask_geometry(store)
+    trait_labels = list(benchmark.trait_labels.values())
+    n_labels = max(trait_labels, default=1) + 1
+    fit_parts, score_parts, positive_parts = [], [], []
+    for indices_b, tokens_btd in store.iter_images(stored.name):
+        patches_bpd = torch.from_numpy(tokens_btd[:, patches].astype(np.float32))
+        scored_b = torch.from_numpy(indices_b % 2 == 1)
+        fit_parts.append(patches_bpd[~scored_b].flatten(0, 1))
+        score_parts.append(patches_bpd[scored_b].flatten(0, 1))
+        for image in indices_b[indices_b % 2 == 1]:
+            coverage_pl = patch_coverage(geometry(benchmark.annotation(sources[image])), stored.layout.grid_hw, n_labels)
+            positive_parts.append(torch.from_numpy(trait_positives(coverage_pl, trait_labels, options.min_coverage)))
+    device = torch.device(options.device)
+    fit_nd, score_nd = torch.cat(fit_parts).to(device), torch.cat(score_parts).to(device)
+    positives_nt = torch.cat(positive_parts).to(device)
+    n_positive = tuple(int(count) for count in positives_nt.sum(0))
+    found_t = [count > 0 for count in n_positive]
+    n_features, best_feature, best_ap = {}, {}, {}
+    for name, feature_set in feature_sets.items():
+        n_features[name], ap_t, feature_t = _best_features(feature_set.fit(fit_nd), score_nd, positives_nt, options.max_score_elements)
+        best_ap[name] = tuple(float(ap) if found else None for ap, found in zip(ap_t.tolist(), found_t, strict=True))
+        best_feature[name] = tuple(int(index) if found else None for index, found in zip(feature_t.tolist(), found_t, strict=True))
+    n_scored = store.n_images // 2
+    return TraitDiscovery(tuple(benchmark.trait_labels), n_positive, len(score_nd), store.n_images - n_scored, n_scored,
+                          n_features, best_feature, best_ap)
+
+
+
+def score_discovery(acts: Path, data: Path, layer: str | None, sae: Path | None, out: Path,
+                    options: DiscoveryOptions = DiscoveryOptions()) -> dict[str, Any]:
+    """Trait discovery of an SAE (when given) and the neuron, PCA and k-means baselines on a stored
+    layer; writes ``out/discovery.json`` and ``out/discovery.md`` and returns what the JSON holds.
+
+    The layer defaults to the one the SAE was trained on, else the store's last layer.
+    """
+    store = ActivationStore(acts)
+    benchmark = read_benchmark(data)
+    loaded = None if sae is None else load_sae(sae, device=options.device)
+    default_layer: str | int = -1 if loaded is None else loaded[1].get("layer", -1)
+    stored = store.layer(layer if layer is not None else default_layer)
+    feature_sets: dict[str, FeatureSet] = {}
+    if loaded is not None:
+        model = loaded[0]
+        if model.config.d_in != stored.width:
+            raise LayerError(f"the SAE at {sae} reads {model.config.d_in}-dim tokens but layer {stored.name} of {acts} "
+                             f"is {stored.width}-dim; pick the SAE's layer")
+        feature_sets["sae"] = SAEFeatures(model)
+    feature_sets["neurons"] = NeuronFeatures()
+    feature_sets["pca"] = PCAFeatures(options.pca_components)
+    feature_sets["kmeans"] = KMeansFeatures(options.kmeans_clusters, options.kmeans_iterations, options.seed)
+    discovery = trait_discovery(feature_sets, store, stored.name, benchmark, options)
+    rows = discovery.rows()
+    result = {"acts": str(acts), "data": str(data), "layer": stored.name, "sae": None if sae is None else str(sae),
+              "options": asdict(options), "n_images_fit": discovery.n_images_fit, "n_images_scored": discovery.n_images_scored,
+              "n_patches": discovery.n_patches, "n_features": discovery.n_features, "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "discovery.json", result)
+    write_text(out / "discovery.md", "\n".join([
+        "# Trait discovery", "",
+        f"Layer `{stored.name}` of `{acts}`: {discovery.n_patches} patches of {discovery.n_images_scored} scored images; "
+        f"PCA and k-means fitted on the other {discovery.n_images_fit}. Each cell is the patch-level average precision "
+        "of the set's best single feature for the trait; `chance` is the trait's positive rate, the AP of a random feature.", "",
+        markdown_table(rows, ["trait", "positives", "chance", *feature_sets]),
+    ]))
+    return result

@@ -1,0 +1,181 @@
+"""``traitlens explain`` end to end: maps at image resolution, overlays and summary.json, and every
+bad input as one line with exit code 2.
+
+The embedded ``traitlens:specimens-vit`` is not in this checkout yet, so the tiny folder runs
+through a random-init timm ViT (and the real MobileNetV2 where class names matter)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.backbones.builders import CLIP_WITH_TOKENIZER
+from tests.explain.conftest import photo
+from tests.pretrained import mobilenet_checkpoint
+from traitlens.backbones import load_backbone
+from traitlens.cli import main
+from traitlens.heads import LinearHead, save_head
+
+TINY_VIT = "timm:vit_tiny_patch16_224?img_size=32&depth=2&embed_dim=32&num_heads=2&num_classes=3"
+
+
+def _save(image: Image.Image, path: Path, size_wh: tuple[int, int] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (image.resize(size_wh) if size_wh else image).save(path)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A class folder of real photos in three sizes and shapes, one in a nested folder."""
+    root = tmp_path_factory.mktemp("explain") / "images"
+    _save(photo("chelsea"), root / "cats" / "chelsea.jpg")
+    _save(photo("coffee"), root / "cups" / "coffee.png", (150, 100))
+    _save(photo("astronaut"), root / "cups" / "more" / "astronaut.png", (40, 60))
+    return root
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["explain", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_explain_writes_maps_overlays_and_a_summary(capsys: pytest.CaptureFixture[str], folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "maps"
+    code, printed, _ = _run(capsys, "--model", TINY_VIT, "--random-init", "--images", str(folder), "--method", "grad-cam++",
+                            "--refs", "auto", "--n-refs", "2", "--batch-size", "2", "--out", str(out))
+
+    assert code == 0
+    assert f"wrote 3 grad-cam++ maps, Finer-CAM (gamma 0.6) of layer blocks.0 to {out}" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert [image["source"] for image in summary["images"]] == ["cats/chelsea.jpg", "cups/coffee.png", "cups/more/astronaut.png"]
+    for record in summary["images"]:
+        with Image.open(folder / record["source"]) as original:
+            height, width = original.height, original.width
+        heat = np.load(out / record["map"])
+        assert heat.shape == (height, width) == tuple(record["image_hw"]) and heat.dtype == np.float32
+        assert heat.min() >= 0 and heat.max() <= 1  # (a random model's map may be blank: all 0)
+        with Image.open(out / record["overlay"]) as drawn:
+            assert drawn.size == (width, height) and drawn.mode == "RGB"
+        assert (record["method"], record["gamma"], record["layer"]) == ("grad-cam++", 0.6, "blocks.0")
+        assert record["target"] is None and len(record["reference_indices"]) == 2 == len(record["reference_scores"])
+        # auto references: the highest other scores, below the predicted target's
+        assert record["target_score"] >= record["reference_scores"][0] >= record["reference_scores"][1]
+    # The model saw a centre crop: the wide photo's left and right edges get no heat.
+    chelsea = np.load(out / "cats" / "chelsea.npy")
+    assert chelsea[:, :80].max() == 0 and chelsea[:, -80:].max() == 0 and chelsea[:, 100:-100].max() > 0
+
+
+def test_named_classes_and_gamma_zero_through_the_command_line(capsys: pytest.CaptureFixture[str], folder: Path,
+                                                               tmp_path: Path) -> None:
+    model = ["--model", "torchvision:mobilenet_v2", "--weights", str(mobilenet_checkpoint()),
+             "--images", str(folder / "cats"), "--method", "grad-cam", "--target", "Egyptian cat"]
+    assert _run(capsys, *model, "--refs", "tabby", "--out", str(tmp_path / "finer"))[0] == 0
+    assert _run(capsys, *model, "--refs", "tabby", "--gamma", "0", "--out", str(tmp_path / "zero"))[0] == 0
+    assert _run(capsys, *model, "--out", str(tmp_path / "base"))[0] == 0
+
+    (finer,) = json.loads((tmp_path / "finer" / "summary.json").read_text())["images"]
+    assert (finer["target"], finer["target_index"], finer["references"], finer["reference_indices"]) == (
+        "Egyptian cat", 285, ["tabby"], [281])
+    assert finer["target_score"] > finer["reference_scores"][0]
+    base_map, zero_map = (np.load(tmp_path / name / "chelsea.npy") for name in ("base", "zero"))
+    assert np.array_equal(zero_map, base_map)
+    assert not np.array_equal(np.load(tmp_path / "finer" / "chelsea.npy"), base_map)
+
+
+def test_a_saved_head_replaces_the_models_classes(capsys: pytest.CaptureFixture[str], folder: Path, tmp_path: Path) -> None:
+    backbone = load_backbone(TINY_VIT, pretrained=False)
+    weight_cd = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
+    save_head(tmp_path / "head", LinearHead(weight_cd, torch.tensor([0.0, 50.0]), "blocks.1", "mean", ("left", "right"),
+                                            {"spec": TINY_VIT, "weights_fingerprint": backbone.weights_fingerprint()}))
+
+    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--head", str(tmp_path / "head"), "--images",
+                        str(folder), "--method", "grad-cam", "--layer", "blocks.1", "--refs", "auto",
+                        "--out", str(tmp_path / "out"))
+
+    assert code == 0, err
+    for record in json.loads((tmp_path / "out" / "summary.json").read_text())["images"]:
+        # the head's bias makes "right" every image's prediction; its only other class is the reference
+        assert (record["target"], record["references"]) == ("right", ["left"])
+
+
+def test_text_concepts_and_zero_shot_classes_on_a_clip_model(capsys: pytest.CaptureFixture[str], folder: Path,
+                                                              tmp_path: Path) -> None:
+    common = ["--model", CLIP_WITH_TOKENIZER, "--random-init", "--images", str(folder / "cats"), "--method", "grad-cam"]
+    code, _, err = _run(capsys, *common, "--concept", "striped fur", "--out", str(tmp_path / "plain"))
+    assert code == 0, err
+    code, _, err = _run(capsys, *common, "--concept", "striped fur", "--reference", "a cat", "--out", str(tmp_path / "vs"))
+    assert code == 0, err
+    plain, versus = (json.loads((tmp_path / name / "summary.json").read_text())["images"][0] for name in ("plain", "vs"))
+    assert (plain["target"], plain["references"]) == ("striped fur", [])
+    assert (versus["target"], versus["references"]) == ("striped fur", ["a cat"])
+    assert not np.array_equal(np.load(tmp_path / "plain" / plain["map"]), np.load(tmp_path / "vs" / versus["map"]))
+
+    code, _, err = _run(capsys, *common, "--zero-shot", "cat,dog,car", "--out", str(tmp_path / "zero"))
+    assert code == 0, err
+    record = json.loads((tmp_path / "zero" / "summary.json").read_text())["images"][0]
+    assert record["target"] in ("cat", "dog", "car") and record["references"] == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["--concept", "stripes"], ["has no text tower", "open_clip"]),
+        (["--zero-shot", "cat,dog"], ["has no text tower"]),
+        (["--reference", "a cat"], ["a reference prompt needs a concept prompt"]),
+        (["--concept", "stripes", "--head", "somewhere"], ["choose one head"]),
+    ],
+)
+def test_text_heads_refuse_what_they_cannot_do(argv: list[str], fragments: list[str], capsys: pytest.CaptureFixture[str],
+                                               folder: Path, tmp_path: Path) -> None:
+    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--images", str(folder), "--method", "grad-cam",
+                        *argv, "--out", str(tmp_path / "out"))
+    _assert_one_line_error(code, err, fragments)
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["--method", "gradcam"], ["unknown method 'gradcam'; choose one of cam, grad-cam"]),
+        (["--method", "grad-cam", "--refs", "auto", "--gamma", "-1"], ["gamma must be a finite number >= 0"]),
+        (["--method", "grad-cam", "--target", "7"], ["target class 7 is out of range: the head has 3 classes (0..2)"]),
+        (["--method", "grad-cam", "--target", "tabby"], ["target class 'tabby' is not a class index, and the model has no class names"]),
+        (["--method", "grad-cam", "--refs", "1,1"], ["reference classes repeat: 1, 1"]),
+        (["--method", "eigen-cam", "--refs", "auto"], ["eigen-cam does not depend on the class"]),
+        (["--method", "grad-cam", "--layer", "9"], ["unknown layer '9'", "blocks.0, blocks.1"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], fragments: list[str], capsys: pytest.CaptureFixture[str],
+                                          folder: Path, tmp_path: Path) -> None:
+    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--images", str(folder), *argv,
+                        "--out", str(tmp_path / "out"))
+    _assert_one_line_error(code, err, fragments)
+
+
+def test_unknown_class_names_and_unreadable_images_are_one_line(capsys: pytest.CaptureFixture[str], folder: Path,
+                                                                tmp_path: Path) -> None:
+    code, _, err = _run(capsys, "--model", "torchvision:mobilenet_v2", "--weights", str(mobilenet_checkpoint()),
+                        "--images", str(folder / "cats"), "--method", "cam", "--target", "Egyptian kat",
+                        "--out", str(tmp_path / "out"))
+    _assert_one_line_error(code, err, ["unknown target class 'Egyptian kat'", "did you mean 'Egyptian cat'"])
+
+    broken = tmp_path / "broken"
+    _save(photo("coffee"), broken / "fine.png", (40, 30))
+    (broken / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--images", str(broken), "--method", "layercam",
+                        "--out", str(tmp_path / "out"))
+    _assert_one_line_error(code, err, ["cannot read image corrupt.jpg"])
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def _assert_one_line_error(code: int, err: str, fragments: list[str]) -> None:
+    lines = [line for line in err.splitlines() if line.strip() and "it/s]" not in line and "img/s]" not in line]
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("traitlens: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

@@ -1,0 +1,63 @@
+"""Localization scores on hand-made heatmaps and masks."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.specimens.hand_made_benchmark import N_IMAGES
+from traitlens.errors import DataError, TraitlensError
+from traitlens.specimens.benchmark import read_benchmark
+from traitlens.specimens.localization import localization_scores, score_localization
+
+
+def test_localization_of_inside_half_and_empty_cases() -> None:
+    masks = np.zeros((3, 4, 4), bool)
+    masks[0, :2] = True
+    masks[1, :, :2] = True
+    heat = np.zeros((3, 4, 4), np.float32)
+    heat[0, 0, 1] = 2.0  # all inside
+    heat[1, 1, 1], heat[1, 1, 3] = 3.0, 3.0  # half inside, tie at the maximum goes to (1, 1): inside
+    heat[2] = 1.0  # empty mask: left out and counted
+    scores = localization_scores(heat, masks)
+    assert scores == {"n_images": 2, "n_empty_masks": 1, "mass_inside": 0.75, "pointing_game": 1.0, "chance": 0.5}
+    heat[1, 1, 1] = 1.0  # now the maximum is outside, one pixel from the mask
+    assert localization_scores(heat, masks)["pointing_game"] == 0.5
+    assert localization_scores(heat, masks, tolerance=2)["pointing_game"] == 1.0
+    assert localization_scores(heat[2:], masks[2:])["mass_inside"] is None
+
+
+def test_a_blank_heatmap_localizes_nothing_and_bad_maps_fail() -> None:
+    masks = np.ones((1, 3, 3), bool)
+    assert localization_scores(np.zeros((1, 3, 3)), masks)["mass_inside"] == 0.0
+    assert localization_scores(np.zeros((1, 3, 3)), masks)["pointing_game"] == 0.0
+    with pytest.raises(TraitlensError, match="non-negative"):
+        localization_scores(-np.ones((1, 3, 3)), masks)
+    with pytest.raises(TraitlensError, match=r"\(n, H, W\)"):
+        localization_scores(np.ones((1, 3, 4)), masks)
+    with pytest.raises(TraitlensError, match="boolean"):
+        localization_scores(np.ones((1, 3, 3)), masks.astype(np.uint8))
+
+
+def test_score_localization_reads_heatmaps_per_image(benchmark: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    data, _ = benchmark
+    bench = read_benchmark(data)
+    for source, species in itertools.islice(bench.image_species.items(), 4):
+        ring = bench.annotation(source) == 2
+        heatmap = ring.astype(np.float32) if source.endswith(("000.png", "001.png")) else (~ring).astype(np.float32)
+        path = tmp_path / "heat" / species / f"{Path(source).stem}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, heatmap)
+        (tmp_path / "flat").mkdir(exist_ok=True)
+        np.save(tmp_path / "flat" / path.name, heatmap)
+    assert score_localization(tmp_path / "flat", data, tmp_path / "out")["rows"][1]["mass_inside"] == 0.5
+    result = score_localization(tmp_path / "heat", data, tmp_path / "out")
+    assert result["n_missing_heatmaps"] == N_IMAGES - 4
+    assert [row["trait"] for row in result["rows"]] == ["eye_ring", "all"]
+    assert result["rows"][1]["mass_inside"] == 0.5 and result["rows"][1]["pointing_game"] == 0.5
+    assert "| eye_ring | 4 | 0 | 0.500 | 0.500 |" in (tmp_path / "out" / "localization.md").read_text()
+    with pytest.raises(DataError, match="no heatmaps"):
+        score_localization(tmp_path / "empty", data, tmp_path / "out")

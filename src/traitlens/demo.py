@@ -14,7 +14,7 @@ from traitlens.sae import RunConfig, SAEConfig, TrainConfig, train
 from traitlens.specimens.discovery import DiscoveryOptions, score_discovery
 from traitlens.specimens.generate import GenerateConfig, generate
 from traitlens.specimens.model_accuracy import AccuracyConfig, model_accuracy
-from traitlens.store import ExtractConfig, extract
+from traitlens.store import ActivationStore, ExtractConfig, extract
 from traitlens.store.summary import summarize_store
 
 DEMO_MODEL = "traitlens:specimens-vit"
@@ -28,8 +28,6 @@ SAE_EPOCHS = 20
 
 
 def _train_sae(acts: Path, out: Path) -> Path:
-    from traitlens.store import ActivationStore
-
     store = ActivationStore(acts)
     layer = store.layer(-1)
     run = RunConfig(SAEConfig(d_in=layer.width, width=SAE_EXPANSION * layer.width, activation="topk", k=SAE_K), lr=1e-3)

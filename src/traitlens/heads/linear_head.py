@@ -8,7 +8,6 @@ trained on (spec and weights fingerprint), so it is never attached to another mo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from safetensors.torch import load_file
 
 from traitlens.heads.errors import HeadError
 from traitlens.heads.pooling import POOLINGS, Pooling
+from traitlens.json_config import read_json_config
 from traitlens.sae.io import save_tensors
 from traitlens.store.atomic import atomic_write_json
 
@@ -60,25 +60,11 @@ def save_head(directory: Path, head: LinearHead) -> None:
     atomic_write_json(directory / CONFIG, head.to_json())
 
 
-def _read_json(directory: Path) -> dict[str, Any]:
-    path = directory / CONFIG
-    if not path.is_file():
-        raise HeadError(f"no head at {directory}: {CONFIG} missing (train one with traitlens probe)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise HeadError(f"damaged head config {path}: {error}") from error
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise HeadError(f"{path} is not a traitlens head config")
-    if data.get("version") != VERSION:
-        raise HeadError(f"{path} has head version {data.get('version')}; this traitlens reads version {VERSION}")
-    return data
-
-
 def load_head(directory: str | Path) -> LinearHead:
     """The head saved in ``directory``, checked for consistent shapes."""
     directory = Path(directory)
-    data = _read_json(directory)
+    data = read_json_config(directory / CONFIG, FORMAT, "head config", HeadError,
+                            f"no head at {directory}: {CONFIG} missing (train one with traitlens probe)", VERSION)
     try:
         tensors = load_file(str(directory / WEIGHTS))
     except Exception as error:  # safetensors raises several types for missing, truncated or foreign files

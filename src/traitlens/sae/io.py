@@ -5,7 +5,6 @@ No pickle anywhere. A damaged file gives one line naming it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from traitlens.errors import TraitlensError
+from traitlens.json_config import read_json_config
 from traitlens.sae.config import SAEConfig, SAEConfigError
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.store.atomic import atomic_write_json, commit, temp_path
@@ -43,13 +43,8 @@ def save_sae(sae: SparseAutoencoder, directory: Path, extra: dict[str, Any] | No
 
 def read_sae_config(directory: Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG
-    if not path.is_file():
-        raise SAELoadError(f"no saved SAE at {directory}: {CONFIG} missing")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise SAELoadError(f"damaged SAE config {path}: {error}") from error
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("sae"), dict):
+    data = read_json_config(path, FORMAT, "SAE config", SAELoadError, f"no saved SAE at {directory}: {CONFIG} missing")
+    if not isinstance(data.get("sae"), dict):
         raise SAELoadError(f"{path} is not a traitlens SAE config")
     return data
 

@@ -5,13 +5,13 @@ Written last, so a store with a manifest is complete. Relative paths keep a stor
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from traitlens.backbones.layout import TokenLayout
 from traitlens.errors import StoreError
+from traitlens.json_config import read_json_config
 from traitlens.store.files import MANIFEST
 
 FORMAT = "traitlens.activations"
@@ -71,15 +71,6 @@ class StoredLayer:
 def read_manifest(root: Path) -> dict[str, Any]:
     """The raw manifest of a complete store, checked for format and version."""
     path = root / MANIFEST
-    if not path.is_file():
-        hint = " (extraction unfinished: run the same command again to resume)" if (root / "job.json").is_file() else ""
-        raise StoreError(f"no activation store at {root}: {MANIFEST} missing{hint}")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise StoreError(f"damaged manifest {path}: {error}") from error
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise StoreError(f"{path} is not a traitlens activation store manifest")
-    if manifest.get("version") != VERSION:
-        raise StoreError(f"{path} has store version {manifest.get('version')}; this traitlens reads version {VERSION}")
-    return manifest
+    hint = " (extraction unfinished: run the same command again to resume)" if (root / "job.json").is_file() else ""
+    return read_json_config(path, FORMAT, "activation store manifest", StoreError,
+                            f"no activation store at {root}: {MANIFEST} missing{hint}", VERSION)

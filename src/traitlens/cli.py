@@ -116,9 +116,9 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from traitlens.demo import run_demo
+    from traitlens.demo import DemoConfig, run_demo
 
-    print(run_demo(args.out))
+    print(run_demo(DemoConfig(out=args.out)))
     return 0
 
 
@@ -217,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     from traitlens.heads.cli import add_probe_command
 
     add_probe_command(commands)
+    from traitlens.features.cli import add_features_command
+
+    add_features_command(commands)
+    from traitlens.interventions.cli import add_steer_command
+
+    add_steer_command(commands, add_model_args)
+    from traitlens.interventions.attribute_cli import add_attribute_command
+
+    add_attribute_command(commands, add_model_args)
     return parser
 
 

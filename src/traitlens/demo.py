@@ -1,55 +1,170 @@
-"""The demo on the embedded default: the specimens benchmark and the model trained on it.
+"""The demo on the embedded default: discover, localize and test traits on the specimens benchmark.
 
-``make demo`` draws specimens from a seed the model never saw, measures the embedded
-``traitlens:specimens-vit`` on them, stores its last block's tokens, trains a small SAE on them,
-and scores the SAE's latents against the ground-truth trait masks beside three baselines (raw
-neurons, PCA, k-means). Every step resumes: run it again after an interruption.
+``make demo`` draws specimens from a seed the embedded ``traitlens:specimens-vit`` never saw and:
+
+1. measures the model's accuracy on them;
+2. stores the tokens of its second block and trains a TopK SAE on them;
+3. analyzes every latent (``traitlens features``) and writes the browsable feature report;
+4. scores trait discovery: the SAE's best latent per trait against raw neurons, PCA and k-means;
+5. localizes with Grad-CAM and LayerCAM against their Finer-CAM versions on look-alike pairs;
+6. suppresses each pair's trait latents inside the model and counts look-alike flips, against
+   random latents of matched frequency, and attributes each pair's comparative score to latents;
+7. writes one HTML report (``report.html``) with all of it.
+
+Every step resumes: run it again after an interruption.
 """
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from traitlens.backbones import load_backbone
+from traitlens.data import open_image_source
+from traitlens.demo_report import write_demo_report
+from traitlens.features import FeaturesConfig, LatentFeatures, analyze_features
+from traitlens.features.report import write_report
 from traitlens.sae import RunConfig, SAEConfig, TrainConfig, train
-from traitlens.specimens.discovery import DiscoveryOptions, score_discovery
+from traitlens.sae.io import load_sae
+from traitlens.specimens.baselines import SAEFeatures
+from traitlens.specimens.benchmark import read_benchmark
+from traitlens.specimens.cam_localization import LOCALIZATION_COLUMNS, lookalike_localization
+from traitlens.specimens.discovery import DiscoveryOptions, score_discovery, trait_feature_ap
 from traitlens.specimens.generate import GenerateConfig, generate
 from traitlens.specimens.model_accuracy import AccuracyConfig, model_accuracy
+from traitlens.specimens.pair_attribution import lookalike_attribution
+from traitlens.specimens.suppression import (
+    SUPPRESSION_COLUMNS,
+    SuppressionOptions,
+    suppression_flips,
+    top_trait_latents,
+)
+from traitlens.specimens.tables import markdown_table
 from traitlens.store import ActivationStore, ExtractConfig, extract
+from traitlens.store.atomic import atomic_write_json
 from traitlens.store.summary import summarize_store
 
 DEMO_MODEL = "traitlens:specimens-vit"
-DEMO_SEED = 1
-"""The embedded model was trained on seed 0; the demo measures it on images it never saw."""
-DEMO_IMAGES = 512
-DEMO_LAYER = "-1"
-SAE_EXPANSION = 8
-SAE_K = 16
-SAE_EPOCHS = 20
+N_STEPS = 7
 
 
-def _train_sae(acts: Path, out: Path) -> Path:
-    store = ActivationStore(acts)
-    layer = store.layer(-1)
-    run = RunConfig(SAEConfig(d_in=layer.width, width=SAE_EXPANSION * layer.width, activation="topk", k=SAE_K), lr=1e-3)
-    config = TrainConfig(acts=acts, layer=layer.name, out=out, runs=(run,), tokens=SAE_EPOCHS * store.n_images * layer.tokens_per_image,
-                         batch_size=1024, warmup_steps=20, device="cpu")
-    return train(config, resume=True)[0]
+@dataclass(frozen=True)
+class DemoConfig:
+    """The demo's settings; the defaults are what ``make demo`` runs."""
+
+    out: Path = Path("runs/demo")
+    seed: int = 1
+    """The embedded model was trained on seed 0; the demo measures it on images it never saw."""
+    n_images: int = 1024
+    layer: str = "blocks.1"
+    """The second of four blocks: its patch tokens still pass through two blocks before the CLS
+    head reads them, so an edit there can change the prediction (at the last block only the CLS
+    token counts)."""
+    sae_expansion: int = 8
+    sae_k: int = 16
+    sae_epochs: int = 20
+    trait_latents: int = 10
+    """Latents suppressed per trait: one latent rarely holds a whole trait (see docs/results.md)."""
+    n_random: int = 5
+    """Draws of the matched random control."""
+
+    @property
+    def data(self) -> Path:
+        return self.out / "specimens"
+
+    @property
+    def acts(self) -> Path:
+        return self.out / "acts"
+
+    @property
+    def sae(self) -> Path:
+        return self.out / "sae"
+
+    @property
+    def features(self) -> Path:
+        return self.out / "features"
+
+    @property
+    def scores(self) -> Path:
+        return self.out / "scores"
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report.html"
 
 
-def run_demo(out: Path) -> str:
-    """Run every step under ``out`` (resuming finished ones) and return what to print."""
-    data = generate(GenerateConfig(out / "specimens", n=DEMO_IMAGES, seed=DEMO_SEED))
+def _step(number: int, text: str) -> None:
+    print(f"[{number}/{N_STEPS}] {text}", file=sys.stderr, flush=True)
+
+
+def _train_sae(config: DemoConfig) -> Path:
+    store = ActivationStore(config.acts)
+    layer = store.layer(config.layer)
+    run = RunConfig(SAEConfig(d_in=layer.width, width=config.sae_expansion * layer.width, activation="topk", k=config.sae_k), lr=1e-3)
+    train_config = TrainConfig(acts=config.acts, layer=layer.name, out=config.sae, runs=(run,),
+                               tokens=config.sae_epochs * store.n_images * layer.tokens_per_image,
+                               batch_size=1024, warmup_steps=20, device="cpu")
+    return train(train_config, resume=True)[0]
+
+
+def _causal_tests(config: DemoConfig, sae_dir: Path) -> dict[str, Any]:
+    """Suppression flips and pair attribution, on the SAE's layer; trait latents from the masks."""
+    benchmark = read_benchmark(config.data)
+    sae, saved = load_sae(sae_dir)
+    sae.eval()
+    store = ActivationStore(config.acts)
+    layer = store.layer(saved["layer"]).name
+    ap_tw, frequency_w = trait_feature_ap(SAEFeatures(sae), store, layer, benchmark, DiscoveryOptions())
+    trait_latents = top_trait_latents(ap_tw, list(benchmark.trait_labels), config.trait_latents)
+    backbone = load_backbone(DEMO_MODEL)
+    source = open_image_source(config.data)
+    options = SuppressionOptions(n_latents=config.trait_latents, n_random=config.n_random)
+    suppression = suppression_flips(backbone, sae, layer, saved["tokens_kind"], source, benchmark, trait_latents, frequency_w, options,
+                                    show_progress=True)
+    attribution = lookalike_attribution(backbone, sae, layer, saved["tokens_kind"], source, benchmark, trait_latents=trait_latents,
+                                        show_progress=True)
+    return {"layer": layer, "trait_latents": trait_latents, "suppression": suppression, "attribution": attribution}
+
+
+def run_demo(config: DemoConfig = DemoConfig()) -> str:
+    """Run every step under ``config.out`` (resuming finished ones) and return what to print."""
+    _step(1, f"specimens: {config.n_images} images of seed {config.seed}, and the model's accuracy on them")
+    data = generate(GenerateConfig(config.data, n=config.n_images, seed=config.seed))
     accuracy = model_accuracy(AccuracyConfig(model=DEMO_MODEL, data=data / "images"))
-    acts = out / "acts"
-    extract(ExtractConfig(model=DEMO_MODEL, data=data, layers=(DEMO_LAYER,), out=acts, tokens="all", batch_size=64))
-    sae = _train_sae(acts, out / "sae")
-    discovery = score_discovery(acts, data, None, sae, out / "scores", DiscoveryOptions())
+    _step(2, f"extract {config.layer} tokens and train a TopK SAE ({config.sae_expansion}x, k={config.sae_k}, {config.sae_epochs} epochs)")
+    extract(ExtractConfig(model=DEMO_MODEL, data=data, layers=(config.layer,), out=config.acts, tokens="all", batch_size=64))
+    sae_dir = _train_sae(config)
+    _step(3, "features: every latent's statistics, top images and associations, and their report")
+    analyze_features(FeaturesConfig(sae=sae_dir, acts=config.acts, out=config.features))
+    features_index = write_report(config.features)
+    _step(4, "trait discovery: SAE latents vs neurons, PCA and k-means")
+    discovery = score_discovery(config.acts, data, None, sae_dir, config.scores, DiscoveryOptions())
+    _step(5, "localization: Grad-CAM and LayerCAM vs Finer-CAM on look-alike pairs")
+    localization = lookalike_localization(load_backbone(DEMO_MODEL), open_image_source(data), read_benchmark(data),
+                                         show_progress=True)
+    _step(6, "interventions: suppress trait latents vs matched random latents; attribute look-alike pairs to latents")
+    causal = _causal_tests(config, sae_dir)
+    results = {"model": DEMO_MODEL, "seed": config.seed, "n_images": config.n_images, "accuracy": accuracy,
+               "discovery": discovery, "localization": localization, **causal}
+    atomic_write_json(config.scores / "demo.json", results)
+    _step(7, "report")
+    write_demo_report(config.report, results, LatentFeatures(config.features), features_index)
     return "\n".join([
-        summarize_store(acts),
-        f"{DEMO_MODEL} on {accuracy['n_images']} specimens of seed {DEMO_SEED} (it was trained on seed 0): "
+        summarize_store(config.acts),
+        f"{DEMO_MODEL} on {accuracy['n_images']} specimens of seed {config.seed} (it was trained on seed 0): "
         f"accuracy {accuracy['accuracy']:.1%}",
         "",
-        (out / "scores" / "discovery.md").read_text().rstrip(),
+        (config.scores / "discovery.md").read_text().rstrip(),
         "",
-        f"SAE: {sae}; scores: {out / 'scores'} ({len(discovery['rows'])} traits)",
+        "# Localization on look-alike pairs (mass of the map on the distinguishing trait)",
+        "",
+        markdown_table(localization, LOCALIZATION_COLUMNS).rstrip(),
+        "",
+        f"# Look-alike flips when each pair's {config.trait_latents} trait latents are zeroed at {causal['layer']}",
+        "",
+        markdown_table(causal["suppression"], SUPPRESSION_COLUMNS).rstrip(),
+        "",
+        f"Report: {config.report}  (features: {features_index})",
     ])

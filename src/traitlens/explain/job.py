@@ -7,9 +7,6 @@ presence marks a finished run. Every file is written atomically.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
@@ -18,8 +15,9 @@ from PIL import Image
 from tqdm import tqdm
 
 import traitlens
-from traitlens.backbones import Backbone, Preprocess, load_backbone
+from traitlens.backbones import Backbone, load_backbone
 from traitlens.data import ImageSource, open_image_source
+from traitlens.data.batches import pixel_batches
 from traitlens.distributed import Workers
 from traitlens.explain.config import ExplainConfig, ExplainError
 from traitlens.explain.contrast import kept_references, resolve_class
@@ -30,13 +28,6 @@ from traitlens.store.atomic import atomic_save_npy, atomic_write, atomic_write_j
 
 FORMAT = "traitlens.explain"
 SUMMARY = "summary.json"
-
-
-@dataclass
-class _Batch:
-    indices: list[int]
-    images: list[Image.Image]
-    pixels_bchw: torch.Tensor
 
 
 def load_explained_backbone(config: ExplainConfig) -> Backbone:
@@ -67,24 +58,6 @@ def output_stems(source: ImageSource) -> list[PurePosixPath]:
         owners[stem] = record.source
         stems.append(stem)
     return stems
-
-
-def _load_batch(source: ImageSource, preprocess: Preprocess, indices: Sequence[int]) -> _Batch:
-    images = [source.load_image(index) for index in indices]
-    return _Batch(list(indices), images, torch.stack([preprocess.image(image) for image in images]))
-
-
-def _batches(source: ImageSource, preprocess: Preprocess, batch_size: int) -> Iterator[_Batch]:
-    """Batches in order, the next one decoded on a thread while the model runs on this one."""
-    chunks = [range(start, min(start + batch_size, len(source))) for start in range(0, len(source), batch_size)]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending: Future[_Batch] | None = pool.submit(_load_batch, source, preprocess, chunks[0]) if chunks else None
-        for position in range(len(chunks)):
-            assert pending is not None
-            batch = pending.result()
-            later = position + 1 < len(chunks)
-            pending = pool.submit(_load_batch, source, preprocess, chunks[position + 1]) if later else None
-            yield batch
 
 
 def _resolve_refs(config: ExplainConfig, class_names: list[str] | None) -> list[int] | Literal["auto"] | None:
@@ -144,7 +117,7 @@ def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progre
     (config.out / SUMMARY).unlink(missing_ok=True)
     images: list[dict[str, Any]] = []
     with tqdm(total=len(source), unit="img", desc=f"explain ({config.method})", disable=not show_progress) as progress:
-        for batch in _batches(source, backbone.preprocess, config.batch_size):
+        for batch in pixel_batches(source, backbone.preprocess, config.batch_size):
             count = len(batch.indices)
             device = backbone.device
             targets_b = None if target is None else torch.full((count,), target, device=device)

@@ -47,6 +47,11 @@ class Benchmark:
         """The traits that tell ``species`` from its look-alikes, sorted; empty when it has none."""
         return tuple(sorted({pair.trait for pair in self.lookalikes if species in (pair.a, pair.b)}))
 
+    def distinguishing_mask(self, source: str) -> np.ndarray:
+        """(h, w) bool: the pixels of a benchmark image that show its species' distinguishing traits."""
+        traits = self.distinguishing_traits(self.image_species[source])
+        return np.isin(self.annotation(source), [self.trait_labels[trait] for trait in traits])
+
 
 def read_benchmark(root: Path) -> Benchmark:
     """Read ``root/traits.json``; DataError when it is missing or malformed."""

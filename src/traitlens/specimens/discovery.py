@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -143,15 +143,14 @@ def _mask_geometry(store: ActivationStore) -> Callable[[np.ndarray], np.ndarray]
     return Preprocess.from_dict(settings).mask
 
 
-def _best_features(feature_set: FeatureSet, acts_nd: torch.Tensor, positives_nt: torch.Tensor,
-                   max_score_elements: int) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(n_features, best AP per target (t,), its feature index (t,)); -inf AP where no positives."""
+def _ap_blocks(feature_set: FeatureSet, acts_nd: torch.Tensor, positives_nt: torch.Tensor,
+               max_score_elements: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Per block of feature columns: (first column, AP per target and column (t, b), share of
+    rows where each column is positive (b,)). A block holds at most ``max_score_elements`` scores."""
     n = len(acts_nd)
     probe_1f = feature_set.features(acts_nd[:1])
     n_features = probe_1f.shape[1]
     rows = max(1, _FEATURE_CHUNK_ELEMENTS // n_features)
-    best_ap_t = torch.full((positives_nt.shape[1],), -torch.inf, dtype=torch.float64, device=acts_nd.device)
-    best_feature_t = torch.zeros(positives_nt.shape[1], dtype=torch.int64, device=acts_nd.device)
     block = max(1, max_score_elements // n)
     for start in range(0, n_features, block):
         columns = slice(start, min(start + block, n_features))
@@ -159,7 +158,17 @@ def _best_features(feature_set: FeatureSet, acts_nd: torch.Tensor, positives_nt:
         # copied into place chunk by chunk: a column slice would keep each chunk's full scores alive
         for first in range(0, n, rows):
             scores_nb[first : first + rows] = feature_set.features(acts_nd[first : first + rows])[:, columns]
-        ap_tb = average_precision_by_target(scores_nb, positives_nt)
+        yield start, average_precision_by_target(scores_nb, positives_nt), (scores_nb > 0).to(torch.float64).mean(0)
+
+
+def _best_features(feature_set: FeatureSet, acts_nd: torch.Tensor, positives_nt: torch.Tensor,
+                   max_score_elements: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(n_features, best AP per target (t,), its feature index (t,)); -inf AP where no positives."""
+    best_ap_t = torch.full((positives_nt.shape[1],), -torch.inf, dtype=torch.float64, device=acts_nd.device)
+    best_feature_t = torch.zeros(positives_nt.shape[1], dtype=torch.int64, device=acts_nd.device)
+    n_features = 0
+    for start, ap_tb, _ in _ap_blocks(feature_set, acts_nd, positives_nt, max_score_elements):
+        n_features = start + ap_tb.shape[1]
         # argmax takes the first of tied maxima, and only a strictly better block replaces the best
         # so far: a tie always goes to the lowest feature index
         block_index_t = ap_tb.argmax(1)
@@ -170,19 +179,16 @@ def _best_features(feature_set: FeatureSet, acts_nd: torch.Tensor, positives_nt:
     return n_features, best_ap_t, best_feature_t
 
 
-@torch.no_grad()
-def trait_discovery(feature_sets: Mapping[str, FeatureSet], store: ActivationStore, layer: str | int,
-                    benchmark: Benchmark, options: DiscoveryOptions = DiscoveryOptions()) -> TraitDiscovery:
-    """Best single feature per trait for each feature set, on the same patches and targets.
+@dataclass(frozen=True)
+class _ScoredPatches:
+    """Patch tokens of the fitting images, of the scored images, and the scored patches' targets."""
 
-    One ordered pass over the layer's patch tokens. Images alternate: even-numbered store images fit
-    the feature sets that learn from data (PCA, k-means), odd-numbered ones are scored, for every
-    set alike, so no baseline is scored on the tokens it was fitted to. (An SAE trained on the whole
-    store has seen the scored images; the baselines have not.) Targets come from each scored image's
-    annotation, moved through the store's preprocessing onto the patch grid (:func:`patch_coverage`,
-    :func:`trait_positives`).
-    """
-    stored = store.layer(layer)
+    fit_nd: torch.Tensor
+    score_nd: torch.Tensor
+    positives_nt: torch.Tensor
+
+
+def _scored_patches(store: ActivationStore, stored: StoredLayer, benchmark: Benchmark, options: DiscoveryOptions) -> _ScoredPatches:
     patches = _patch_token_slice(store, stored)
     if store.n_images < 2:
         raise ScoringError(f"trait discovery needs at least 2 images (one to fit, one to score); the store has {store.n_images}")
@@ -200,8 +206,24 @@ def trait_discovery(feature_sets: Mapping[str, FeatureSet], store: ActivationSto
             coverage_pl = patch_coverage(geometry(benchmark.annotation(sources[image])), stored.layout.grid_hw, n_labels)
             positive_parts.append(torch.from_numpy(trait_positives(coverage_pl, trait_labels, options.min_coverage)))
     device = torch.device(options.device)
-    fit_nd, score_nd = torch.cat(fit_parts).to(device), torch.cat(score_parts).to(device)
-    positives_nt = torch.cat(positive_parts).to(device)
+    return _ScoredPatches(torch.cat(fit_parts).to(device), torch.cat(score_parts).to(device), torch.cat(positive_parts).to(device))
+
+
+@torch.no_grad()
+def trait_discovery(feature_sets: Mapping[str, FeatureSet], store: ActivationStore, layer: str | int,
+                    benchmark: Benchmark, options: DiscoveryOptions = DiscoveryOptions()) -> TraitDiscovery:
+    """Best single feature per trait for each feature set, on the same patches and targets.
+
+    One ordered pass over the layer's patch tokens. Images alternate: even-numbered store images fit
+    the feature sets that learn from data (PCA, k-means), odd-numbered ones are scored, for every
+    set alike, so no baseline is scored on the tokens it was fitted to. (An SAE trained on the whole
+    store has seen the scored images; the baselines have not.) Targets come from each scored image's
+    annotation, moved through the store's preprocessing onto the patch grid (:func:`patch_coverage`,
+    :func:`trait_positives`).
+    """
+    stored = store.layer(layer)
+    scored = _scored_patches(store, stored, benchmark, options)
+    fit_nd, score_nd, positives_nt = scored.fit_nd, scored.score_nd, scored.positives_nt
     n_positive = tuple(int(count) for count in positives_nt.sum(0))
     found_t = [count > 0 for count in n_positive]
     n_features, best_feature, best_ap = {}, {}, {}
@@ -213,6 +235,23 @@ def trait_discovery(feature_sets: Mapping[str, FeatureSet], store: ActivationSto
     return TraitDiscovery(tuple(benchmark.trait_labels), n_positive, len(score_nd), store.n_images - n_scored, n_scored,
                           n_features, best_feature, best_ap)
 
+
+
+@torch.no_grad()
+def trait_feature_ap(feature_set: FeatureSet, store: ActivationStore, layer: str | int, benchmark: Benchmark,
+                     options: DiscoveryOptions = DiscoveryOptions()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every feature's average precision for every trait, (traits, features) float64 (NaN for a
+    trait without positive patches), and each feature's firing rate (share of positive scores),
+    (features,), on the scored patches of :func:`trait_discovery`; the set is fitted on the others."""
+    scored = _scored_patches(store, store.layer(layer), benchmark, options)
+    fitted = feature_set.fit(scored.fit_nd)
+    ap_blocks, rate_blocks = [], []
+    for _, ap_tb, rate_b in _ap_blocks(fitted, scored.score_nd, scored.positives_nt, options.max_score_elements):
+        ap_blocks.append(ap_tb)
+        rate_blocks.append(rate_b)
+    ap_tf = torch.cat(ap_blocks, dim=1)
+    ap_tf[scored.positives_nt.sum(0) == 0] = torch.nan
+    return ap_tf.cpu(), torch.cat(rate_blocks).cpu()
 
 
 def score_discovery(acts: Path, data: Path, layer: str | None, sae: Path | None, out: Path,

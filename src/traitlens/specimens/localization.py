@@ -169,7 +169,7 @@ def score_localization(heatmaps: Path, data: Path, out: Path, tolerance: int = 0
             continue
         heatmap = _read_heatmap(path)
         traits = benchmark.distinguishing_traits(benchmark.image_species[source])
-        mask = np.isin(benchmark.annotation(source), [benchmark.trait_labels[trait] for trait in traits])
+        mask = benchmark.distinguishing_mask(source)
         if heatmap.shape != mask.shape:
             raise DataError(f"heatmap {path} is {heatmap.shape[0]}x{heatmap.shape[1]} but image {source} is {mask.shape[0]}x{mask.shape[1]}")
         if batch_heat and (len(batch_heat) == _HEATMAP_BATCH or batch_heat[0].shape != heatmap.shape):

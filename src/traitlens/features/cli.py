@@ -1,0 +1,47 @@
+"""``traitlens features``: analyze an SAE's latents on a store, then write the HTML report
+(see :mod:`traitlens.features.analysis` and :mod:`traitlens.features.report`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def _run_features(args: argparse.Namespace) -> int:
+    from traitlens.features.analysis import FeaturesConfig, analyze_features
+    from traitlens.features.latents import LatentFeatures
+    from traitlens.features.report import write_report
+
+    out = analyze_features(FeaturesConfig(sae=args.sae, acts=args.acts, out=args.out, layer=args.layer, top_k=args.top_k,
+                                          batch_size=args.batch_size, device=args.device))
+    features = LatentFeatures(out)
+    manifest = features.manifest
+    summary = manifest["summary"]
+    print(f"latents of {args.sae} on layer {manifest['layer']} ({manifest['n_tokens']:,} {manifest['tokens']} tokens of "
+          f"{manifest['n_images']:,} images): {summary['alive']:,} alive, {summary['dead']:,} dead of {manifest['width']:,}; "
+          f"L0 {summary['mean_l0']:.2f}")
+    if summary["n_nonfinite_tokens"]:
+        print(f"  skipped {summary['n_nonfinite_tokens']:,} NaN/Inf tokens")
+    print(f"  features in {out}")
+    if not args.no_report:
+        index = write_report(out, max_latents=args.report_latents, images_per_latent=min(args.top_k, 8))
+        print(f"  report: {index}")
+    return 0
+
+
+def add_features_command(commands: Any) -> None:
+    """Register ``traitlens features`` on the top-level subcommands."""
+    features = commands.add_parser("features", help="what each SAE latent fires on: statistics, top images, class and "
+                                                    "patch-label APs, and an HTML report")
+    features.add_argument("--sae", required=True, type=Path, help="saved SAE directory")
+    features.add_argument("--acts", required=True, type=Path, help="activation store directory")
+    features.add_argument("--out", required=True, type=Path, help="features directory (an unfinished one is resumed)")
+    features.add_argument("--layer", help="stored layer (default: the one the SAE was trained on)")
+    features.add_argument("--top-k", type=int, default=16, help="top images and tokens kept per latent (default 16)")
+    features.add_argument("--batch-size", type=int, default=4096, help="tokens encoded at once (default 4096)")
+    features.add_argument("--report-latents", type=int, metavar="N",
+                          help="report only the N most frequent alive latents (default: all alive latents)")
+    features.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    features.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    features.set_defaults(run=_run_features)

@@ -1,0 +1,34 @@
+"""Test: edit SAE latents inside a model's forward pass and measure what changes."""
+
+from traitlens.interventions.attribution import (
+    AttributionConfig,
+    LatentAttribution,
+    comparative_attribution,
+    latent_attribution,
+)
+from traitlens.interventions.edits import InterventionError, LatentEdit, apply_edits, latent_edit
+from traitlens.interventions.steer import (
+    SteerConfig,
+    SteeredPredictions,
+    change_rates,
+    steer,
+    steer_batch,
+    steer_source,
+)
+
+__all__ = [
+    "AttributionConfig",
+    "InterventionError",
+    "LatentAttribution",
+    "LatentEdit",
+    "SteerConfig",
+    "SteeredPredictions",
+    "apply_edits",
+    "change_rates",
+    "comparative_attribution",
+    "latent_attribution",
+    "latent_edit",
+    "steer",
+    "steer_batch",
+    "steer_source",
+]

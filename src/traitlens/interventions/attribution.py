@@ -1,0 +1,270 @@
+"""``traitlens attribute``: which SAE latents separate a class from its look-alikes.
+
+The explained score is Finer-CAM's comparative score ``S = y_A - gamma * mean(y_refs)`` (see
+:mod:`traitlens.explain.contrast`), attributed to the SAE's latents at its layer by gradient x
+activation. The tokens the SAE reads are spliced as ``x + (decode(z) - decode(z).detach())``: the
+forward value is exactly ``x`` (the model computes what it always does, reconstruction error
+included), while the gradient of ``S`` reaches the latents ``z``. Per image and latent the
+attribution is ``sum over tokens of z * dS/dz``. Because ``decode`` is affine, the latents'
+attributions plus the error term's (``x - decode(z)``) and the decoder bias's (``decode(0)``) add up
+to the layer's own gradient x input, ``sum over tokens of x * dS/dx``. That sum is ``S`` (less
+the later biases) only where ``S`` is linear in the layer; tokens read through a LayerNorm add up
+to about zero (it ignores their scale), so read each latent's number as the first-order change of
+``S`` when the latent is scaled, not as a share of ``S``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm import tqdm
+
+import traitlens
+from traitlens.backbones import Backbone, TokenSelection, load_backbone
+from traitlens.data import open_image_source
+from traitlens.data.batches import pixel_batches
+from traitlens.distributed import Workers
+from traitlens.explain.config import ClassKey, ExplainError, check_contrast
+from traitlens.explain.contrast import check_class_indices, class_coefficients, resolve_class
+from traitlens.interventions.edits import InterventionError, sae_layer
+from traitlens.sae.evaluation import splice
+from traitlens.sae.io import load_sae
+from traitlens.sae.model import SparseAutoencoder
+from traitlens.specimens.tables import markdown_table, write_text
+from traitlens.store.atomic import atomic_write_json
+
+FORMAT = "traitlens.attribution"
+RESULT = "attribution.json"
+REPORT = "attribution.md"
+ImageChoice = Literal["target", "all"]
+IMAGE_CHOICES: tuple[ImageChoice, ...] = ("target", "all")
+RANKED_COLUMNS = ("latent", "mean_attribution", "active_share", "mean_activation")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LatentAttribution:
+    """One batch's attribution of the comparative score. ``attribution_bw`` (b, width): each
+    latent's ``sum over tokens of z * dS/dz`` (zero where the latent is inactive); ``error_b`` and
+    ``bias_b`` (b,): the same for the SAE's reconstruction error and its decoder bias;
+    ``score_b`` (b,): the score itself; ``activation_bw`` (b, width): each latent's mean over the
+    image's tokens; ``active_bw`` (b, width) bool: whether it fires on any of them."""
+
+    attribution_bw: torch.Tensor
+    error_b: torch.Tensor
+    bias_b: torch.Tensor
+    score_b: torch.Tensor
+    activation_bw: torch.Tensor
+    active_bw: torch.Tensor
+
+
+@dataclass
+class _Splice:
+    latents_nw: torch.Tensor
+    tokens_nd: torch.Tensor
+    error_nd: torch.Tensor
+    bias_1d: torch.Tensor
+
+
+def latent_attribution(backbone: Backbone, sae: SparseAutoencoder, layer: str, selection: TokenSelection,
+                       pixels_bchw: torch.Tensor, targets_b: torch.Tensor, refs_bk: torch.Tensor,
+                       gamma: float = 1.0) -> LatentAttribution:
+    """Gradient x activation of ``S_b = y[target_b] - gamma * mean(y[refs_bk[b]])`` on the latents
+    of ``sae`` over the ``selection`` tokens of ``layer``: one forward and one backward of the
+    batch sum (images are independent). ``refs_bk`` (b, k) may have k = 0 (the target alone)."""
+    layout = backbone.layer(layer).layout
+    dtype = sae.W_dec.dtype
+    splices: list[_Splice] = []
+
+    def replace(x_nd: torch.Tensor) -> torch.Tensor:
+        tokens_nd = x_nd.detach().to(dtype).requires_grad_()
+        with torch.no_grad():
+            latents_nw = sae.encode(tokens_nd)
+            bias_1d = sae.decode(torch.zeros_like(latents_nw[:1]))
+        latents_nw.requires_grad_()
+        reconstruction_nd = sae.decode(latents_nw)
+        splices.append(_Splice(latents_nw, tokens_nd, tokens_nd.detach() - reconstruction_nd.detach(), bias_1d))
+        # adds an exact zero: the forward value is x to the bit, the gradient reaches the latents
+        return tokens_nd + (reconstruction_nd - reconstruction_nd.detach())
+
+    with torch.enable_grad(), backbone.edit(layer, lambda tokens_btd: splice(tokens_btd, layout, selection, replace)):
+        logits_bc = backbone.forward(pixels_bchw)
+        targets_b, refs_bk = targets_b.to(logits_bc.device, torch.int64), refs_bk.to(logits_bc.device, torch.int64)
+        check_class_indices(targets_b, logits_bc.shape[1], "target class")
+        check_class_indices(refs_bk, logits_bc.shape[1], "reference class")
+        score_b = (logits_bc * class_coefficients(targets_b, refs_bk, gamma, logits_bc.shape[1], logits_bc.dtype)).sum(1)
+    if len(splices) != 1:
+        raise InterventionError(f"layer {layer} ran {len(splices)} times in one forward pass of {backbone.spec}; "
+                                "attribution needs a layer that runs once")
+    spliced = splices[0]
+    grad_latents_nw, grad_tokens_nd = torch.autograd.grad(score_b.sum(), [spliced.latents_nw, spliced.tokens_nd],
+                                                          allow_unused=True, materialize_grads=True)
+    if not bool(grad_tokens_nd.any()):
+        log.warning("the explained score does not depend on the %s tokens of layer %s (zero gradients)", selection, layer)
+    b, width = len(pixels_bchw), sae.config.width
+    latents_btw = spliced.latents_nw.detach().view(b, -1, width)
+    return LatentAttribution(
+        attribution_bw=(latents_btw * grad_latents_nw.view(b, -1, width)).sum(1),
+        error_b=(spliced.error_nd * grad_tokens_nd).view(b, -1).sum(1),
+        bias_b=(spliced.bias_1d * grad_tokens_nd).view(b, -1).sum(1),
+        score_b=score_b.detach(),
+        activation_bw=latents_btw.mean(1),
+        active_bw=(latents_btw != 0).any(1),
+    )
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """Which latents of the SAE at ``sae`` separate class ``target`` from ``refs`` in the model's
+    eyes, averaged over ``images``: ``"target"`` (the images labelled with the target class) or
+    ``"all"``; the first ``max_images`` of them. ``layer`` and ``tokens`` default to those the SAE
+    was trained on; ``top`` latents are ranked each way."""
+
+    model: str
+    sae: Path
+    data: Path
+    target: ClassKey
+    refs: tuple[ClassKey, ...]
+    gamma: float = 1.0
+    layer: str | None = None
+    tokens: TokenSelection | None = None
+    images: ImageChoice = "target"
+    batch_size: int = 16
+    max_images: int | None = None
+    top: int = 20
+    out: Path | None = None
+    weights: Path | None = None
+    pretrained: bool = True
+    device: str = "auto"
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.refs:
+            raise InterventionError("attribution needs at least one reference class (--refs) to compare the target with")
+        if self.images not in IMAGE_CHOICES:
+            raise InterventionError(f"--images must be one of {', '.join(IMAGE_CHOICES)}, got {self.images!r}")
+        for name, value in (("--batch-size", self.batch_size), ("--top", self.top), ("--max-images", self.max_images)):
+            if value is not None and value < 1:
+                raise InterventionError(f"{name} must be at least 1, got {value}")
+        try:
+            check_contrast(self.gamma, 1)
+        except ExplainError as error:
+            raise InterventionError(str(error)) from error
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["refs"] = list(self.refs)
+        return {key: str(value) if isinstance(value, Path) else value for key, value in data.items()}
+
+
+@dataclass
+class _Totals:
+    """float64 sums over images."""
+
+    width: int
+    n_images: int = 0
+    score: float = 0.0
+    error: float = 0.0
+    bias: float = 0.0
+    attribution_w: torch.Tensor = field(init=False)
+    activation_w: torch.Tensor = field(init=False)
+    active_w: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.attribution_w, self.activation_w, self.active_w = (torch.zeros(self.width, dtype=torch.float64) for _ in range(3))
+
+    def add(self, batch: LatentAttribution) -> None:
+        self.n_images += len(batch.score_b)
+        self.score += float(batch.score_b.double().sum())
+        self.error += float(batch.error_b.double().sum())
+        self.bias += float(batch.bias_b.double().sum())
+        self.attribution_w += batch.attribution_bw.double().sum(0).cpu()
+        self.activation_w += batch.activation_bw.double().sum(0).cpu()
+        self.active_w += batch.active_bw.double().sum(0).cpu()
+
+
+def _classes(config: AttributionConfig, class_names: Sequence[str]) -> tuple[int, list[int]]:
+    try:
+        target = resolve_class(config.target, class_names, "target class")
+        refs = [resolve_class(ref, class_names, "reference class") for ref in config.refs]
+        check_class_indices(torch.tensor([target]), len(class_names), "target class")
+        check_class_indices(torch.tensor(refs), len(class_names), "reference class")
+    except ExplainError as error:
+        raise InterventionError(str(error)) from error
+    if target in refs:
+        raise InterventionError(f"the target class {class_names[target]!r} is also among the references")
+    return target, refs
+
+
+def _ranked(mean_w: torch.Tensor, share_w: torch.Tensor, activation_w: torch.Tensor, top: int,
+            sign: int) -> list[dict[str, Any]]:
+    """The ``top`` latents whose mean attribution has ``sign``, strongest first."""
+    order = (-sign * mean_w).argsort(stable=True)[:top]
+    return [{"latent": int(w), "mean_attribution": float(mean_w[w]), "active_share": float(share_w[w]),
+             "mean_activation": float(activation_w[w])} for w in order if sign * float(mean_w[w]) > 0]
+
+
+def _report(result: dict[str, Any]) -> str:
+    lines = [f"# Latents that separate {result['target']} from {', '.join(result['refs'])}", "",
+             f"Score `y[{result['target']}] - {result['config']['gamma']:g} * mean(y[refs])` attributed to the SAE "
+             f"latents at {result['layer']} ({result['tokens']} tokens), gradient x activation, mean over "
+             f"{result['n_images']} images ({result['images']}).", "",
+             f"- mean score: {result['mean_score']:.4f}",
+             f"- mean attribution: latents {result['mean_latent_attribution']:.4f}, reconstruction error "
+             f"{result['mean_error_attribution']:.4f}, decoder bias {result['mean_bias_attribution']:.4f}", "",
+             f"## Evidence for {result['target']}", "", markdown_table(result["for_target"], RANKED_COLUMNS),
+             f"## Evidence for {', '.join(result['refs'])}", "", markdown_table(result["for_refs"], RANKED_COLUMNS)]
+    return "\n".join(lines)
+
+
+def comparative_attribution(config: AttributionConfig) -> dict[str, Any]:
+    """Mean attribution of each latent over the chosen images, the latents ranked both ways
+    (``for_target``: positive, evidence for the target over the references; ``for_refs``:
+    negative), with each latent's share of images it fires on and its mean activation per token;
+    with ``out``, write ``attribution.json`` (every latent's means too) and ``attribution.md``."""
+    device = Workers(0, 1).device(config.device)
+    backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained).to(device)
+    if backbone.class_names is None:
+        raise InterventionError(f"{backbone.spec} has no classification head with known classes to attribute")
+    sae, saved = load_sae(config.sae, device=device)
+    sae.eval()
+    layer, tokens = sae_layer(backbone, sae, saved, config.sae, config.layer, config.tokens)
+    target, refs = _classes(config, backbone.class_names)
+    source = open_image_source(config.data)
+    indices = [index for index, record in enumerate(source.records)
+               if config.images == "all" or record.label == backbone.class_names[target]]
+    if not indices:
+        which = "" if config.images == "all" else f" labelled {backbone.class_names[target]!r} (use --images all)"
+        raise InterventionError(f"no images{which} in {config.data}")
+    indices = indices[: config.max_images]
+    totals = _Totals(sae.config.width)
+    refs_1k = torch.tensor([refs])
+    with tqdm(total=len(indices), unit="img", desc="attribute", disable=not config.show_progress) as progress:
+        for batch in pixel_batches(source, backbone.preprocess, config.batch_size, indices):
+            b = len(batch.indices)
+            totals.add(latent_attribution(backbone, sae, layer, tokens, batch.pixels_bchw.to(device),
+                                          torch.full((b,), target), refs_1k.expand(b, -1), config.gamma))
+            progress.update(b)
+    n = totals.n_images
+    mean_w, share_w, activation_w = totals.attribution_w / n, totals.active_w / n, totals.activation_w / n
+    result: dict[str, Any] = {
+        "format": FORMAT, "version": 1, "software": {"traitlens": traitlens.__version__}, "config": config.to_dict(),
+        "layer": layer, "tokens": tokens, "target": backbone.class_names[target], "refs": [backbone.class_names[r] for r in refs],
+        "images": config.images, "n_images": n, "mean_score": totals.score / n,
+        "mean_latent_attribution": float(mean_w.sum()), "mean_error_attribution": totals.error / n,
+        "mean_bias_attribution": totals.bias / n,
+        "for_target": _ranked(mean_w, share_w, activation_w, config.top, 1),
+        "for_refs": _ranked(mean_w, share_w, activation_w, config.top, -1),
+    }
+    if config.out is not None:
+        config.out.mkdir(parents=True, exist_ok=True)
+        write_text(config.out / REPORT, _report(result))
+        atomic_write_json(config.out / RESULT, {**result, "latents": {
+            "mean_attribution": mean_w.tolist(), "active_share": share_w.tolist(), "mean_activation": activation_w.tolist()}})
+    return result

@@ -1,0 +1,87 @@
+"""``traitlens steer``: edit SAE latents in the forward pass and report what the model predicts
+(see :mod:`traitlens.interventions.steer`)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from traitlens.backbones import TOKEN_SELECTIONS
+
+_SHOWN_IMAGES = 10  # up to this many images, every image's prediction is printed
+
+
+def _patches(text: str | None) -> tuple[int, ...] | None:
+    from traitlens.interventions.edits import InterventionError
+
+    if text is None:
+        return None
+    try:
+        return tuple(int(item) for item in text.split(","))
+    except ValueError:
+        raise InterventionError(f"--patches takes comma-separated patch indices, got {text!r}") from None
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def format_effect(effect: dict[str, Any], rows: list[list[str]] | None = None) -> str:
+    """A few lines for people: change rates, the target's share of them, per-image predictions."""
+    edits = ", ".join(effect["config"]["edits"])
+    lines = [f"edit {edits} at {effect['layer']} ({effect['tokens']} tokens) on {effect['n_images']} images: "
+             f"prediction changed on {effect['n_changed']} ({_rate(effect['change_rate'])})"]
+    if "target" in effect:
+        lines.append(f"  target {effect['target']}: target-change rate {_rate(effect['target_change_rate'])} "
+                     f"({effect['n_to_target']} to it, {effect['n_from_target']} from it), other-change rate "
+                     f"{_rate(effect['other_change_rate'])}, mean probability change {effect['target_probability_change']:+.4f}")
+    if "patch_change_rate" in effect:
+        lines.append(f"  patch probe: {_rate(effect['patch_change_rate'])} of patch predictions changed")
+    for source, before, after, p_before, p_after in rows or []:
+        lines.append(f"  {source}: {before} (p={float(p_before):.3f}) -> {after} (p of {before} now {float(p_after):.3f})")
+    return "\n".join(lines)
+
+
+def _run_steer(args: argparse.Namespace) -> int:
+    import csv
+
+    from traitlens.interventions.edits import LatentEdit
+    from traitlens.interventions.steer import PREDICTIONS, SteerConfig, steer
+
+    config = SteerConfig(model=args.model, sae=args.sae, data=args.data, edits=tuple(LatentEdit.parse(text) for text in args.edit),
+                         out=args.out, layer=args.layer, tokens=args.tokens, patches=_patches(args.patches), target=args.target,
+                         features=args.features, patch_probe=args.patch_probe, weights=args.weights, pretrained=not args.random_init,
+                         batch_size=args.batch_size, max_images=args.max_images, device=args.device)
+    effect = steer(config)
+    rows = None
+    if args.out is not None and effect["n_images"] <= _SHOWN_IMAGES:
+        with (args.out / PREDICTIONS).open(newline="") as handle:
+            rows = [[row["source"], row["before"], row["after"], row["p_before"], row["p_after"]] for row in csv.DictReader(handle)]
+    print(format_effect(effect, rows))
+    if args.out is not None:
+        print(f"per-image predictions: {args.out / PREDICTIONS}")
+    return 0
+
+
+def add_steer_command(commands: Any, add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register ``traitlens steer`` on the top-level subcommands."""
+    from traitlens.interventions.edits import EDIT_SYNTAX
+
+    steer = commands.add_parser("steer", help="edit SAE latents inside the forward pass and measure the change in predictions")
+    add_model_args(steer)
+    steer.add_argument("--sae", required=True, type=Path, help="SAE directory (traitlens train or import-sae)")
+    steer.add_argument("--data", required=True, type=Path, help="images: class folder, image folder, table, segmentation folder or saved HF dataset")
+    steer.add_argument("--edit", required=True, action="append", metavar="EDIT", help=f"repeatable: {EDIT_SYNTAX}")
+    steer.add_argument("--patches", help="comma-separated patch indices (row-major) to edit (default: every token the SAE reads)")
+    steer.add_argument("--target", help="class whose gains and losses are the intended effect (name or index)")
+    steer.add_argument("--features", type=Path, help="`traitlens features` output, for edits relative to a latent's observed max")
+    steer.add_argument("--patch-probe", type=Path, help="probe (`traitlens probe`) applied to each patch token: per-patch predictions")
+    steer.add_argument("--layer", help="layer to edit (default: the SAE's own)")
+    steer.add_argument("--tokens", choices=TOKEN_SELECTIONS, help="tokens the SAE reads (default: those it was trained on)")
+    steer.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    steer.add_argument("--max-images", type=int, help="only the first N images")
+    steer.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    steer.add_argument("--out", type=Path, help="write predictions.csv and effect.json here")
+    steer.set_defaults(run=_run_steer)

@@ -1,0 +1,153 @@
+"""Edits of SAE latents, and the token edit that splices them into a forward pass.
+
+A token is encoded, its latents edited, and the token replaced by ``x + decode(z') - decode(z)``:
+the edited reconstruction plus the SAE's reconstruction error ``x - decode(z)``. Only the edit
+itself moves the token, so an edit that changes nothing leaves the model's output exactly as it
+was, however imperfect the SAE.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from traitlens.backbones import Backbone, TokenEdit, TokenSelection
+from traitlens.backbones.layout import TokenLayout
+from traitlens.errors import TraitlensError
+from traitlens.sae.evaluation import splice
+from traitlens.sae.model import SparseAutoencoder
+
+EditOp = Literal["set", "scale", "zero", "max"]
+EDIT_SYNTAX = "LATENT=zero, LATENT=VALUE (set), LATENT*FACTOR (scale) or LATENT=FACTORmax (a multiple of its observed max)"
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_EDIT = re.compile(rf"^\s*(\d+)\s*(?:=\s*(zero|{_NUMBER})\s*(max)?|\*\s*({_NUMBER}))\s*$")
+
+
+class InterventionError(TraitlensError):
+    """An intervention cannot be run as asked."""
+
+
+@dataclass(frozen=True)
+class LatentEdit:
+    """One latent's new value: ``set`` to ``value``, ``scale`` by ``value``, ``zero``, or ``max``:
+    set to ``value`` times the latent's observed maximum activation."""
+
+    latent: int
+    op: EditOp
+    value: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> LatentEdit:
+        """``12=zero``, ``12=3.5``, ``12*0.5`` or ``12=2max``."""
+        match = _EDIT.match(text)
+        if match is None:
+            raise InterventionError(f"cannot read the edit {text!r}; write {EDIT_SYNTAX}")
+        latent, assigned, is_max, factor = match.groups()
+        if factor is not None:
+            return cls(int(latent), "scale", float(factor))
+        if assigned == "zero":
+            if is_max:
+                raise InterventionError(f"cannot read the edit {text!r}; write {EDIT_SYNTAX}")
+            return cls(int(latent), "zero")
+        return cls(int(latent), "max" if is_max else "set", float(assigned))
+
+    def __str__(self) -> str:
+        return {"zero": f"{self.latent}=zero", "set": f"{self.latent}={self.value:g}",
+                "scale": f"{self.latent}*{self.value:g}", "max": f"{self.latent}={self.value:g}max"}[self.op]
+
+
+def sae_layer(backbone: Backbone, sae: SparseAutoencoder, saved: dict[str, Any], where: Path, layer: str | None = None,
+              tokens: TokenSelection | None = None) -> tuple[str, TokenSelection]:
+    """The layer of ``backbone`` an SAE (saved at ``where``, its config ``saved``) reads and the
+    tokens it reads there: ``layer`` and ``tokens`` when given, else those it was trained on."""
+    layer_key = layer or saved.get("layer")
+    if layer_key is None:
+        raise InterventionError(f"the SAE at {where} does not say which layer it was trained on; pass --layer")
+    resolved = backbone.layer(backbone.resolve_layer(layer_key))
+    if resolved.width != sae.config.d_in:
+        raise InterventionError(f"the SAE at {where} reads {sae.config.d_in}-dim tokens; layer {resolved.name} of "
+                                f"{backbone.spec} is {resolved.width}-dim")
+    selection: TokenSelection = tokens or saved.get("tokens_kind") or "all"
+    if resolved.layout.tokens_per_image(selection) == 0 or (selection == "cls" and not resolved.layout.has_cls):
+        raise InterventionError(f"layer {resolved.name} of {backbone.spec} has no {selection} tokens for the SAE to read")
+    return resolved.name, selection
+
+
+def check_edits(edits: Sequence[LatentEdit], width: int, observed_max_w: torch.Tensor | None) -> None:
+    """Refuse latents outside the SAE, a latent edited twice, and ``max`` edits without maxima."""
+    if not edits:
+        raise InterventionError("no latent edits given")
+    seen: set[int] = set()
+    for edit in edits:
+        if not 0 <= edit.latent < width:
+            raise InterventionError(f"latent {edit.latent} is out of range: the SAE has {width} latents (0..{width - 1})")
+        if edit.latent in seen:
+            raise InterventionError(f"latent {edit.latent} is edited twice")
+        seen.add(edit.latent)
+    if observed_max_w is None and any(edit.op == "max" for edit in edits):
+        raise InterventionError("an edit relative to a latent's observed max needs the observed maxima "
+                                "(pass the features directory written by `traitlens features`)")
+    if observed_max_w is not None and observed_max_w.shape != (width,):
+        raise InterventionError(f"observed maxima hold {tuple(observed_max_w.shape)} values, the SAE has {width} latents")
+
+
+def apply_edits(latents_nw: torch.Tensor, edits: Sequence[LatentEdit], observed_max_w: torch.Tensor | None = None) -> torch.Tensor:
+    """A copy of ``latents_nw`` with the edits applied to every row."""
+    edited_nw = latents_nw.clone()
+    for edit in edits:
+        column = edited_nw[:, edit.latent]
+        if edit.op == "zero":
+            column.zero_()
+        elif edit.op == "set":
+            column.fill_(edit.value)
+        elif edit.op == "scale":
+            column.mul_(edit.value)
+        else:
+            assert observed_max_w is not None
+            column.fill_(edit.value * float(observed_max_w[edit.latent]))
+    return edited_nw
+
+
+def token_positions(layout: TokenLayout, selection: TokenSelection, patches: Sequence[int] | None) -> list[int] | None:
+    """Positions, within the tokens ``selection`` keeps, of the chosen patches (row-major grid
+    indices); None (every selected token) when no patches are chosen."""
+    if patches is None:
+        return None
+    if selection == "cls":
+        raise InterventionError("the SAE reads CLS tokens only; it cannot edit chosen patches")
+    bad = [patch for patch in patches if not 0 <= patch < layout.n_patches]
+    if bad:
+        raise InterventionError(f"patch {bad[0]} is out of range: the layer has a {layout.grid_hw[0]}x{layout.grid_hw[1]} grid "
+                                f"(patches 0..{layout.n_patches - 1})")
+    offset = layout.n_prefix if selection == "all" else 0
+    return sorted({offset + patch for patch in patches})
+
+
+def latent_edit(sae: SparseAutoencoder, edits: Sequence[LatentEdit], layout: TokenLayout, selection: TokenSelection,
+                patches: Sequence[int] | None = None, observed_max_w: torch.Tensor | None = None) -> TokenEdit:
+    """A token edit for :meth:`Backbone.edit`: the tokens of ``selection`` (only the chosen
+    ``patches`` of them, when given) move by the decoded change of their edited latents."""
+    check_edits(edits, sae.config.width, observed_max_w)
+    positions = token_positions(layout, selection, patches)
+
+    def shift(x_nd: torch.Tensor) -> torch.Tensor:
+        x32_nd = x_nd.to(sae.W_enc.device, torch.float32)
+        latents_nw = sae.encode(x32_nd)
+        delta_nd = sae.decode(apply_edits(latents_nw, edits, observed_max_w)) - sae.decode(latents_nw)
+        return (x32_nd + delta_nd).to(x_nd.device)
+
+    def replace(chosen_nd: torch.Tensor) -> torch.Tensor:
+        if positions is None:
+            return shift(chosen_nd)
+        chosen_btd = chosen_nd.reshape(-1, layout.tokens_per_image(selection), chosen_nd.shape[-1])
+        edited_btd = chosen_btd.clone()
+        edited_btd[:, positions] = shift(chosen_btd[:, positions].reshape(-1, chosen_nd.shape[-1])).reshape(
+            len(chosen_btd), len(positions), -1).to(chosen_btd.dtype)
+        return edited_btd.reshape(chosen_nd.shape)
+
+    return lambda tokens_btd: splice(tokens_btd, layout, selection, replace)

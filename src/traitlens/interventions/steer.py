@@ -1,0 +1,243 @@
+"""``traitlens steer``: edit SAE latents inside the forward pass and measure what the model then
+predicts, per image and over a dataset.
+
+The SAE's layer is encoded, edited (:mod:`traitlens.interventions.edits`), decoded with the
+reconstruction error added back, and spliced into the forward pass through ``Backbone.edit``.
+Every image runs twice, clean and edited, so the change is the edit's alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from tqdm import tqdm
+
+import traitlens
+from traitlens.backbones import Backbone, TokenEdit, TokenSelection, load_backbone
+from traitlens.data import ImageSource, open_image_source
+from traitlens.data.batches import pixel_batches
+from traitlens.distributed import Workers
+from traitlens.explain.config import ExplainError
+from traitlens.explain.contrast import resolve_class
+from traitlens.heads.linear_head import LinearHead, load_head
+from traitlens.interventions.edits import InterventionError, LatentEdit, latent_edit, sae_layer
+from traitlens.sae.io import load_sae
+from traitlens.store.atomic import atomic_write, atomic_write_json
+
+FORMAT = "traitlens.steer"
+EFFECT = "effect.json"
+PREDICTIONS = "predictions.csv"
+
+
+@dataclass(frozen=True)
+class SteerConfig:
+    """Which latents to edit, where, on which images. ``layer`` and ``tokens`` default to those
+    the SAE was trained on; ``patches`` (row-major grid indices) restricts the edit to those patch
+    tokens; ``target`` is the class whose gains and losses count as the edit's intended effect;
+    ``features`` (a ``traitlens features`` directory) gives the observed maxima ``max`` edits need;
+    ``patch_probe`` (a ``traitlens probe`` head) adds per-patch predictions at its layer."""
+
+    model: str
+    sae: Path
+    data: Path
+    edits: tuple[LatentEdit, ...]
+    out: Path | None = None
+    layer: str | None = None
+    tokens: TokenSelection | None = None
+    patches: tuple[int, ...] | None = None
+    target: str | None = None
+    features: Path | None = None
+    patch_probe: Path | None = None
+    weights: Path | None = None
+    pretrained: bool = True
+    batch_size: int = 32
+    max_images: int | None = None
+    device: str = "auto"
+    show_progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["edits"] = [str(edit) for edit in self.edits]
+        return {key: str(value) if isinstance(value, Path) else value for key, value in data.items()}
+
+
+@dataclass
+class SteeredPredictions:
+    """Class probabilities of every image before and after the edit, (n, classes) each, and, with
+    a patch probe, each patch's predicted class before and after, (n, patches) each."""
+
+    sources: list[str]
+    labels: list[str | None]
+    probs_before_nc: torch.Tensor
+    probs_after_nc: torch.Tensor
+    patch_before_np: torch.Tensor | None = None
+    patch_after_np: torch.Tensor | None = None
+
+    @property
+    def before_n(self) -> torch.Tensor:
+        return self.probs_before_nc.argmax(1)
+
+    @property
+    def after_n(self) -> torch.Tensor:
+        return self.probs_after_nc.argmax(1)
+
+
+@dataclass
+class _Collected:
+    probs_before: list[torch.Tensor] = field(default_factory=list)
+    probs_after: list[torch.Tensor] = field(default_factory=list)
+    patch_before: list[torch.Tensor] = field(default_factory=list)
+    patch_after: list[torch.Tensor] = field(default_factory=list)
+
+
+def _patch_predictions(head: LinearHead, backbone: Backbone, tokens_btd: torch.Tensor) -> torch.Tensor:
+    layout = backbone.layer(head.layer).layout
+    return head.logits(tokens_btd[:, layout.n_prefix :].float()).argmax(-1).cpu()
+
+
+@torch.no_grad()
+def steer_batch(backbone: Backbone, layer: str, edit: TokenEdit, pixels_bchw: torch.Tensor,
+                patch_probe: LinearHead | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Logits (b, classes) clean and with ``edit`` spliced in at ``layer``, and with a patch probe
+    each patch's predicted class clean and edited (b, patches)."""
+    probe_layer = [] if patch_probe is None else [patch_probe.layer]
+    with backbone.capture(probe_layer) as clean_tokens:
+        clean_bc = backbone.forward(pixels_bchw)
+    with backbone.edit(layer, edit), backbone.capture(probe_layer) as edited_tokens:
+        edited_bc = backbone.forward(pixels_bchw)
+    if patch_probe is None:
+        return clean_bc, edited_bc, None, None
+    name = backbone.resolve_layer(patch_probe.layer)
+    return (clean_bc, edited_bc, _patch_predictions(patch_probe, backbone, clean_tokens[name]),
+            _patch_predictions(patch_probe, backbone, edited_tokens[name]))
+
+
+def steer_source(backbone: Backbone, layer: str, edit: TokenEdit, source: ImageSource, indices: Sequence[int],
+                 batch_size: int = 32, patch_probe: LinearHead | None = None, show_progress: bool = False) -> SteeredPredictions:
+    """Predictions with and without ``edit`` for the images ``indices`` of ``source``."""
+    collected = _Collected()
+    with tqdm(total=len(indices), unit="img", desc="steer", disable=not show_progress) as progress:
+        for batch in pixel_batches(source, backbone.preprocess, batch_size, indices):
+            clean_bc, edited_bc, patch_clean, patch_edited = steer_batch(
+                backbone, layer, edit, batch.pixels_bchw.to(backbone.device), patch_probe)
+            collected.probs_before.append(clean_bc.double().softmax(1).cpu())
+            collected.probs_after.append(edited_bc.double().softmax(1).cpu())
+            if patch_clean is not None and patch_edited is not None:
+                collected.patch_before.append(patch_clean)
+                collected.patch_after.append(patch_edited)
+            progress.update(len(batch.indices))
+    records = [source.records[index] for index in indices]
+    patches = (torch.cat(collected.patch_before), torch.cat(collected.patch_after)) if collected.patch_before else (None, None)
+    return SteeredPredictions([record.source for record in records], [record.label for record in records],
+                              torch.cat(collected.probs_before), torch.cat(collected.probs_after), *patches)
+
+
+def change_rates(before_n: torch.Tensor, after_n: torch.Tensor, target: int | None = None) -> dict[str, Any]:
+    """How often the predicted class changes. With a ``target`` class, the changes split in two:
+    ``target_change_rate``, changes into or out of the target (what the edit is meant to do), and
+    ``other_change_rate``, changes between two other classes (collateral); both over all images."""
+    changed_n = before_n != after_n
+    n = max(len(before_n), 1)
+    rates: dict[str, Any] = {"n_images": len(before_n), "n_changed": int(changed_n.sum()), "change_rate": float(changed_n.sum()) / n}
+    if target is not None:
+        involves_n = (before_n == target) | (after_n == target)
+        rates["target_change_rate"] = float((changed_n & involves_n).sum()) / n
+        rates["other_change_rate"] = float((changed_n & ~involves_n).sum()) / n
+        rates["n_to_target"] = int((changed_n & (after_n == target)).sum())
+        rates["n_from_target"] = int((changed_n & (before_n == target)).sum())
+    return rates
+
+
+def effect_summary(predictions: SteeredPredictions, class_names: Sequence[str], target: int | None) -> dict[str, Any]:
+    """Change rates, the mean change of each class's probability, the target's, and with a patch
+    probe the share of patches whose prediction changed."""
+    effect = change_rates(predictions.before_n, predictions.after_n, target)
+    delta_c = (predictions.probs_after_nc - predictions.probs_before_nc).mean(0)
+    effect["mean_probability_change"] = {name: float(delta_c[c]) for c, name in enumerate(class_names)}
+    if target is not None:
+        effect["target"] = class_names[target]
+        effect["target_probability_change"] = float(delta_c[target])
+    if predictions.patch_before_np is not None and predictions.patch_after_np is not None:
+        effect["patch_change_rate"] = float((predictions.patch_before_np != predictions.patch_after_np).double().mean())
+    return effect
+
+
+def _observed_max(features: Path | None) -> torch.Tensor | None:
+    if features is None:
+        return None
+    from traitlens.features import LatentFeatures
+
+    return torch.as_tensor(LatentFeatures(features).max_activation, dtype=torch.float32)
+
+
+def _load_patch_probe(config: SteerConfig, backbone: Backbone, layer: str) -> LinearHead | None:
+    if config.patch_probe is None:
+        return None
+    head = load_head(config.patch_probe)
+    names = backbone.layer_names
+    probe_layer = backbone.resolve_layer(head.layer)
+    if names.index(probe_layer) < names.index(layer):
+        raise InterventionError(f"the patch probe at {config.patch_probe} reads {probe_layer}, before the edited layer {layer}")
+    if backbone.layer(probe_layer).layout.n_patches == 0 or backbone.layer(probe_layer).width != head.width:
+        raise InterventionError(f"the patch probe at {config.patch_probe} does not fit the patch tokens of {probe_layer}")
+    return head
+
+
+def _predictions_csv(predictions: SteeredPredictions, class_names: Sequence[str]) -> bytes:
+    """``source,label,before,after,p_before,p_after``: the predicted class before and after, and
+    the probability of the before-class before and after (the columns `specimens score flips` reads
+    come first)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["source", "before", "after", "label", "p_before", "p_after"])
+    for row, source in enumerate(predictions.sources):
+        before, after = int(predictions.before_n[row]), int(predictions.after_n[row])
+        writer.writerow([source, class_names[before], class_names[after], predictions.labels[row] or "",
+                         f"{float(predictions.probs_before_nc[row, before]):.6f}", f"{float(predictions.probs_after_nc[row, before]):.6f}"])
+    return text.getvalue().encode()
+
+
+def steer(config: SteerConfig) -> dict[str, Any]:
+    """Run the edit over ``config.data`` (the first ``max_images``); with ``out``, write
+    ``predictions.csv`` and then ``effect.json``; return the effect summary."""
+    if config.batch_size < 1:
+        raise InterventionError("--batch-size must be at least 1")
+    device = Workers(0, 1).device(config.device)
+    backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained).to(device)
+    sae, saved = load_sae(config.sae, device=device)
+    sae.eval()
+    layer, tokens = sae_layer(backbone, sae, saved, config.sae, config.layer, config.tokens)
+    try:
+        target = None if config.target is None else resolve_class(config.target, backbone.class_names, "target class")
+    except ExplainError as error:
+        raise InterventionError(str(error)) from error
+    edit = latent_edit(sae, config.edits, backbone.layer(layer).layout, tokens, config.patches, _observed_max(config.features))
+    patch_probe = _load_patch_probe(config, backbone, layer)
+    source = open_image_source(config.data)
+    count = len(source) if config.max_images is None else min(config.max_images, len(source))
+    if count == 0:
+        raise InterventionError(f"no images in {config.data}")
+    predictions = steer_source(backbone, layer, edit, source, range(count), config.batch_size, patch_probe, config.show_progress)
+    # a head without class names (a random-init or custom one) reports class indices
+    class_names = backbone.class_names or [str(index) for index in range(predictions.probs_before_nc.shape[1])]
+    if target is not None and not 0 <= target < len(class_names):
+        raise InterventionError(f"target class {target} is out of range: the head has {len(class_names)} classes")
+    effect = {"format": FORMAT, "version": 1, "software": {"traitlens": traitlens.__version__}, "config": config.to_dict(),
+              "layer": layer, "tokens": tokens, **effect_summary(predictions, class_names, target)}
+    if config.out is not None:
+        config.out.mkdir(parents=True, exist_ok=True)
+        (config.out / EFFECT).unlink(missing_ok=True)
+        csv_bytes = _predictions_csv(predictions, class_names)
+
+        def write_csv(handle: IO[bytes]) -> None:
+            handle.write(csv_bytes)
+
+        atomic_write(config.out / PREDICTIONS, write_csv)
+        atomic_write_json(config.out / EFFECT, effect)
+    return effect

@@ -1,0 +1,183 @@
+"""Causal test of discovered trait latents: suppress them inside the model and count look-alike flips.
+
+For each look-alike pair, the SAE latents that best find the pair's distinguishing trait (highest
+patch AP against the trait masks, :func:`traitlens.specimens.discovery.trait_feature_ap`) are
+zeroed on every token the SAE reads, on the pair's images; :func:`lookalike_flip_rate` counts how
+often a correct prediction becomes the look-alike. The control zeroes as many random latents, each
+drawn from the latents whose firing rate is closest to its trait latent's, so the two edits remove
+about as much activation; it is drawn ``n_random`` times and averaged. A latent that is the trait
+moves predictions to the look-alike; a random latent of the same frequency should not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from traitlens.backbones import Backbone, TokenSelection, load_backbone
+from traitlens.data import ImageSource, open_image_source
+from traitlens.errors import LayerError
+from traitlens.interventions import LatentEdit, latent_edit, steer_source
+from traitlens.sae.io import load_sae
+from traitlens.sae.model import SparseAutoencoder
+from traitlens.specimens.baselines import SAEFeatures
+from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
+from traitlens.specimens.discovery import DiscoveryOptions, trait_feature_ap
+from traitlens.specimens.flips import lookalike_flip_rate
+from traitlens.specimens.tables import markdown_table, write_text
+from traitlens.store.atomic import atomic_write_json
+from traitlens.store.reader import ActivationStore
+
+
+@dataclass(frozen=True)
+class SuppressionOptions:
+    n_latents: int = 10
+    """Trait latents zeroed together per trait (the best by patch AP)."""
+    n_random: int = 5
+    """Draws of the matched random control."""
+    candidates: int = 20
+    """A random latent is drawn among this many latents nearest in firing rate to its trait latent."""
+    seed: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if min(self.n_latents, self.n_random, self.candidates, self.batch_size) < 1:
+            raise ScoringError("n_latents, n_random, candidates and batch_size must be at least 1")
+
+
+def top_trait_latents(ap_tw: torch.Tensor, traits: Sequence[str], n_latents: int) -> dict[str, list[int]]:
+    """Per trait, the ``n_latents`` latents of highest AP (ties to the lower index); traits
+    without positives (NaN rows) get none."""
+    chosen: dict[str, list[int]] = {}
+    for t, trait in enumerate(traits):
+        if bool(torch.isnan(ap_tw[t]).all()):
+            chosen[trait] = []
+            continue
+        order = sorted(range(ap_tw.shape[1]), key=lambda w: (-float(ap_tw[t, w]), w))
+        chosen[trait] = order[:n_latents]
+    return chosen
+
+
+def matched_random_latents(frequency_w: torch.Tensor, latents: Sequence[int], candidates: int,
+                           generator: torch.Generator) -> list[int]:
+    """One random latent per trait latent, drawn among the ``candidates`` latents nearest to it in
+    firing rate that are neither trait latents nor already drawn."""
+    taken = set(latents)
+    drawn: list[int] = []
+    for latent in latents:
+        distance_w = (frequency_w.double() - float(frequency_w[latent])).abs()
+        nearest = [int(w) for w in torch.argsort(distance_w, stable=True) if int(w) not in taken]
+        pool = nearest[:candidates]
+        if not pool:
+            raise ScoringError(f"the SAE has too few latents ({len(frequency_w)}) to draw a matched control")
+        choice = pool[int(torch.randint(len(pool), (1,), generator=generator))]
+        taken.add(choice)
+        drawn.append(choice)
+    return drawn
+
+
+def _pooled(rates: Sequence[dict[str, Any]]) -> float | None:
+    eligible = sum(rate["n_eligible"] for rate in rates)
+    return sum(rate["n_flipped"] for rate in rates) / eligible if eligible else None
+
+
+def suppression_flips(backbone: Backbone, sae: SparseAutoencoder, layer: str, selection: TokenSelection,
+                      source: ImageSource, benchmark: Benchmark, trait_latents: Mapping[str, Sequence[int]],
+                      frequency_w: torch.Tensor, options: SuppressionOptions = SuppressionOptions(),
+                      show_progress: bool = False) -> list[dict[str, Any]]:
+    """One row per look-alike pair, then an ``all`` row pooling them: eligible images, flip rate
+    with the trait latents zeroed, with the single best trait latent zeroed, and with matched random
+    latents zeroed (mean over draws), and the trait edit's change rate to any other class."""
+    if backbone.class_names is None:
+        raise ScoringError(f"{backbone.spec} has no class names to compare with the benchmark's species")
+    class_index = {name: index for index, name in enumerate(backbone.class_names)}
+    species_of = [benchmark.image_species[benchmark.resolve(record.source)] for record in source.records]
+    layout = backbone.layer(layer).layout
+    generator = torch.Generator().manual_seed(options.seed)
+
+    progress = tqdm(total=len(benchmark.lookalikes) * (2 + options.n_random), unit="edit", desc="suppression",
+                    disable=not show_progress)
+
+    def flips(latents: Sequence[int], images: list[int], species_n: torch.Tensor, pair_map: dict[int, int]) -> dict[str, Any]:
+        edit = latent_edit(sae, [LatentEdit(latent, "zero") for latent in latents], layout, selection)
+        steered = steer_source(backbone, layer, edit, source, images, options.batch_size)
+        progress.update()
+        return lookalike_flip_rate(steered.before_n, steered.after_n, species_n, pair_map)
+
+    rows: list[dict[str, Any]] = []
+    pooled: dict[str, list[dict[str, Any]]] = {"trait": [], "top": [], "random": []}
+    for pair in benchmark.lookalikes:
+        latents = list(trait_latents.get(pair.trait, []))
+        images = [index for index, species in enumerate(species_of) if species in (pair.a, pair.b)]
+        if not latents or not images:
+            continue
+        missing = {pair.a, pair.b} - set(class_index)
+        if missing:
+            raise ScoringError(f"species {', '.join(sorted(missing))} are not classes of {backbone.spec}")
+        species_n = torch.tensor([class_index[species_of[index]] for index in images])
+        pair_map = {class_index[pair.a]: class_index[pair.b], class_index[pair.b]: class_index[pair.a]}
+        trait = flips(latents, images, species_n, pair_map)
+        top = flips(latents[:1], images, species_n, pair_map)
+        draws = [flips(matched_random_latents(frequency_w, latents, options.candidates, generator), images, species_n, pair_map)
+                 for _ in range(options.n_random)]
+        pooled["trait"].append(trait)
+        pooled["top"].append(top)
+        pooled["random"] += draws
+        rows.append({"pair": f"{pair.a} / {pair.b}", "trait": pair.trait, "latents": latents, "n_eligible": trait["n_eligible"],
+                     "flip_rate": trait["flip_rate"], "flip_rate_top_latent": top["flip_rate"],
+                     "flip_rate_random": _pooled(draws), "change_rate": trait["change_rate"]})
+    progress.close()
+    if not rows:
+        raise ScoringError("no look-alike pair has both images and trait latents to suppress")
+    n_eligible = sum(rate["n_eligible"] for rate in pooled["trait"])
+    rows.append({"pair": "all", "trait": "", "latents": [], "n_eligible": n_eligible,
+                 "flip_rate": _pooled(pooled["trait"]), "flip_rate_top_latent": _pooled(pooled["top"]),
+                 "flip_rate_random": _pooled(pooled["random"]),
+                 "change_rate": sum(rate["n_changed"] for rate in pooled["trait"]) / n_eligible if n_eligible else None})
+    return rows
+
+
+SUPPRESSION_COLUMNS = ["pair", "trait", "n_eligible", "flip_rate", "flip_rate_top_latent", "flip_rate_random", "change_rate"]
+
+
+def score_suppression(model: str, sae_dir: Path, acts: Path, data: Path, out: Path,
+                      options: SuppressionOptions = SuppressionOptions(),
+                      discovery: DiscoveryOptions | None = None, show_progress: bool = False) -> dict[str, Any]:
+    """Pick each trait's latents on the store ``acts`` (the SAE's layer), suppress them in ``model``
+    on the benchmark ``data``; writes ``out/suppression.json`` and ``out/suppression.md``."""
+    benchmark = read_benchmark(data)
+    sae, saved = load_sae(sae_dir)
+    sae.eval()
+    store = ActivationStore(acts)
+    stored = store.layer(saved.get("layer", -1))
+    if stored.width != sae.config.d_in:
+        raise LayerError(f"the SAE at {sae_dir} reads {sae.config.d_in}-dim tokens but layer {stored.name} of {acts} is {stored.width}-dim")
+    ap_tw, frequency_w = trait_feature_ap(SAEFeatures(sae), store, stored.name, benchmark, discovery or DiscoveryOptions())
+    traits = list(benchmark.trait_labels)
+    chosen = top_trait_latents(ap_tw, traits, options.n_latents)
+    backbone = load_backbone(model)
+    if backbone.weights_fingerprint() != store.manifest["model"]["weights_fingerprint"]:
+        raise ScoringError(f"the weights of {model} differ from those the store at {acts} was extracted with")
+    selection: TokenSelection = saved.get("tokens_kind") or store.manifest["tokens"]
+    rows = suppression_flips(backbone, sae, stored.name, selection, open_image_source(data), benchmark, chosen, frequency_w,
+                             options, show_progress)
+    result = {"model": model, "sae": str(sae_dir), "acts": str(acts), "data": str(data), "layer": stored.name,
+              "options": asdict(options), "trait_latent_ap": {trait: [float(ap_tw[t, w]) for w in chosen[trait]]
+                                                             for t, trait in enumerate(traits)}, "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "suppression.json", result)
+    write_text(out / "suppression.md", "\n".join([
+        "# Suppressing trait latents", "",
+        f"Layer `{stored.name}` of `{model}`: per look-alike pair, the {options.n_latents} latents of `{sae_dir}` with the "
+        "highest patch AP for the pair's trait are zeroed on every token; eligible images were predicted right before the "
+        "edit. `flip_rate` is the share then predicted as the look-alike; `flip_rate_top_latent` zeroes the best latent "
+        f"alone; `flip_rate_random` zeroes as many random latents of matched firing rate ({options.n_random} draws); "
+        "`change_rate` counts any change of class.", "",
+        markdown_table(rows, SUPPRESSION_COLUMNS),
+    ]))
+    return result

@@ -1,0 +1,255 @@
+"""``analyze_features``: the sparse columns and every statistic against a dense recomputation,
+resumption to the same bytes, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from traitlens.errors import StoreError, TraitlensError
+from traitlens.features import (
+    FeaturesConfig,
+    FeaturesError,
+    LatentFeatures,
+    analyze_features,
+    sparse_columns,
+    write_report,
+)
+from traitlens.features import analysis as analysis_module
+from traitlens.sae.io import load_sae
+from traitlens.store import ActivationStore
+
+from .conftest import ANALYSIS, D_IN, N_IMAGES, STORE_LAYER, TOKENS_PER_IMAGE, save_random_sae
+
+
+@pytest.fixture(scope="module")
+def dense(specimens_store: Path, relu_sae: Path) -> np.ndarray:
+    """Every stored token's latents by one dense ``sae.encode``, (n_tokens, width)."""
+    store = ActivationStore(specimens_store)
+    tokens_nd = np.concatenate([np.asarray(shard) for shard in store.shards(STORE_LAYER)])
+    sae, _ = load_sae(relu_sae)
+    with torch.no_grad():
+        return sae.encode(torch.from_numpy(tokens_nd)).numpy()
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def test_columns_hold_exactly_the_dense_latents(features_dir: Path, dense: np.ndarray) -> None:
+    features = LatentFeatures(features_dir)
+    assert features.width == dense.shape[1] and features.manifest["n_tokens"] == len(dense) == N_IMAGES * TOKENS_PER_IMAGE
+    assert 0 < len(features.alive) < features.width, "the test SAE should have both alive and dead latents"
+    for latent in range(features.width):
+        rows, values = features.latent(latent)
+        assert np.array_equal(rows, np.flatnonzero(dense[:, latent]))
+        assert np.array_equal(values, dense[rows, latent])
+    assert features.manifest["summary"]["nnz"] == np.count_nonzero(dense)
+
+
+def test_statistics_match_a_dense_computation(features_dir: Path, dense: np.ndarray, specimens_store: Path) -> None:
+    features = LatentFeatures(features_dir)
+    fires = dense != 0
+    counts = fires.sum(0)
+    np.testing.assert_array_equal(features.count, counts)
+    np.testing.assert_allclose(features.frequency, counts / len(dense))
+    np.testing.assert_allclose(features.mean_activation, dense.sum(0, dtype=np.float64) / np.maximum(counts, 1), rtol=1e-6)
+    np.testing.assert_array_equal(features.max_activation, dense.max(0))
+
+    k = ANALYSIS["top_k"]
+    for latent in range(features.width):
+        column = dense[:, latent]
+        order = np.argsort(-column, kind="stable")[: min(k, counts[latent])]
+        rows, values = features.top_tokens(latent)
+        assert np.array_equal(rows, order) and np.array_equal(values, column[order])
+
+    image_activation = dense.reshape(N_IMAGES, TOKENS_PER_IMAGE, -1).max(1)  # (images, width)
+    for latent in range(features.width):
+        np.testing.assert_array_equal(features.image_activations(latent), image_activation[:, latent])
+        order = np.argsort(-image_activation[:, latent], kind="stable")[:k]
+        order = order[image_activation[order, latent] > 0]
+        images, values = features.top_images(latent)
+        assert np.array_equal(images, order) and np.array_equal(values, image_activation[order, latent])
+
+    store = ActivationStore(specimens_store)
+    class_names = store.class_names
+    assert class_names is not None and features.class_names == class_names
+    labels = np.array([class_names.index(str(image.label)) for image in store.images])
+    for c in range(len(class_names)):
+        members = labels == c
+        np.testing.assert_allclose(features.class_mean[:, c], image_activation[members].mean(0))
+        expected = [average_precision_score(members, image_activation[:, latent]) for latent in range(features.width)]
+        np.testing.assert_allclose(features.class_ap[:, c], expected)
+    np.testing.assert_allclose(features.class_prevalence, np.bincount(labels, minlength=len(class_names)) / N_IMAGES)
+
+
+def test_label_ap_ranks_patch_tokens(features_dir: Path, dense: np.ndarray, specimens_store: Path) -> None:
+    features = LatentFeatures(features_dir)
+    store = ActivationStore(specimens_store)
+    patch_labels = store.patch_labels(STORE_LAYER)
+    assert patch_labels is not None
+    assert features.label_names == store.manifest["dataset"]["mask_names"][1:]
+    patches = dense.reshape(N_IMAGES, TOKENS_PER_IMAGE, -1)[:, 1:].reshape(-1, features.width)  # without the CLS token
+    shown = 0
+    for column, label in enumerate(range(1, len(features.label_names) + 1)):
+        positives = patch_labels.reshape(-1) == label
+        if not positives.any():
+            assert np.isnan(features.label_ap[:, column]).all()
+            continue
+        shown += 1
+        expected = [average_precision_score(positives, patches[:, latent]) for latent in range(features.width)]
+        np.testing.assert_allclose(features.label_ap[:, column], expected)
+        assert features.label_prevalence[column] == pytest.approx(positives.mean())
+    assert shown >= 3
+
+
+def test_maps_and_summary_rows(features_dir: Path, dense: np.ndarray) -> None:
+    features = LatentFeatures(features_dir)
+    latent = int(features.alive[0])
+    image = int(features.top_images(latent)[0][0])
+    grid = features.layout.grid_hw
+    expected = dense[image * TOKENS_PER_IMAGE + 1 : (image + 1) * TOKENS_PER_IMAGE, latent].reshape(grid)
+    np.testing.assert_array_equal(features.patch_map(latent, image), expected)
+    rows = features.summary_rows()
+    assert [row["latent"] for row in rows] == list(range(features.width))
+    for row in rows:
+        lift = features.class_ap[row["latent"]] - features.class_prevalence
+        assert row["top_class"] == features.class_names[int(np.nanargmax(lift))]
+        assert row["class_ap"] == features.class_ap[row["latent"], int(np.nanargmax(lift))]
+        assert row["frequency"] == features.frequency[row["latent"]]
+    with pytest.raises(FeaturesError, match="out of range"):
+        features.latent(features.width)
+
+
+def _config(sae: Path, acts: Path, out: Path, **overrides: object) -> FeaturesConfig:
+    return FeaturesConfig(sae=sae, acts=acts, out=out, **{**ANALYSIS, **overrides})  # type: ignore[arg-type]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_to_the_same_bytes(features_dir: Path, specimens_store: Path, relu_sae: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    real_write_chunk = sparse_columns.write_chunk
+    written: list[Path] = []
+
+    def write_then_die(path: Path, *args: object) -> None:
+        if written:
+            raise _Killed
+        real_write_chunk(path, *args)  # type: ignore[arg-type]
+        written.append(path)
+
+    monkeypatch.setattr(analysis_module, "write_chunk", write_then_die)
+    with pytest.raises(_Killed):
+        analyze_features(_config(relu_sae, specimens_store, out))
+    assert written[0].is_file() and not (out / "features.json").exists()
+    monkeypatch.setattr(analysis_module, "write_chunk", real_write_chunk)
+    encoded: list[int] = []
+    real_encode_chunk = analysis_module._encode_chunk
+
+    def encode_and_note(*args: Any) -> Any:
+        encoded.append(args[3])  # the chunk's first row
+        return real_encode_chunk(*args)
+
+    monkeypatch.setattr(analysis_module, "_encode_chunk", encode_and_note)
+    analyze_features(_config(relu_sae, specimens_store, out))
+    assert 0 not in encoded and len(encoded) > 1  # the first chunk was kept, the others were encoded
+    assert _files(out) == _files(features_dir)
+
+    # a kill after the pass: the manifest and a statistics file gone, then the columns too
+    for lost in ("features.json", "latent_statistics.safetensors"):
+        (out / lost).unlink()
+    analyze_features(_config(relu_sae, specimens_store, out))
+    assert _files(out) == _files(features_dir)
+    for lost in ("features.json", "columns.json", "latent_rows.npy"):
+        (out / lost).unlink()
+    analyze_features(_config(relu_sae, specimens_store, out))
+    assert _files(out) == _files(features_dir)
+
+
+def test_a_finished_directory_is_returned_as_it_is(features_dir: Path, specimens_store: Path, relu_sae: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(features_dir, out)
+    before = _files(out)
+
+    def fail(*args: object) -> None:
+        raise AssertionError("a finished directory was recomputed")
+
+    monkeypatch.setattr(analysis_module, "_write_columns", fail)
+    monkeypatch.setattr(analysis_module, "_statistics", fail)
+    assert analyze_features(_config(relu_sae, specimens_store, out)) == out
+    assert _files(out) == before
+    with pytest.raises(FeaturesError, match="another job.*top_k"):
+        analyze_features(_config(relu_sae, specimens_store, out, top_k=3))
+
+
+def test_errors_are_one_line(specimens_store: Path, relu_sae: Path, tmp_path: Path) -> None:
+    wide = save_random_sae(tmp_path / "wide", d_in=D_IN + 1)
+    with pytest.raises(FeaturesError, match=r"reads 33-dim tokens but layer blocks\.1 .* is 32-dim"):
+        analyze_features(_config(wide, specimens_store, tmp_path / "a"))
+    no_layer = save_random_sae(tmp_path / "no_layer", layer=None)
+    with pytest.raises(FeaturesError, match="pass --layer"):
+        analyze_features(_config(no_layer, specimens_store, tmp_path / "b"))
+    with pytest.raises(StoreError, match="layer 'blocks.7' is not in the store"):
+        analyze_features(_config(relu_sae, specimens_store, tmp_path / "c", layer="blocks.7"))
+    with pytest.raises(StoreError, match="no activation store"):
+        analyze_features(_config(relu_sae, tmp_path / "missing", tmp_path / "d"))
+    with pytest.raises(TraitlensError, match="no saved SAE"):
+        analyze_features(_config(tmp_path / "missing", specimens_store, tmp_path / "e"))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(FeaturesError, match="not empty and holds no features job"):
+        analyze_features(_config(relu_sae, specimens_store, tmp_path / "busy"))
+    with pytest.raises(FeaturesError, match="no features directory"):
+        LatentFeatures(tmp_path / "missing")
+    with pytest.raises(FeaturesError, match="features.json missing"):
+        LatentFeatures(tmp_path / "busy")
+    (tmp_path / "busy" / "features.json").write_text('{"format": "something else"}')
+    with pytest.raises(FeaturesError, match="is not a traitlens features manifest"):
+        LatentFeatures(tmp_path / "busy")
+
+
+def test_topk_sae_on_cls_tokens_only(specimens_store: Path, tmp_path: Path) -> None:
+    """A TopK SAE on a store's CLS tokens: k latents per token, no patch maps or label APs."""
+    from traitlens.store.arrays import store_from_arrays
+
+    store = ActivationStore(specimens_store)
+    cls_nd = np.concatenate([np.asarray(shard) for shard in store.shards(STORE_LAYER)])[::TOKENS_PER_IMAGE]
+    store_from_arrays(tmp_path / "cls", {STORE_LAYER: cls_nd}, tokens_per_image=1)
+    manifest = json.loads((tmp_path / "cls" / "manifest.json").read_text())
+    manifest["tokens"] = "cls"
+    manifest["layers"][STORE_LAYER]["layout"] = store.layer(STORE_LAYER).layout.to_dict()
+    (tmp_path / "cls" / "manifest.json").write_text(json.dumps(manifest))
+    sae_dir = save_random_sae(tmp_path / "topk", activation="topk", k=3)
+    features = LatentFeatures(analyze_features(_config(sae_dir, tmp_path / "cls", tmp_path / "out")))
+    assert features.count.sum() == 3 * N_IMAGES and (features.count <= N_IMAGES).all()
+    assert features.label_ap.shape == (features.width, 0) and features.class_ap.shape == (features.width, 0)
+    assert {row["top_class"] for row in features.summary_rows()} == {None}
+    with pytest.raises(FeaturesError, match="no patch maps"):
+        features.patch_map(int(features.alive[0]), 0)
+    page = write_report(features.root).parent / "latents" / f"{int(features.alive[0])}.html"
+    assert "The store records no image source, so they are not shown." in page.read_text()
+
+
+def test_nan_tokens_fire_nowhere_and_are_counted(tmp_path: Path) -> None:
+    from traitlens.store.arrays import store_from_arrays
+
+    tokens_nd = np.random.default_rng(0).normal(size=(40, D_IN)).astype(np.float32)
+    tokens_nd[[3, 17], 5] = np.nan
+    tokens_nd[30, 0] = np.inf
+    store_from_arrays(tmp_path / "acts", {STORE_LAYER: tokens_nd}, tokens_per_image=4)
+    sae_dir = save_random_sae(tmp_path / "sae", activation="relu")
+    features = LatentFeatures(analyze_features(_config(sae_dir, tmp_path / "acts", tmp_path / "out")))
+    assert features.manifest["summary"]["n_nonfinite_tokens"] == 3
+    fired_rows = np.concatenate([features.latent(latent)[0] for latent in range(features.width)])
+    assert not np.isin(fired_rows, [3, 17, 30]).any() and np.isin(np.arange(40), fired_rows).sum() == 37

@@ -1,0 +1,31 @@
+"""``traitlens features`` from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from traitlens.cli import main
+
+
+def test_features_command_writes_features_and_a_report(specimens_store: Path, relu_sae: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "features"
+    code = main(["features", "--sae", str(relu_sae), "--acts", str(specimens_store), "--out", str(out),
+                 "--top-k", "4", "--report-latents", "5", "--batch-size", "100"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "alive" in printed and "dead" in printed and str(out / "report" / "index.html") in printed
+    assert (out / "features.json").is_file() and (out / "report" / "index.html").is_file()
+    assert len(list((out / "report" / "latents").glob("*.html"))) == 5
+
+
+def test_no_report_and_bad_input(specimens_store: Path, relu_sae: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "features"
+    assert main(["features", "--sae", str(relu_sae), "--acts", str(specimens_store), "--out", str(out), "--no-report"]) == 0
+    assert not (out / "report").exists()
+    capsys.readouterr()
+    assert main(["features", "--sae", str(relu_sae), "--acts", str(specimens_store), "--out", str(tmp_path / "x"), "--layer", "9"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "layer '9' is not in the store" in error

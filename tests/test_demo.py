@@ -1,0 +1,32 @@
+"""The demo end to end, small: every step runs, the report holds the four tables, parses, and
+links only to files that exist; a second run resumes and writes the same report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.html_pages import local_targets, parse_page
+from traitlens.demo import DemoConfig, run_demo
+
+
+def test_a_small_demo_writes_a_report_whose_links_and_images_exist(tmp_path: Path) -> None:
+    config = DemoConfig(out=tmp_path / "demo", n_images=48, sae_expansion=2, sae_epochs=2, trait_latents=3, n_random=1)
+    printed = run_demo(config)
+    assert "accuracy" in printed and "# Trait discovery" in printed and "Look-alike flips" in printed
+    page = parse_page(config.report)
+    assert page.n_tables == 4
+    targets = local_targets(config.report, page)
+    assert any(target.name == "index.html" for target in targets)
+    assert any(target.parent.name == "latents" for target in targets)
+    for target in targets:
+        assert target.is_file(), target
+    for latent_page in {target for target in targets if target.parent.name == "latents"}:
+        for target in local_targets(latent_page, parse_page(latent_page)):
+            assert target.is_file(), f"{latent_page} references {target}"
+    results = json.loads((config.scores / "demo.json").read_text())
+    text = " ".join(page.text)
+    assert all(row["pair"] in text for row in results["suppression"])
+    assert all(len(row["latents"]) == 3 for row in results["suppression"][:-1])
+    report_bytes = config.report.read_bytes()
+    assert run_demo(config) == printed and config.report.read_bytes() == report_bytes

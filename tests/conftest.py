@@ -1,8 +1,29 @@
-"""Settings every test needs: no model hub, ever (downloads fail fast instead of retrying)."""
+"""Settings every test needs (no model hub, ever: downloads fail fast instead of retrying) and data shared across packages."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def specimens_with_sae(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """24 generated specimens (seed 5) and a random TopK SAE on blocks.1 of the embedded ViT (all tokens)."""
+    import torch
+
+    from traitlens.sae.config import SAEConfig
+    from traitlens.sae.io import save_sae
+    from traitlens.sae.model import SparseAutoencoder
+    from traitlens.specimens.generate import GenerateConfig, generate
+
+    root = tmp_path_factory.mktemp("specimens_with_sae")
+    data = generate(GenerateConfig(root / "specimens", n=24, seed=5), show_progress=False)
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=128, width=96, activation="topk", k=8))
+    save_sae(sae, root / "sae", {"layer": "blocks.1", "tokens_kind": "all", "model": "traitlens:specimens-vit"})
+    return data, root / "sae"

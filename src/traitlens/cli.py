@@ -118,7 +118,10 @@ def _run_inspect(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from traitlens.demo import DemoConfig, run_demo
 
-    print(run_demo(DemoConfig(out=args.out)))
+    if args.images is not None and args.images < 16:
+        raise TraitlensError(f"--images must be at least 16 (one per species), got {args.images}")
+    chosen = {"layer": args.layer, "n_images": args.images, "seed": args.seed}
+    print(run_demo(DemoConfig(out=args.out, **{name: value for name, value in chosen.items() if value is not None})))
     return 0
 
 
@@ -205,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job on the embedded default data and model")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default: runs/demo)")
+    demo.add_argument("--layer", help="block the SAE reads and the edits change (default: blocks.1)")
+    demo.add_argument("--images", type=int, help="specimens drawn (default: 1024)")
+    demo.add_argument("--seed", type=int, help="specimens seed (default: 1; the model was trained on 0)")
     demo.set_defaults(run=_run_demo)
 
     from traitlens.specimens.cli import add_specimens_commands

@@ -11,7 +11,7 @@
    random latents of matched frequency, and attributes each pair's comparative score to latents;
 7. writes one HTML report (``report.html``) with all of it.
 
-Every step resumes: run it again after an interruption.
+Steps 1-3 resume where an interruption left them; the scoring steps 4-7 (about a minute) run again.
 """
 
 from __future__ import annotations
@@ -26,20 +26,18 @@ from traitlens.data import open_image_source
 from traitlens.demo_report import write_demo_report
 from traitlens.features import FeaturesConfig, LatentFeatures, analyze_features
 from traitlens.features.report import write_report
+from traitlens.interventions.setup import load_sae_on_model
 from traitlens.sae import RunConfig, SAEConfig, TrainConfig, train
-from traitlens.sae.io import load_sae
-from traitlens.specimens.baselines import SAEFeatures
 from traitlens.specimens.benchmark import read_benchmark
 from traitlens.specimens.cam_localization import LOCALIZATION_COLUMNS, lookalike_localization
-from traitlens.specimens.discovery import DiscoveryOptions, score_discovery, trait_feature_ap
+from traitlens.specimens.discovery import DiscoveryOptions, score_discovery
 from traitlens.specimens.generate import GenerateConfig, generate
 from traitlens.specimens.model_accuracy import AccuracyConfig, model_accuracy
 from traitlens.specimens.pair_attribution import lookalike_attribution
 from traitlens.specimens.suppression import (
     SUPPRESSION_COLUMNS,
     SuppressionOptions,
-    suppression_flips,
-    top_trait_latents,
+    score_suppression,
 )
 from traitlens.specimens.tables import markdown_table
 from traitlens.store import ActivationStore, ExtractConfig, extract
@@ -110,22 +108,14 @@ def _train_sae(config: DemoConfig) -> Path:
 
 
 def _causal_tests(config: DemoConfig, sae_dir: Path) -> dict[str, Any]:
-    """Suppression flips and pair attribution, on the SAE's layer; trait latents from the masks."""
-    benchmark = read_benchmark(config.data)
-    sae, saved = load_sae(sae_dir)
-    sae.eval()
-    store = ActivationStore(config.acts)
-    layer = store.layer(saved["layer"]).name
-    ap_tw, frequency_w = trait_feature_ap(SAEFeatures(sae), store, layer, benchmark, DiscoveryOptions())
-    trait_latents = top_trait_latents(ap_tw, list(benchmark.trait_labels), config.trait_latents)
-    backbone = load_backbone(DEMO_MODEL)
-    source = open_image_source(config.data)
+    """Suppression flips (trait latents picked on the masks), then pair attribution, on the SAE's layer."""
     options = SuppressionOptions(n_latents=config.trait_latents, n_random=config.n_random)
-    suppression = suppression_flips(backbone, sae, layer, saved["tokens_kind"], source, benchmark, trait_latents, frequency_w, options,
-                                    show_progress=True)
-    attribution = lookalike_attribution(backbone, sae, layer, saved["tokens_kind"], source, benchmark, trait_latents=trait_latents,
-                                        show_progress=True)
-    return {"layer": layer, "trait_latents": trait_latents, "suppression": suppression, "attribution": attribution}
+    suppression = score_suppression(DEMO_MODEL, sae_dir, config.acts, config.data, config.scores, options, show_progress=True)
+    placed = load_sae_on_model(DEMO_MODEL, sae_dir, device="cpu")
+    attribution = lookalike_attribution(placed.backbone, placed.sae, placed.layer, placed.tokens, open_image_source(config.data),
+                                        read_benchmark(config.data), trait_latents=suppression["trait_latents"], show_progress=True)
+    return {"layer": placed.layer, "trait_latents": suppression["trait_latents"], "suppression": suppression["rows"],
+            "attribution": attribution}
 
 
 def run_demo(config: DemoConfig = DemoConfig()) -> str:

@@ -8,11 +8,11 @@ import os
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from traitlens.features import LatentFeatures
 from traitlens.features.report_html import latent_file, number_text, page
-from traitlens.store.atomic import atomic_write
+from traitlens.store.atomic import atomic_write_bytes
 
 Cell = str | float | int | None
 
@@ -124,10 +124,5 @@ rate as a trait latent.</p>
 The last column counts how many of the top latents are among the trait latents of section 3.</p>
 {_attribution(results, link)}
 """
-    encoded = page("traitlens demo report", body).encode()
-
-    def write(handle: IO[bytes]) -> None:
-        handle.write(encoded)
-
-    atomic_write(path, write)
+    atomic_write_bytes(path, page("traitlens demo report", body).encode())
     return path

@@ -3,6 +3,7 @@ resumption to the same bytes, and one-line errors."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,11 +20,12 @@ from traitlens.features import (
     FeaturesError,
     LatentFeatures,
     analyze_features,
+    sae_weights_sha256,
     sparse_columns,
     write_report,
 )
 from traitlens.features import analysis as analysis_module
-from traitlens.sae.io import load_sae
+from traitlens.sae.io import load_sae, save_sae
 from traitlens.store import ActivationStore
 
 from .conftest import ANALYSIS, D_IN, N_IMAGES, STORE_LAYER, TOKENS_PER_IMAGE, save_random_sae
@@ -136,9 +138,8 @@ class _Killed(Exception):
     pass
 
 
-def test_a_killed_run_resumes_to_the_same_bytes(features_dir: Path, specimens_store: Path, relu_sae: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "out"
+def _kill_after_the_first_chunk(config: FeaturesConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the analysis until it has written its first chunk, then kill it."""
     real_write_chunk = sparse_columns.write_chunk
     written: list[Path] = []
 
@@ -148,11 +149,17 @@ def test_a_killed_run_resumes_to_the_same_bytes(features_dir: Path, specimens_st
         real_write_chunk(path, *args)  # type: ignore[arg-type]
         written.append(path)
 
-    monkeypatch.setattr(analysis_module, "write_chunk", write_then_die)
-    with pytest.raises(_Killed):
-        analyze_features(_config(relu_sae, specimens_store, out))
-    assert written[0].is_file() and not (out / "features.json").exists()
-    monkeypatch.setattr(analysis_module, "write_chunk", real_write_chunk)
+    with monkeypatch.context() as patched:
+        patched.setattr(analysis_module, "write_chunk", write_then_die)
+        with pytest.raises(_Killed):
+            analyze_features(config)
+    assert written[0].is_file() and not (config.out / "features.json").exists()
+
+
+def test_a_killed_run_resumes_to_the_same_bytes(features_dir: Path, specimens_store: Path, relu_sae: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    _kill_after_the_first_chunk(_config(relu_sae, specimens_store, out), monkeypatch)
     encoded: list[int] = []
     real_encode_chunk = analysis_module._encode_chunk
 
@@ -191,6 +198,78 @@ def test_a_finished_directory_is_returned_as_it_is(features_dir: Path, specimens
     assert _files(out) == before
     with pytest.raises(FeaturesError, match="another job.*top_k"):
         analyze_features(_config(relu_sae, specimens_store, out, top_k=3))
+
+
+def test_resuming_after_the_store_changed_or_on_another_device_is_refused(specimens_store: Path, relu_sae: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    acts, out = tmp_path / "acts", tmp_path / "out"
+    shutil.copytree(specimens_store, acts)
+    _kill_after_the_first_chunk(_config(relu_sae, acts, out), monkeypatch)
+    job = json.loads((out / "job.json").read_text())
+    assert job["device"] == "cpu" and len(job["acts_manifest_sha256"]) == 64
+
+    # the store extracted again at the same path, from other images: same shapes, another manifest
+    manifest = json.loads((acts / "manifest.json").read_text())
+    manifest["dataset"]["fingerprint"] = "another dataset"
+    (acts / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FeaturesError, match=r"holds features of another job \(different acts_manifest_sha256\)") as refused:
+        analyze_features(_config(relu_sae, acts, out))
+    assert "\n" not in str(refused.value)
+    assert sorted(path.name for path in (out / "chunks").iterdir()) == ["00000.npz"]  # nothing encoded into it
+
+    shutil.rmtree(acts)
+    shutil.copytree(specimens_store, acts)
+    (out / "job.json").write_text(json.dumps({**job, "device": "cuda"}))  # as if started on a GPU
+    with pytest.raises(FeaturesError, match=r"another job \(different device\)"):
+        analyze_features(_config(relu_sae, acts, out))
+    (out / "job.json").write_text(json.dumps(job))
+    assert LatentFeatures(analyze_features(_config(relu_sae, acts, out))).manifest["job"] == job
+
+
+def _sae_with_dead_latents(directory: Path, dead: slice) -> Path:
+    """The ReLU test SAE with the latents of ``dead`` made unable to fire (a very negative bias)."""
+    save_random_sae(directory, activation="relu")
+    sae, saved = load_sae(directory)
+    with torch.no_grad():
+        sae.b_enc[dead] = -1e4
+    save_sae(sae, directory, {"layer": saved["layer"]})
+    return directory
+
+
+def test_blocks_of_latents_that_never_fire(specimens_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Statistics are computed a block of latents at a time; a block without a single nonzero
+    gives padding, and the files are those of one block over all latents."""
+    sae_dir = _sae_with_dead_latents(tmp_path / "sae", slice(8, 20))
+    whole = LatentFeatures(analyze_features(_config(sae_dir, specimens_store, tmp_path / "whole")))
+    assert (whole.count[8:20] == 0).all() and whole.count[:8].any()
+    monkeypatch.setattr(analysis_module, "_BLOCK_ELEMENTS", 4 * N_IMAGES)  # blocks of 4 latents: 8-11, 12-15, 16-19 dead
+    blocks = analyze_features(_config(sae_dir, specimens_store, tmp_path / "blocks"))
+    assert _files(blocks) == _files(whole.root)
+    top_rows, top_values = LatentFeatures(blocks).top_tokens(12)
+    assert len(top_rows) == len(top_values) == 0
+
+
+def test_an_sae_that_never_fires(specimens_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sae_dir = _sae_with_dead_latents(tmp_path / "sae", slice(None))
+    features = LatentFeatures(analyze_features(_config(sae_dir, specimens_store, tmp_path / "out")))
+    assert features.manifest["summary"] == {"nnz": 0, "alive": 0, "dead": features.width, "mean_l0": 0.0,
+                                            "n_nonfinite_tokens": 0}
+    assert (features.count == 0).all() and (features.max_activation == 0).all()
+    statistics = features._statistics
+    assert (statistics["top_tokens_wk"] == -1).all() and (statistics["top_images_wk"] == -1).all()
+    assert (statistics["top_token_values_wk"] == 0).all() and (statistics["top_image_values_wk"] == 0).all()
+    np.testing.assert_allclose(features.class_ap, np.broadcast_to(features.class_prevalence, features.class_ap.shape))
+    assert len(features.latent(0)[0]) == 0 and not features.patch_map(0, 0).any()
+    index = write_report(features.root)
+    assert "0 of 48 latents fire" in index.read_text() and not list((index.parent / "latents").iterdir())
+
+
+def test_sae_weights_sha256_is_the_hash_the_features_record(features_dir: Path, relu_sae: Path, tmp_path: Path) -> None:
+    features = LatentFeatures(features_dir)
+    assert features.sae_sha256 == sae_weights_sha256(relu_sae) == hashlib.sha256((relu_sae / "sae.safetensors").read_bytes()).hexdigest()
+    assert features.sae_sha256 != sae_weights_sha256(save_random_sae(tmp_path / "other", activation="relu", seed=1))
+    with pytest.raises(TraitlensError, match="cannot read SAE weights"):
+        sae_weights_sha256(tmp_path / "missing")
 
 
 def test_errors_are_one_line(specimens_store: Path, relu_sae: Path, tmp_path: Path) -> None:

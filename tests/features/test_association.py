@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from traitlens.features.association import sparse_average_precision
+from traitlens.features.association import (
+    BlockNonzeros,
+    PatchTargets,
+    class_average_precision,
+    image_activations,
+    label_average_precision,
+    sparse_average_precision,
+    token_statistics,
+    top_images,
+    top_tokens,
+)
 from traitlens.specimens.average_precision import average_precision_by_target
 
 
@@ -24,3 +34,29 @@ def test_sparse_average_precision_equals_the_dense_one() -> None:
     dense_tb = average_precision_by_target(scores_nb.astype(np.float32), positives_nt).numpy()
     np.testing.assert_allclose(sparse_bt, dense_tb.T, rtol=1e-12)
     assert np.isnan(sparse_bt[:, 3]).all() and not np.isnan(sparse_bt[:, :3]).any()
+
+
+def test_a_block_of_latents_that_never_fire() -> None:
+    """Every per-block statistic of a block without a single nonzero: padding, zeros and chance APs."""
+    empty = BlockNonzeros(3, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    rows_bk, values_bk = top_tokens(empty, 4)
+    assert rows_bk.shape == values_bk.shape == (3, 4) and (rows_bk == -1).all() and (values_bk == 0).all()
+    assert rows_bk.dtype == np.int64 and values_bk.dtype == np.float32
+    counts_b, sums_b, max_b = token_statistics(empty)
+    assert not counts_b.any() and not sums_b.any() and not max_b.any()
+    activations_bi = image_activations(empty, n_images=5, tokens_per_image=2)
+    assert activations_bi.shape == (3, 5) and not activations_bi.any()
+    images_bk, image_values_bk = top_images(activations_bi, 4)
+    assert (images_bk == -1).all() and (image_values_bk == 0).all()
+    class_i = np.array([0, 1, 1, -1, 0])
+    np.testing.assert_allclose(class_average_precision(activations_bi, class_i, 2), [[0.5, 0.5]] * 3)
+    positives_ql = np.array([[True], [False], [False], [False]])  # 2 masked images x 2 patches, one label
+    targets = PatchTargets(np.array([0, 3]), positives_ql, n_images=5, tokens_per_image=2, first_patch=0, n_patches=2)
+    np.testing.assert_allclose(label_average_precision(empty, targets), [[0.25]] * 3)
+
+
+def test_top_tokens_beside_a_latent_that_never_fires() -> None:
+    block = BlockNonzeros(3, np.array([0, 0, 2]), np.array([4, 7, 1]), np.array([1.0, 3.0, 2.0], np.float32))
+    rows_bk, values_bk = top_tokens(block, 2)
+    np.testing.assert_array_equal(rows_bk, [[7, 4], [-1, -1], [1, -1]])
+    np.testing.assert_array_equal(values_bk, [[3.0, 1.0], [0.0, 0.0], [2.0, 0.0]])

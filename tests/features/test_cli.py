@@ -29,3 +29,26 @@ def test_no_report_and_bad_input(specimens_store: Path, relu_sae: Path, tmp_path
     assert main(["features", "--sae", str(relu_sae), "--acts", str(specimens_store), "--out", str(tmp_path / "x"), "--layer", "9"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "layer '9' is not in the store" in error
+
+
+@pytest.mark.parametrize("case", ["out_is_a_file", "out_under_a_file", "report_latents_0", "top_k_0"])
+def test_bad_settings_are_refused_before_any_work(case: str, specimens_store: Path, relu_sae: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from traitlens.features import analysis
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the SAE was loaded before the settings were checked")
+
+    monkeypatch.setattr(analysis, "load_sae", no_work)
+    (tmp_path / "file").write_text("mine")
+    out, extra, message = {
+        "out_is_a_file": (tmp_path / "file", [], "is a file, not a directory"),
+        "out_under_a_file": (tmp_path / "file" / "features", [], "cannot be created"),
+        "report_latents_0": (tmp_path / "out", ["--report-latents", "0"], "--report-latents must be at least 1, got 0"),
+        "top_k_0": (tmp_path / "out", ["--top-k", "0"], "must be at least 1"),
+    }[case]
+    code = main(["features", "--sae", str(relu_sae), "--acts", str(specimens_store), "--out", str(out), *extra])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith("traitlens: error: ") and error.count("\n") == 1 and message in error, error
+    assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "out").exists()

@@ -14,12 +14,13 @@ from tests.store.conftest import TINY_VIT
 from traitlens.backbones import Backbone, Preprocess, load_backbone
 from traitlens.backbones.probe import probe_layers
 from traitlens.cli import main
+from traitlens.features import FeaturesConfig, LatentFeatures, analyze_features
 from traitlens.interventions import LatentEdit, change_rates, latent_edit, steer_batch
 from traitlens.sae.config import SAEConfig
 from traitlens.sae.evaluation import splice
 from traitlens.sae.io import save_sae
 from traitlens.sae.model import SparseAutoencoder
-from traitlens.specimens.generate import GenerateConfig, generate
+from traitlens.store import ExtractConfig, extract
 
 GRID = 4
 
@@ -114,46 +115,71 @@ def test_an_identity_edit_leaves_a_real_vit_exactly_unchanged() -> None:
         assert not torch.allclose(backbone.forward(pixels), clean_bc, atol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def steer_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """16 specimens and a random SAE on blocks.1 of the embedded specimens ViT."""
-    root = tmp_path_factory.mktemp("steer")
-    data = generate(GenerateConfig(root / "specimens", n=16, seed=5), show_progress=False)
-    torch.manual_seed(0)
-    sae = SparseAutoencoder(SAEConfig(d_in=128, width=256, activation="topk", k=8))
-    save_sae(sae, root / "sae", {"layer": "blocks.1", "tokens_kind": "all", "model": "traitlens:specimens-vit"})
-    return data, root / "sae"
-
-
 def _steer(capsys: pytest.CaptureFixture[str], data: Path, sae: Path, *extra: str) -> tuple[int, str, str]:
     code = main(["steer", "--model", "traitlens:specimens-vit", "--sae", str(sae), "--data", str(data), *extra])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
-def test_steer_command_writes_predictions_and_effect(capsys: pytest.CaptureFixture[str], steer_setup: tuple[Path, Path],
+def test_steer_command_writes_predictions_and_effect(capsys: pytest.CaptureFixture[str], specimens_with_sae: tuple[Path, Path],
                                                      tmp_path: Path) -> None:
-    data, sae = steer_setup
+    data, sae = specimens_with_sae
     out = tmp_path / "steer"
     code, printed, _ = _steer(capsys, data, sae, "--edit", "3=40", "--edit", "9*0", "--target", "sp01", "--out", str(out))
     assert code == 0
     effect = json.loads((out / "effect.json").read_text())
     rows = (out / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "source,before,after,label,p_before,p_after" and len(rows) == 17
-    changed = sum(row.split(",")[1] != row.split(",")[2] for row in rows[1:])
-    assert effect["n_changed"] == changed and effect["config"]["edits"] == ["3=40", "9*0"]
-    assert effect["target_change_rate"] + effect["other_change_rate"] == pytest.approx(effect["change_rate"])
-    assert f"prediction changed on {changed}" in printed and "target sp01" in printed
-    assert sum(effect["mean_probability_change"].values()) == pytest.approx(0.0, abs=1e-9)
+    assert rows[0] == "source,before,after,label,p_before,p_after" and len(rows) == 25
+    parsed = [row.split(",") for row in rows[1:]]
+    changed = [(before, after) for _, before, after, *_ in parsed if before != after]
+    assert changed, "an edit this large must change some prediction"
+    assert effect["n_changed"] == len(changed) and effect["config"]["edits"] == ["3=40", "9*0"]
+    involving = sum("sp01" in pair for pair in changed)
+    assert effect["target_change_rate"] == pytest.approx(involving / 24)
+    assert effect["other_change_rate"] == pytest.approx((len(changed) - involving) / 24)
+    assert f"prediction changed on {len(changed)}" in printed and "target sp01" in printed
 
 
-def test_steer_identity_on_specimens_changes_no_prediction(capsys: pytest.CaptureFixture[str], steer_setup: tuple[Path, Path],
+def test_steer_identity_on_specimens_changes_no_prediction(capsys: pytest.CaptureFixture[str], specimens_with_sae: tuple[Path, Path],
                                                            tmp_path: Path) -> None:
-    data, sae = steer_setup
+    data, sae = specimens_with_sae
     code, printed, _ = _steer(capsys, data, sae, "--edit", "3*1", "--max-images", "4", "--out", str(tmp_path / "s"))
     assert code == 0 and "changed on 0 (0.0%)" in printed
     effect = json.loads((tmp_path / "s" / "effect.json").read_text())
     assert all(change == 0.0 for change in effect["mean_probability_change"].values())
+
+
+def test_a_max_edit_sets_the_observed_max_of_the_features_of_this_sae(capsys: pytest.CaptureFixture[str],
+                                                                     specimens_with_sae: tuple[Path, Path], tmp_path: Path) -> None:
+    data, sae = specimens_with_sae
+    extract(ExtractConfig(model="traitlens:specimens-vit", data=data, layers=("blocks.1",), out=tmp_path / "acts", tokens="all"),
+            show_progress=False)
+    analyze_features(FeaturesConfig(sae=sae, acts=tmp_path / "acts", out=tmp_path / "features", show_progress=False))
+    observed = float(LatentFeatures(tmp_path / "features").max_activation[3])
+    assert observed > 0
+    _steer(capsys, data, sae, "--edit", "3=-2max", "--features", str(tmp_path / "features"), "--out", str(tmp_path / "max"))
+    _steer(capsys, data, sae, "--edit", f"3={-2 * observed!r}", "--out", str(tmp_path / "set"))
+    assert (tmp_path / "max" / "predictions.csv").read_bytes() == (tmp_path / "set" / "predictions.csv").read_bytes()
+    other = SparseAutoencoder(SAEConfig(d_in=128, width=96, activation="topk", k=8))
+    save_sae(other, tmp_path / "other_sae", {"layer": "blocks.1", "tokens_kind": "all", "model": "traitlens:specimens-vit"})
+    code, _, err = _steer(capsys, data, tmp_path / "other_sae", "--edit", "3=2max", "--features", str(tmp_path / "features"))
+    assert code == 2 and "computed for another SAE" in err
+
+
+def test_an_sae_of_another_model_is_refused(capsys: pytest.CaptureFixture[str], specimens_with_sae: tuple[Path, Path],
+                                            tmp_path: Path) -> None:
+    data, sae = specimens_with_sae
+    code = main(["steer", "--model", TINY_VIT, "--random-init", "--sae", str(sae), "--data", str(data), "--edit", "3=zero",
+                 "--layer", "blocks.1", "--tokens", "all"])
+    err = capsys.readouterr().err
+    assert code == 2 and "was trained on traitlens:specimens-vit" in err
+    extract(ExtractConfig(model="traitlens:specimens-vit", data=data, layers=("blocks.1",), out=tmp_path / "acts", tokens="all"),
+            show_progress=False)
+    with_store = SparseAutoencoder(SAEConfig(d_in=128, width=96, activation="topk", k=8))
+    save_sae(with_store, tmp_path / "sae", {"layer": "blocks.1", "tokens_kind": "all", "acts": str(tmp_path / "acts"),
+                                            "model": "traitlens:specimens-vit"})
+    code, _, err = _steer(capsys, data, tmp_path / "sae", "--random-init", "--edit", "3=zero")
+    assert code == 2 and "was trained on activations of traitlens:specimens-vit" in err
 
 
 @pytest.mark.parametrize(("extra", "fragment"), [
@@ -163,20 +189,23 @@ def test_steer_identity_on_specimens_changes_no_prediction(capsys: pytest.Captur
     (("--edit", "3=zero", "--target", "sp99"), "unknown target class"),
     (("--edit", "3=zero", "--patches", "0,64"), "patch 64 is out of range"),
     (("--edit", "3=zero", "--layer", "blocks.9"), "blocks.9"),
+    (("--edit", "3=zero", "--max-images", "0"), "--max-images must be at least 1"),
+    (("--edit", "3=zero", "--max-images", "-1"), "--max-images must be at least 1"),
+    (("--edit", "3=zero", "--out", __file__), "is a file"),
 ])
-def test_bad_steering_requests_get_one_line(capsys: pytest.CaptureFixture[str], steer_setup: tuple[Path, Path],
+def test_bad_steering_requests_get_one_line(capsys: pytest.CaptureFixture[str], specimens_with_sae: tuple[Path, Path],
                                             extra: tuple[str, ...], fragment: str) -> None:
-    data, sae = steer_setup
+    data, sae = specimens_with_sae
     code, _, err = _steer(capsys, data, sae, *extra)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("traitlens: error: ") and fragment in lines[0], err
 
 
 def test_a_patch_probe_reports_patch_predictions_that_move_with_the_edit(capsys: pytest.CaptureFixture[str],
-                                                                          steer_setup: tuple[Path, Path], tmp_path: Path) -> None:
+                                                                          specimens_with_sae: tuple[Path, Path], tmp_path: Path) -> None:
     from traitlens.heads.linear_head import LinearHead, save_head
 
-    data, sae = steer_setup
+    data, sae = specimens_with_sae
     backbone = load_backbone("traitlens:specimens-vit")
     generator = torch.Generator().manual_seed(0)
     head = LinearHead(torch.randn(4, 128, generator=generator), torch.zeros(4), "blocks.2", "mean", ("a", "b", "c", "d"),

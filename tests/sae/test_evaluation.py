@@ -172,7 +172,7 @@ def test_evaluate_cli_and_its_bad_inputs(capsys: pytest.CaptureFixture[str], sae
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "config.json").write_text("{not json")
     cases = {
-        "wide": "expects width 33",
+        "wide": "reads 33-dim tokens",
         "nolayer": "pass --layer",
         "damaged": "damaged SAE config",
     }

@@ -13,8 +13,10 @@ The directory ``out`` holds:
   score for each class); ``label_ap_wl`` (patch-token activation as a score for each mask label but
   background); ``class_prevalence_c`` and ``label_prevalence_l``, the share of labelled images in
   each class and of masked patches showing each label: the AP a latent unrelated to them gets.
-- ``job.json`` (the settings, written first), ``columns.json`` (written once the column files are
-  in place) and ``features.json``: the manifest, written last.
+- ``job.json`` (the settings, written first: with the SHA-256 of the SAE's weights and of the
+  store's manifest and the device type, so a resume with another SAE, a store extracted again or
+  another device is refused), ``columns.json`` (written once the column files are in place) and
+  ``features.json``: the manifest, written last.
 
 The pass writes the nonzeros of each chunk of ``chunk_tokens`` tokens atomically and skips chunks
 already written, so a killed run resumes; everything after it is computed from the files on disk, so
@@ -66,10 +68,12 @@ from traitlens.features.sparse_columns import (
     write_chunk,
 )
 from traitlens.json_config import read_json_config
-from traitlens.sae.io import WEIGHTS, load_sae
+from traitlens.sae.io import WEIGHTS, SAELoadError, load_sae
+from traitlens.sae.layer import stored_sae_layer
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.store import ActivationStore
 from traitlens.store.atomic import atomic_write_json, commit, remove_temp_files, temp_path
+from traitlens.store.files import MANIFEST as STORE_MANIFEST
 from traitlens.store.manifest import StoredLayer
 
 # Latents are summarized in blocks whose dense (latents x images) activations hold at most this many elements.
@@ -107,17 +111,25 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _layer(config: FeaturesConfig, saved: dict[str, Any], store: ActivationStore, sae: SparseAutoencoder) -> StoredLayer:
-    key = config.layer if config.layer is not None else saved.get("layer")
-    if key is None:
-        raise FeaturesError(f"the SAE at {config.sae} does not say which layer it was trained on; pass --layer")
-    layer = store.layer(key)
-    if layer.width != sae.config.d_in:
-        raise FeaturesError(f"the SAE at {config.sae} reads {sae.config.d_in}-dim tokens but layer {layer.name} "
-                            f"of {config.acts} is {layer.width}-dim; pick the SAE's layer")
-    if layer.n_tokens == 0:
-        raise FeaturesError(f"layer {layer.name} of {config.acts} holds no tokens")
-    return layer
+def sae_weights_sha256(sae_dir: str | Path) -> str:
+    """The SHA-256 (hex) of the weights file of the SAE saved in ``sae_dir``: what a features
+    directory records as the SAE it was made from (:attr:`LatentFeatures.sae_sha256`)."""
+    path = Path(sae_dir) / WEIGHTS
+    try:
+        return _file_sha256(path)
+    except OSError as error:
+        raise SAELoadError(f"cannot read SAE weights {path}: {error.strerror or error}") from error
+
+
+def _check_config(config: FeaturesConfig) -> None:
+    """The settings that need no file read, so a bad one fails before any work."""
+    if config.top_k < 1 or config.batch_size < 1 or config.chunk_tokens < 1:
+        raise FeaturesError("top_k, batch_size and chunk_tokens must be at least 1")
+    if config.out.exists() and not config.out.is_dir():
+        raise FeaturesError(f"--out {config.out} is a file, not a directory; choose another --out")
+    blocking = next((parent for parent in config.out.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise FeaturesError(f"--out {config.out} cannot be created: {blocking} is a file")
 
 
 def read_features_manifest(root: Path) -> dict[str, Any]:
@@ -143,7 +155,10 @@ def _claim_directory(out: Path, job: dict[str, Any]) -> None:
         return
     if out.exists() and any(out.iterdir()):
         raise FeaturesError(f"{out} is not empty and holds no features job; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FeaturesError(f"cannot create --out {out}: {error.strerror or error}") from error
     atomic_write_json(job_file, job)
 
 
@@ -271,15 +286,19 @@ def analyze_features(config: FeaturesConfig) -> Path:
     """Encode every stored token of the layer with the SAE and write the latents' activations and
     statistics to ``config.out`` (see the module docstring); returns ``config.out``. A finished
     directory of the same job is returned as it is."""
-    if config.top_k < 1 or config.batch_size < 1 or config.chunk_tokens < 1:
-        raise FeaturesError("top_k, batch_size and chunk_tokens must be at least 1")
+    _check_config(config)
     device = Workers(0, 1).device(config.device)
     sae, saved = load_sae(config.sae, device=device)
     sae.eval()
     store = ActivationStore(config.acts)
-    layer = _layer(config, saved, store, sae)
-    job = {"format": FORMAT + ".job", "sae": str(config.sae.resolve()), "sae_sha256": _file_sha256(config.sae / WEIGHTS),
-           "acts": str(config.acts.resolve()), "layer": layer.name, "top_k": config.top_k,
+    layer = stored_sae_layer(store, saved, sae, config.sae, config.layer, FeaturesError)
+    if layer.n_tokens == 0:
+        raise FeaturesError(f"layer {layer.name} of {config.acts} holds no tokens")
+    # The device and the store's manifest are part of the job: resuming on another device, or
+    # after the store was extracted again at the same path, would mix chunks of two encodings.
+    job = {"format": FORMAT + ".job", "sae": str(config.sae.resolve()), "sae_sha256": sae_weights_sha256(config.sae),
+           "acts": str(config.acts.resolve()), "acts_manifest_sha256": _file_sha256(store.root / STORE_MANIFEST),
+           "layer": layer.name, "device": device.type, "top_k": config.top_k,
            "batch_size": config.batch_size, "chunk_tokens": config.chunk_tokens}
     if (config.out / MANIFEST).is_file():
         _check_same_job(config.out, read_features_manifest(config.out).get("job") or {}, job)

@@ -77,8 +77,11 @@ def top_tokens(block: BlockNonzeros, k: int) -> tuple[IntArray, FloatArray]:
     (b, k)), padded with -1 and 0."""
     order_n = np.lexsort((block.rows_n, -block.values_n, block.local_n))
     slots_bk, found_bk = _top_k_sorted(order_n, block.local_n, block.n_latents, k)
-    rows_bk = np.where(found_bk, block.rows_n[slots_bk], -1)
-    values_bk = np.where(found_bk, block.values_n[slots_bk], 0).astype(np.float32)
+    rows_bk = np.full((block.n_latents, k), -1, dtype=np.int64)
+    values_bk = np.zeros((block.n_latents, k), dtype=np.float32)
+    # only found slots are read: a block whose latents never fire has no entry for -1 to index
+    rows_bk[found_bk] = block.rows_n[slots_bk[found_bk]]
+    values_bk[found_bk] = block.values_n[slots_bk[found_bk]]
     return rows_bk, values_bk
 
 

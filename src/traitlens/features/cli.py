@@ -10,9 +10,12 @@ from typing import Any
 
 def _run_features(args: argparse.Namespace) -> int:
     from traitlens.features.analysis import FeaturesConfig, analyze_features
+    from traitlens.features.files import FeaturesError
     from traitlens.features.latents import LatentFeatures
     from traitlens.features.report import write_report
 
+    if args.report_latents is not None and args.report_latents < 1:  # before the analysis, not after it
+        raise FeaturesError(f"--report-latents must be at least 1, got {args.report_latents}")
     out = analyze_features(FeaturesConfig(sae=args.sae, acts=args.acts, out=args.out, layer=args.layer, top_k=args.top_k,
                                           batch_size=args.batch_size, device=args.device))
     features = LatentFeatures(out)

@@ -48,6 +48,15 @@ class LatentFeatures:
         return int(self.manifest["width"])
 
     @property
+    def sae_sha256(self) -> str:
+        """The SHA-256 of the weights of the SAE these features were computed with, as
+        :func:`traitlens.features.sae_weights_sha256` hashes a saved SAE."""
+        recorded = (self.manifest.get("job") or {}).get("sae_sha256")
+        if not isinstance(recorded, str):
+            raise FeaturesError(f"the features at {self.root} do not record their SAE's hash; compute them again")
+        return recorded
+
+    @property
     def n_images(self) -> int:
         return int(self.manifest["n_images"])
 

@@ -36,7 +36,7 @@ dl.stats dt { color: #555; } dl.stats dd { margin: 0; }
 figure { margin: 0; }
 .view { position: relative; border: 1px solid #ccc; }
 .view img { position: absolute; left: 0; top: 0; width: 100%; height: 100%; image-rendering: auto; }
-.view img.heat { pointer-events: none; transition: opacity 0.15s; }
+.view img.heat { pointer-events: none; transition: opacity 0.15s; image-rendering: pixelated; }
 .view:hover img.heat { opacity: 0; }
 figcaption { font-size: 0.85em; color: #444; max-width: 12em; }
 nav a { margin-right: 1em; }

@@ -20,6 +20,15 @@ from traitlens.heads.linear_head import LinearHead, load_head
 from traitlens.heads.pooling import check_pooling, pool_tokens
 
 
+def check_head_model(backbone: Backbone, head: LinearHead, where: str = "the head") -> None:
+    """Refuse a head trained on another model's activations (by weights fingerprint)."""
+    trained_on = str(head.model.get("weights_fingerprint", ""))
+    if trained_on != backbone.weights_fingerprint():
+        raise HeadError(f"{where} was trained on activations of {head.model.get('spec')} with weights "
+                        f"{trained_on[:12] or 'unknown'}, not those of {backbone.spec} ({backbone.weights_fingerprint()[:12]}); "
+                        "load the same --model, --weights or --random-init")
+
+
 def head_backbone(backbone: Backbone, head: LinearHead, where: str = "the head") -> Backbone:
     """``backbone`` with ``head`` as its output: forward (b, 3, h, w) -> (b, classes) logits.
 
@@ -30,11 +39,7 @@ def head_backbone(backbone: Backbone, head: LinearHead, where: str = "the head")
     if layer.width != head.width:
         raise HeadError(f"{where} reads width {head.width} at {head.layer}; that layer of {backbone.spec} has width {layer.width}")
     check_pooling(layer.layout, "all", head.pooling, f"layer {layer.name} of {backbone.spec}")
-    trained_on = str(head.model.get("weights_fingerprint", ""))
-    if trained_on != backbone.weights_fingerprint():
-        raise HeadError(f"{where} was trained on activations of {head.model.get('spec')} with weights "
-                        f"{trained_on[:12] or 'unknown'}, not those of {backbone.spec} ({backbone.weights_fingerprint()[:12]}); "
-                        "load the same --model, --weights or --random-init")
+    check_head_model(backbone, head, where)
 
     def forward(pixels_bchw: torch.Tensor) -> torch.Tensor:
         with backbone.capture(layer.name, detach=False) as captured:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-from traitlens.backbones import TOKEN_SELECTIONS
 
 _SHOWN_LATENTS = 10  # printed each way; the files hold the whole ranking
 
@@ -56,21 +53,15 @@ def _run_attribute(args: argparse.Namespace) -> int:
 def add_attribute_command(commands: Any, add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register ``traitlens attribute`` on the top-level subcommands."""
     from traitlens.interventions.attribution import IMAGE_CHOICES
+    from traitlens.interventions.cli import add_sae_run_args
 
     attribute = commands.add_parser("attribute", help="rank the SAE latents that separate a class from its look-alikes")
     add_model_args(attribute)
-    attribute.add_argument("--sae", required=True, type=Path, help="SAE directory (traitlens train or import-sae)")
-    attribute.add_argument("--data", required=True, type=Path, help="images: class folder, image folder, table, segmentation folder or saved HF dataset")
+    add_sae_run_args(attribute, 16, "write attribution.json and attribution.md here")
     attribute.add_argument("--target", required=True, help="class A (name or index)")
     attribute.add_argument("--refs", required=True, help="look-alike classes B[,C...] (names or indices)")
     attribute.add_argument("--gamma", type=float, default=1.0, help="score y_A - gamma * mean(y_refs) (default 1; 0: A alone)")
     attribute.add_argument("--images", choices=IMAGE_CHOICES, default="target",
                            help="average over the images labelled with the target class (default) or all images")
     attribute.add_argument("--top", type=int, default=20, help="latents ranked each way (default 20)")
-    attribute.add_argument("--layer", help="layer the SAE reads (default: the SAE's own)")
-    attribute.add_argument("--tokens", choices=TOKEN_SELECTIONS, help="tokens the SAE reads (default: those it was trained on)")
-    attribute.add_argument("--batch-size", type=int, default=16, help="images per forward and backward pass (default 16)")
-    attribute.add_argument("--max-images", type=int, help="only the first N of the chosen images")
-    attribute.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    attribute.add_argument("--out", type=Path, help="write attribution.json and attribution.md here")
     attribute.set_defaults(run=_run_attribute)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,15 +25,20 @@ import torch
 from tqdm import tqdm
 
 import traitlens
-from traitlens.backbones import Backbone, TokenSelection, load_backbone
+from traitlens.backbones import Backbone, TokenSelection
 from traitlens.data import open_image_source
 from traitlens.data.batches import pixel_batches
-from traitlens.distributed import Workers
 from traitlens.explain.config import ClassKey, ExplainError, check_contrast
-from traitlens.explain.contrast import check_class_indices, class_coefficients, resolve_class
-from traitlens.interventions.edits import InterventionError, sae_layer
+from traitlens.explain.contrast import check_class_indices, class_coefficients
+from traitlens.interventions.edits import InterventionError
+from traitlens.interventions.setup import (
+    check_counts,
+    check_out_dir,
+    config_dict,
+    load_sae_on_model,
+    resolve_classes,
+)
 from traitlens.sae.evaluation import splice
-from traitlens.sae.io import load_sae
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.specimens.tables import markdown_table, write_text
 from traitlens.store.atomic import atomic_write_json
@@ -83,7 +88,7 @@ def latent_attribution(backbone: Backbone, sae: SparseAutoencoder, layer: str, s
     splices: list[_Splice] = []
 
     def replace(x_nd: torch.Tensor) -> torch.Tensor:
-        tokens_nd = x_nd.detach().to(dtype).requires_grad_()
+        tokens_nd = x_nd.detach().to(sae.W_dec.device, dtype).requires_grad_()
         with torch.no_grad():
             latents_nw = sae.encode(tokens_nd)
             bias_1d = sae.decode(torch.zeros_like(latents_nw[:1]))
@@ -91,7 +96,7 @@ def latent_attribution(backbone: Backbone, sae: SparseAutoencoder, layer: str, s
         reconstruction_nd = sae.decode(latents_nw)
         splices.append(_Splice(latents_nw, tokens_nd, tokens_nd.detach() - reconstruction_nd.detach(), bias_1d))
         # adds an exact zero: the forward value is x to the bit, the gradient reaches the latents
-        return tokens_nd + (reconstruction_nd - reconstruction_nd.detach())
+        return (tokens_nd + (reconstruction_nd - reconstruction_nd.detach())).to(x_nd.device)
 
     with torch.enable_grad(), backbone.edit(layer, lambda tokens_btd: splice(tokens_btd, layout, selection, replace)):
         logits_bc = backbone.forward(pixels_bchw)
@@ -149,18 +154,11 @@ class AttributionConfig:
             raise InterventionError("attribution needs at least one reference class (--refs) to compare the target with")
         if self.images not in IMAGE_CHOICES:
             raise InterventionError(f"--images must be one of {', '.join(IMAGE_CHOICES)}, got {self.images!r}")
-        for name, value in (("--batch-size", self.batch_size), ("--top", self.top), ("--max-images", self.max_images)):
-            if value is not None and value < 1:
-                raise InterventionError(f"{name} must be at least 1, got {value}")
+        check_counts(batch_size=self.batch_size, top=self.top, max_images=self.max_images)
         try:
             check_contrast(self.gamma, 1)
         except ExplainError as error:
             raise InterventionError(str(error)) from error
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["refs"] = list(self.refs)
-        return {key: str(value) if isinstance(value, Path) else value for key, value in data.items()}
 
 
 @dataclass
@@ -190,9 +188,9 @@ class _Totals:
 
 
 def _classes(config: AttributionConfig, class_names: Sequence[str]) -> tuple[int, list[int]]:
+    target = resolve_classes([config.target], class_names, "target class")[0]
+    refs = resolve_classes(config.refs, class_names, "reference class")
     try:
-        target = resolve_class(config.target, class_names, "target class")
-        refs = [resolve_class(ref, class_names, "reference class") for ref in config.refs]
         check_class_indices(torch.tensor([target]), len(class_names), "target class")
         check_class_indices(torch.tensor(refs), len(class_names), "reference class")
     except ExplainError as error:
@@ -228,13 +226,12 @@ def comparative_attribution(config: AttributionConfig) -> dict[str, Any]:
     (``for_target``: positive, evidence for the target over the references; ``for_refs``:
     negative), with each latent's share of images it fires on and its mean activation per token;
     with ``out``, write ``attribution.json`` (every latent's means too) and ``attribution.md``."""
-    device = Workers(0, 1).device(config.device)
-    backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained).to(device)
+    check_out_dir(config.out)
+    placed = load_sae_on_model(config.model, config.sae, weights=config.weights, pretrained=config.pretrained,
+                               layer=config.layer, tokens=config.tokens, device=config.device)
+    backbone, sae, layer, tokens, device = placed.backbone, placed.sae, placed.layer, placed.tokens, placed.backbone.device
     if backbone.class_names is None:
         raise InterventionError(f"{backbone.spec} has no classification head with known classes to attribute")
-    sae, saved = load_sae(config.sae, device=device)
-    sae.eval()
-    layer, tokens = sae_layer(backbone, sae, saved, config.sae, config.layer, config.tokens)
     target, refs = _classes(config, backbone.class_names)
     source = open_image_source(config.data)
     indices = [index for index, record in enumerate(source.records)
@@ -254,7 +251,7 @@ def comparative_attribution(config: AttributionConfig) -> dict[str, Any]:
     n = totals.n_images
     mean_w, share_w, activation_w = totals.attribution_w / n, totals.active_w / n, totals.activation_w / n
     result: dict[str, Any] = {
-        "format": FORMAT, "version": 1, "software": {"traitlens": traitlens.__version__}, "config": config.to_dict(),
+        "format": FORMAT, "version": 1, "software": {"traitlens": traitlens.__version__}, "config": config_dict(config),
         "layer": layer, "tokens": tokens, "target": backbone.class_names[target], "refs": [backbone.class_names[r] for r in refs],
         "images": config.images, "n_images": n, "mean_score": totals.score / n,
         "mean_latent_attribution": float(mean_w.sum()), "mean_error_attribution": totals.error / n,
@@ -264,6 +261,7 @@ def comparative_attribution(config: AttributionConfig) -> dict[str, Any]:
     }
     if config.out is not None:
         config.out.mkdir(parents=True, exist_ok=True)
+        (config.out / RESULT).unlink(missing_ok=True)  # the JSON, written last, marks a finished pair
         write_text(config.out / REPORT, _report(result))
         atomic_write_json(config.out / RESULT, {**result, "latents": {
             "mean_attribution": mean_w.tolist(), "active_share": share_w.tolist(), "mean_activation": activation_w.tolist()}})

@@ -65,23 +65,30 @@ def _run_steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sae_run_args(parser: argparse.ArgumentParser, batch_size: int, out_help: str) -> None:
+    """The options every intervention command takes: the SAE, the images, where the SAE reads,
+    how many images at a time, the device and the output directory."""
+    parser.add_argument("--sae", required=True, type=Path, help="SAE directory (traitlens train or import-sae)")
+    parser.add_argument("--data", required=True, type=Path,
+                        help="images: class folder, image folder, table, segmentation folder or saved HF dataset")
+    parser.add_argument("--layer", help="layer the SAE reads (default: the one it was trained on)")
+    parser.add_argument("--tokens", choices=TOKEN_SELECTIONS, help="tokens the SAE reads (default: those it was trained on)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per pass (default {batch_size})")
+    parser.add_argument("--max-images", type=int, help="only the first N images")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--out", type=Path, help=out_help)
+
+
 def add_steer_command(commands: Any, add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register ``traitlens steer`` on the top-level subcommands."""
     from traitlens.interventions.edits import EDIT_SYNTAX
 
     steer = commands.add_parser("steer", help="edit SAE latents inside the forward pass and measure the change in predictions")
     add_model_args(steer)
-    steer.add_argument("--sae", required=True, type=Path, help="SAE directory (traitlens train or import-sae)")
-    steer.add_argument("--data", required=True, type=Path, help="images: class folder, image folder, table, segmentation folder or saved HF dataset")
+    add_sae_run_args(steer, 32, "write predictions.csv and effect.json here")
     steer.add_argument("--edit", required=True, action="append", metavar="EDIT", help=f"repeatable: {EDIT_SYNTAX}")
     steer.add_argument("--patches", help="comma-separated patch indices (row-major) to edit (default: every token the SAE reads)")
     steer.add_argument("--target", help="class whose gains and losses are the intended effect (name or index)")
-    steer.add_argument("--features", type=Path, help="`traitlens features` output, for edits relative to a latent's observed max")
+    steer.add_argument("--features", type=Path, help="`traitlens features` output of this SAE, for edits relative to a latent's observed max")
     steer.add_argument("--patch-probe", type=Path, help="probe (`traitlens probe`) applied to each patch token: per-patch predictions")
-    steer.add_argument("--layer", help="layer to edit (default: the SAE's own)")
-    steer.add_argument("--tokens", choices=TOKEN_SELECTIONS, help="tokens the SAE reads (default: those it was trained on)")
-    steer.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    steer.add_argument("--max-images", type=int, help="only the first N images")
-    steer.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    steer.add_argument("--out", type=Path, help="write predictions.csv and effect.json here")
     steer.set_defaults(run=_run_steer)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
-from traitlens.backbones import Backbone, TokenEdit, TokenSelection
+from traitlens.backbones import TokenEdit, TokenSelection
 from traitlens.backbones.layout import TokenLayout
 from traitlens.errors import TraitlensError
 from traitlens.sae.evaluation import splice
@@ -59,23 +58,6 @@ class LatentEdit:
     def __str__(self) -> str:
         return {"zero": f"{self.latent}=zero", "set": f"{self.latent}={self.value:g}",
                 "scale": f"{self.latent}*{self.value:g}", "max": f"{self.latent}={self.value:g}max"}[self.op]
-
-
-def sae_layer(backbone: Backbone, sae: SparseAutoencoder, saved: dict[str, Any], where: Path, layer: str | None = None,
-              tokens: TokenSelection | None = None) -> tuple[str, TokenSelection]:
-    """The layer of ``backbone`` an SAE (saved at ``where``, its config ``saved``) reads and the
-    tokens it reads there: ``layer`` and ``tokens`` when given, else those it was trained on."""
-    layer_key = layer or saved.get("layer")
-    if layer_key is None:
-        raise InterventionError(f"the SAE at {where} does not say which layer it was trained on; pass --layer")
-    resolved = backbone.layer(backbone.resolve_layer(layer_key))
-    if resolved.width != sae.config.d_in:
-        raise InterventionError(f"the SAE at {where} reads {sae.config.d_in}-dim tokens; layer {resolved.name} of "
-                                f"{backbone.spec} is {resolved.width}-dim")
-    selection: TokenSelection = tokens or saved.get("tokens_kind") or "all"
-    if resolved.layout.tokens_per_image(selection) == 0 or (selection == "cls" and not resolved.layout.has_cls):
-        raise InterventionError(f"layer {resolved.name} of {backbone.spec} has no {selection} tokens for the SAE to read")
-    return resolved.name, selection
 
 
 def check_edits(edits: Sequence[LatentEdit], width: int, observed_max_w: torch.Tensor | None) -> None:

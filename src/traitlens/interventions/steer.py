@@ -11,24 +11,28 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 import traitlens
-from traitlens.backbones import Backbone, TokenEdit, TokenSelection, load_backbone
+from traitlens.backbones import Backbone, TokenEdit, TokenSelection
 from traitlens.data import ImageSource, open_image_source
 from traitlens.data.batches import pixel_batches
-from traitlens.distributed import Workers
-from traitlens.explain.config import ExplainError
-from traitlens.explain.contrast import resolve_class
+from traitlens.heads.attach import check_head_model
 from traitlens.heads.linear_head import LinearHead, load_head
-from traitlens.interventions.edits import InterventionError, LatentEdit, latent_edit, sae_layer
-from traitlens.sae.io import load_sae
-from traitlens.store.atomic import atomic_write, atomic_write_json
+from traitlens.interventions.edits import InterventionError, LatentEdit, latent_edit
+from traitlens.interventions.setup import (
+    check_counts,
+    check_out_dir,
+    config_dict,
+    load_sae_on_model,
+    resolve_classes,
+)
+from traitlens.store.atomic import atomic_write_bytes, atomic_write_json
 
 FORMAT = "traitlens.steer"
 EFFECT = "effect.json"
@@ -61,10 +65,8 @@ class SteerConfig:
     device: str = "auto"
     show_progress: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["edits"] = [str(edit) for edit in self.edits]
-        return {key: str(value) if isinstance(value, Path) else value for key, value in data.items()}
+    def __post_init__(self) -> None:
+        check_counts(batch_size=self.batch_size, max_images=self.max_images)
 
 
 @dataclass
@@ -168,18 +170,24 @@ def effect_summary(predictions: SteeredPredictions, class_names: Sequence[str], 
     return effect
 
 
-def _observed_max(features: Path | None) -> torch.Tensor | None:
+def _observed_max(features: Path | None, sae_dir: Path) -> torch.Tensor | None:
+    """Each latent's observed max from a features directory, which must be of this very SAE."""
     if features is None:
         return None
-    from traitlens.features import LatentFeatures
+    from traitlens.features import LatentFeatures, sae_weights_sha256
 
-    return torch.as_tensor(LatentFeatures(features).max_activation, dtype=torch.float32)
+    analyzed = LatentFeatures(features)
+    if analyzed.sae_sha256 != sae_weights_sha256(sae_dir):
+        raise InterventionError(f"the features at {features} were computed for another SAE ({analyzed.manifest['sae']}), "
+                                f"not {sae_dir}")
+    return torch.as_tensor(analyzed.max_activation, dtype=torch.float32)
 
 
 def _load_patch_probe(config: SteerConfig, backbone: Backbone, layer: str) -> LinearHead | None:
     if config.patch_probe is None:
         return None
     head = load_head(config.patch_probe)
+    check_head_model(backbone, head, f"the patch probe at {config.patch_probe}")
     names = backbone.layer_names
     probe_layer = backbone.resolve_layer(head.layer)
     if names.index(probe_layer) < names.index(layer):
@@ -190,9 +198,9 @@ def _load_patch_probe(config: SteerConfig, backbone: Backbone, layer: str) -> Li
 
 
 def _predictions_csv(predictions: SteeredPredictions, class_names: Sequence[str]) -> bytes:
-    """``source,label,before,after,p_before,p_after``: the predicted class before and after, and
-    the probability of the before-class before and after (the columns `specimens score flips` reads
-    come first)."""
+    """``source,before,after,label,p_before,p_after``: the predicted class before and after (the
+    columns `specimens score flips` reads), the image's label, and the probability of the
+    before-class before and after."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["source", "before", "after", "label", "p_before", "p_after"])
@@ -203,41 +211,39 @@ def _predictions_csv(predictions: SteeredPredictions, class_names: Sequence[str]
     return text.getvalue().encode()
 
 
+def _n_classes(backbone: Backbone) -> int:
+    """How many scores the head gives: its class names, else one forward of a blank image."""
+    if backbone.class_names is not None:
+        return len(backbone.class_names)
+    with torch.no_grad():
+        return int(backbone.forward(torch.zeros(1, 3, *backbone.preprocess.size_hw, device=backbone.device)).shape[1])
+
+
 def steer(config: SteerConfig) -> dict[str, Any]:
     """Run the edit over ``config.data`` (the first ``max_images``); with ``out``, write
     ``predictions.csv`` and then ``effect.json``; return the effect summary."""
-    if config.batch_size < 1:
-        raise InterventionError("--batch-size must be at least 1")
-    device = Workers(0, 1).device(config.device)
-    backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained).to(device)
-    sae, saved = load_sae(config.sae, device=device)
-    sae.eval()
-    layer, tokens = sae_layer(backbone, sae, saved, config.sae, config.layer, config.tokens)
-    try:
-        target = None if config.target is None else resolve_class(config.target, backbone.class_names, "target class")
-    except ExplainError as error:
-        raise InterventionError(str(error)) from error
-    edit = latent_edit(sae, config.edits, backbone.layer(layer).layout, tokens, config.patches, _observed_max(config.features))
+    check_out_dir(config.out)
+    placed = load_sae_on_model(config.model, config.sae, weights=config.weights, pretrained=config.pretrained,
+                               layer=config.layer, tokens=config.tokens, device=config.device)
+    backbone, layer, tokens = placed.backbone, placed.layer, placed.tokens
+    # a head without class names (a random-init or custom one) reports class indices
+    class_names = backbone.class_names or [str(index) for index in range(_n_classes(backbone))]
+    target = None if config.target is None else resolve_classes([config.target], class_names, "target class")[0]
+    if target is not None and not 0 <= target < len(class_names):
+        raise InterventionError(f"target class {target} is out of range: the head has {len(class_names)} classes")
+    edit = latent_edit(placed.sae, config.edits, backbone.layer(layer).layout, tokens, config.patches,
+                       _observed_max(config.features, config.sae))
     patch_probe = _load_patch_probe(config, backbone, layer)
     source = open_image_source(config.data)
     count = len(source) if config.max_images is None else min(config.max_images, len(source))
     if count == 0:
         raise InterventionError(f"no images in {config.data}")
     predictions = steer_source(backbone, layer, edit, source, range(count), config.batch_size, patch_probe, config.show_progress)
-    # a head without class names (a random-init or custom one) reports class indices
-    class_names = backbone.class_names or [str(index) for index in range(predictions.probs_before_nc.shape[1])]
-    if target is not None and not 0 <= target < len(class_names):
-        raise InterventionError(f"target class {target} is out of range: the head has {len(class_names)} classes")
-    effect = {"format": FORMAT, "version": 1, "software": {"traitlens": traitlens.__version__}, "config": config.to_dict(),
+    effect = {"format": FORMAT, "version": 1, "software": {"traitlens": traitlens.__version__}, "config": config_dict(config),
               "layer": layer, "tokens": tokens, **effect_summary(predictions, class_names, target)}
     if config.out is not None:
         config.out.mkdir(parents=True, exist_ok=True)
         (config.out / EFFECT).unlink(missing_ok=True)
-        csv_bytes = _predictions_csv(predictions, class_names)
-
-        def write_csv(handle: IO[bytes]) -> None:
-            handle.write(csv_bytes)
-
-        atomic_write(config.out / PREDICTIONS, write_csv)
+        atomic_write_bytes(config.out / PREDICTIONS, _predictions_csv(predictions, class_names))
         atomic_write_json(config.out / EFFECT, effect)
     return effect

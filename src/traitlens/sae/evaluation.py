@@ -30,6 +30,7 @@ from traitlens.distributed import Workers
 from traitlens.errors import TraitlensError
 from traitlens.heads import load_head_backbone
 from traitlens.sae.io import load_sae
+from traitlens.sae.layer import stored_sae_layer
 from traitlens.sae.metrics import DENSE_FREQUENCY
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.store import ActivationStore
@@ -282,16 +283,6 @@ def _check_model_matches_store(backbone: Backbone, store: ActivationStore) -> No
         )
 
 
-def _layer(config: EvaluateConfig, saved: dict[str, Any], store: ActivationStore, sae: SparseAutoencoder) -> StoredLayer:
-    key = config.layer or saved.get("layer")
-    if key is None:
-        raise EvaluationError(f"the SAE at {config.sae} does not say which layer it was trained on; pass --layer")
-    layer = store.layer(key)
-    if layer.width != sae.config.d_in:
-        raise EvaluationError(f"the SAE at {config.sae} expects width {sae.config.d_in}, layer {layer.name} of {config.acts} has width {layer.width}")
-    return layer
-
-
 def _with_head(backbone: Backbone, head_dir: Path, layer: StoredLayer) -> Backbone:
     """The backbone with a probe as its head; the probe must read the SAE's layer or a later one,
     or splicing could not change its logits."""
@@ -310,7 +301,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     sae, saved = load_sae(config.sae, device=device)
     sae.eval()
     store = ActivationStore(config.acts)
-    layer = _layer(config, saved, store, sae)
+    layer = stored_sae_layer(store, saved, sae, config.sae, config.layer, EvaluationError)
     metrics: dict[str, Any] = {
         "sae": str(config.sae), "acts": str(config.acts), "layer": layer.name, "tokens": store.manifest["tokens"],
         "architecture": sae.config.to_dict(),

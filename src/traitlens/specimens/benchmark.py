@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -46,6 +47,21 @@ class Benchmark:
     def distinguishing_traits(self, species: str) -> tuple[str, ...]:
         """The traits that tell ``species`` from its look-alikes, sorted; empty when it has none."""
         return tuple(sorted({pair.trait for pair in self.lookalikes if species in (pair.a, pair.b)}))
+
+    def species_of(self, sources: Sequence[str]) -> list[str]:
+        """The species of each image of a source (paths relative to the benchmark or its ``images/``)."""
+        return [self.image_species[self.resolve(source)] for source in sources]
+
+    def class_index(self, class_names: Sequence[str] | None, model: str) -> dict[str, int]:
+        """Each class of a model by name, refused in one line when the model has no class names or
+        lacks a species of a look-alike pair."""
+        if class_names is None:
+            raise ScoringError(f"{model} has no class names to compare with the benchmark's species")
+        index = {name: i for i, name in enumerate(class_names)}
+        missing = sorted({name for pair in self.lookalikes for name in (pair.a, pair.b)} - set(index))
+        if missing:
+            raise ScoringError(f"species {', '.join(missing[:5])} are not classes of {model}")
+        return index
 
     def distinguishing_mask(self, source: str) -> np.ndarray:
         """(h, w) bool: the pixels of a benchmark image that show its species' distinguishing traits."""

@@ -36,10 +36,8 @@ def lookalike_localization(backbone: Backbone, source: ImageSource, benchmark: B
                            show_progress: bool = False) -> list[dict[str, Any]]:
     """One row per method and variant (``Grad-CAM``, ``Finer-CAM (Grad-CAM)``, ...): images scored,
     mean mass inside the distinguishing-trait mask, pointing game, and chance (mask area)."""
-    if backbone.class_names is None:
-        raise ScoringError(f"{backbone.spec} has no class names to compare with the benchmark's species")
-    class_index = {name: index for index, name in enumerate(backbone.class_names)}
-    lookalike_of = lookalike_map(benchmark, backbone.class_names)
+    class_index = benchmark.class_index(backbone.class_names, backbone.spec)
+    lookalike_of = lookalike_map(benchmark, list(class_index))
     sources = [benchmark.resolve(record.source) for record in source.records]
     images = [index for index, name in enumerate(sources) if benchmark.distinguishing_traits(benchmark.image_species[name])]
     if not images:

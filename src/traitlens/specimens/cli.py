@@ -73,7 +73,17 @@ def _run_score_flips(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_score_commands(sub: Any) -> None:
+def _run_score_suppression(args: argparse.Namespace) -> int:
+    from traitlens.specimens.suppression import SuppressionOptions, score_suppression
+
+    options = SuppressionOptions(n_latents=args.n_latents, n_random=args.n_random, seed=args.seed, batch_size=args.batch_size)
+    score_suppression(args.model, args.sae, args.acts, args.data, args.out, options, weights=args.weights,
+                      pretrained=not args.random_init, show_progress=True)
+    print((args.out / "suppression.md").read_text(), end="")
+    return 0
+
+
+def _add_score_commands(sub: Any, add_model_args: Any) -> None:
     score = sub.add_parser("score", help="score features, heatmaps or edits against the ground truth")
     kinds = score.add_subparsers(dest="score_command", required=True, metavar="WHAT")
     data_help = "the specimens benchmark folder (holds traits.json)"
@@ -102,6 +112,18 @@ def _add_score_commands(sub: Any) -> None:
     flips.add_argument("--data", required=True, type=Path, help=data_help)
     flips.add_argument("--out", required=True, type=Path, help="writes flips.md and flips.json here")
     flips.set_defaults(run=_run_score_flips)
+
+    suppression = kinds.add_parser("suppression", help="look-alike flips when each trait's SAE latents are zeroed in the model")
+    add_model_args(suppression)
+    suppression.add_argument("--sae", required=True, type=Path, help="SAE directory (its layer and tokens are used)")
+    suppression.add_argument("--acts", required=True, type=Path, help="store of the benchmark holding the SAE's layer (picks the trait latents)")
+    suppression.add_argument("--data", required=True, type=Path, help=data_help)
+    suppression.add_argument("--out", required=True, type=Path, help="writes suppression.md and suppression.json here")
+    suppression.add_argument("--n-latents", type=int, default=10, help="latents zeroed per trait, best by patch AP (default 10)")
+    suppression.add_argument("--n-random", type=int, default=5, help="draws of the matched random control (default 5)")
+    suppression.add_argument("--seed", type=int, default=0, help="seed of the random control")
+    suppression.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    suppression.set_defaults(run=_run_score_suppression)
 
 
 def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
@@ -138,4 +160,4 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     accuracy.add_argument("--out", type=Path, help="also write the result as JSON")
     accuracy.set_defaults(run=_run_accuracy)
 
-    _add_score_commands(sub)
+    _add_score_commands(sub, add_model_args)

@@ -33,7 +33,12 @@ from tqdm import tqdm
 from traitlens.errors import DataError
 from traitlens.specimens.catalog import SPECIES, Species, catalog_dict, label_names
 from traitlens.specimens.render import render_specimen
-from traitlens.store.atomic import atomic_write, atomic_write_json, remove_temp_files
+from traitlens.store.atomic import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    remove_temp_files,
+)
 
 FORMAT = "traitlens.specimens"
 VERSION = 1
@@ -165,10 +170,7 @@ def _draw_chunk(config: GenerateConfig, indices: range) -> list[float]:
 
 
 def _write_names(path: Path) -> None:
-    def write(handle: IO[bytes]) -> None:
-        handle.write("".join(f"{name}\n" for name in label_names()).encode())
-
-    atomic_write(path, write)
+    atomic_write_bytes(path, "".join(f"{name}\n" for name in label_names()).encode())
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:

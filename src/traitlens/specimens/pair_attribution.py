@@ -20,7 +20,7 @@ from traitlens.data import ImageSource
 from traitlens.data.batches import pixel_batches
 from traitlens.interventions.attribution import latent_attribution
 from traitlens.sae.model import SparseAutoencoder
-from traitlens.specimens.benchmark import Benchmark, ScoringError
+from traitlens.specimens.benchmark import Benchmark
 
 
 def lookalike_attribution(backbone: Backbone, sae: SparseAutoencoder, layer: str, selection: TokenSelection,
@@ -28,13 +28,11 @@ def lookalike_attribution(backbone: Backbone, sae: SparseAutoencoder, layer: str
                           trait_latents: Mapping[str, Sequence[int]] | None = None,
                           batch_size: int = 32, show_progress: bool = False) -> list[dict[str, Any]]:
     """One row per species with a look-alike: ``species``, ``lookalike``, ``trait``, ``n_images``,
-    ``top_latents`` (the ``top`` latents of highest mean attribution, with ``attribution``) and,
+    ``top_latents`` (the ``top`` latents of highest positive mean attribution, with ``attribution``) and,
     given ``trait_latents`` (per trait, the latents found for it on the masks), how many of the
     top latents are among the trait's."""
-    if backbone.class_names is None:
-        raise ScoringError(f"{backbone.spec} has no class names to compare with the benchmark's species")
-    class_index = {name: index for index, name in enumerate(backbone.class_names)}
-    species_of = [benchmark.image_species[benchmark.resolve(record.source)] for record in source.records]
+    class_index = benchmark.class_index(backbone.class_names, backbone.spec)
+    species_of = benchmark.species_of([record.source for record in source.records])
     rows = []
     directions = [(pair, species, lookalike) for pair in benchmark.lookalikes for species, lookalike in ((pair.a, pair.b), (pair.b, pair.a))]
     for pair, species, lookalike in tqdm(directions, unit="species", desc="attribution", disable=not show_progress):
@@ -49,7 +47,8 @@ def lookalike_attribution(backbone: Backbone, sae: SparseAutoencoder, layer: str
                                              torch.full((count, 1), class_index[lookalike]), gamma)
             total_w += attribution.attribution_bw.double().sum(0).cpu()
         mean_w = total_w / len(images)
-        ranked = [int(w) for w in torch.argsort(-mean_w, stable=True)[:top]]
+        # only latents that speak for the species: with fewer positive ones the list is shorter
+        ranked = [int(w) for w in torch.argsort(-mean_w, stable=True)[:top] if float(mean_w[w]) > 0]
         row: dict[str, Any] = {"species": species, "lookalike": lookalike, "trait": pair.trait, "n_images": len(images),
                                "top_latents": [{"latent": w, "attribution": float(mean_w[w])} for w in ranked]}
         if trait_latents is not None:

@@ -19,11 +19,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from traitlens.backbones import Backbone, TokenSelection, load_backbone
+from traitlens.backbones import Backbone, TokenSelection
 from traitlens.data import ImageSource, open_image_source
-from traitlens.errors import LayerError
 from traitlens.interventions import LatentEdit, latent_edit, steer_source
-from traitlens.sae.io import load_sae
+from traitlens.interventions.setup import load_sae_on_model
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.specimens.baselines import SAEFeatures
 from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
@@ -93,10 +92,8 @@ def suppression_flips(backbone: Backbone, sae: SparseAutoencoder, layer: str, se
     """One row per look-alike pair, then an ``all`` row pooling them: eligible images, flip rate
     with the trait latents zeroed, with the single best trait latent zeroed, and with matched random
     latents zeroed (mean over draws), and the trait edit's change rate to any other class."""
-    if backbone.class_names is None:
-        raise ScoringError(f"{backbone.spec} has no class names to compare with the benchmark's species")
-    class_index = {name: index for index, name in enumerate(backbone.class_names)}
-    species_of = [benchmark.image_species[benchmark.resolve(record.source)] for record in source.records]
+    class_index = benchmark.class_index(backbone.class_names, backbone.spec)
+    species_of = benchmark.species_of([record.source for record in source.records])
     layout = backbone.layer(layer).layout
     generator = torch.Generator().manual_seed(options.seed)
 
@@ -116,9 +113,6 @@ def suppression_flips(backbone: Backbone, sae: SparseAutoencoder, layer: str, se
         images = [index for index, species in enumerate(species_of) if species in (pair.a, pair.b)]
         if not latents or not images:
             continue
-        missing = {pair.a, pair.b} - set(class_index)
-        if missing:
-            raise ScoringError(f"species {', '.join(sorted(missing))} are not classes of {backbone.spec}")
         species_n = torch.tensor([class_index[species_of[index]] for index in images])
         pair_map = {class_index[pair.a]: class_index[pair.b], class_index[pair.b]: class_index[pair.a]}
         trait = flips(latents, images, species_n, pair_map)
@@ -146,29 +140,27 @@ SUPPRESSION_COLUMNS = ["pair", "trait", "n_eligible", "flip_rate", "flip_rate_to
 
 
 def score_suppression(model: str, sae_dir: Path, acts: Path, data: Path, out: Path,
-                      options: SuppressionOptions = SuppressionOptions(),
-                      discovery: DiscoveryOptions | None = None, show_progress: bool = False) -> dict[str, Any]:
-    """Pick each trait's latents on the store ``acts`` (the SAE's layer), suppress them in ``model``
-    on the benchmark ``data``; writes ``out/suppression.json`` and ``out/suppression.md``."""
+                      options: SuppressionOptions = SuppressionOptions(), *, weights: Path | None = None,
+                      pretrained: bool = True, discovery: DiscoveryOptions | None = None,
+                      show_progress: bool = False) -> dict[str, Any]:
+    """Pick each trait's latents on the store ``acts`` (extracted from ``data``, holding the SAE's
+    layer), suppress them in ``model`` on the benchmark ``data``; writes ``out/suppression.json``
+    (rows, and each trait's latents with their APs) and ``out/suppression.md``."""
     benchmark = read_benchmark(data)
-    sae, saved = load_sae(sae_dir)
-    sae.eval()
     store = ActivationStore(acts)
-    stored = store.layer(saved.get("layer", -1))
-    if stored.width != sae.config.d_in:
-        raise LayerError(f"the SAE at {sae_dir} reads {sae.config.d_in}-dim tokens but layer {stored.name} of {acts} is {stored.width}-dim")
-    ap_tw, frequency_w = trait_feature_ap(SAEFeatures(sae), store, stored.name, benchmark, discovery or DiscoveryOptions())
+    placed = load_sae_on_model(model, sae_dir, weights=weights, pretrained=pretrained, device="cpu")
+    if placed.backbone.weights_fingerprint() != store.manifest["model"]["weights_fingerprint"]:
+        raise ScoringError(f"the weights of {model} differ from those the store at {acts} was extracted with")
+    stored = store.layer(placed.layer)
+    ap_tw, frequency_w = trait_feature_ap(SAEFeatures(placed.sae), store, stored.name, benchmark, discovery or DiscoveryOptions())
     traits = list(benchmark.trait_labels)
     chosen = top_trait_latents(ap_tw, traits, options.n_latents)
-    backbone = load_backbone(model)
-    if backbone.weights_fingerprint() != store.manifest["model"]["weights_fingerprint"]:
-        raise ScoringError(f"the weights of {model} differ from those the store at {acts} was extracted with")
-    selection: TokenSelection = saved.get("tokens_kind") or store.manifest["tokens"]
-    rows = suppression_flips(backbone, sae, stored.name, selection, open_image_source(data), benchmark, chosen, frequency_w,
-                             options, show_progress)
+    rows = suppression_flips(placed.backbone, placed.sae, placed.layer, placed.tokens, open_image_source(data), benchmark,
+                             chosen, frequency_w, options, show_progress)
     result = {"model": model, "sae": str(sae_dir), "acts": str(acts), "data": str(data), "layer": stored.name,
-              "options": asdict(options), "trait_latent_ap": {trait: [float(ap_tw[t, w]) for w in chosen[trait]]
-                                                             for t, trait in enumerate(traits)}, "rows": rows}
+              "options": asdict(options), "trait_latents": chosen,
+              "trait_latent_ap": {trait: [float(ap_tw[t, w]) for w in chosen[trait]] for t, trait in enumerate(traits)},
+              "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "suppression.json", result)
     write_text(out / "suppression.md", "\n".join([

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from traitlens.store.atomic import atomic_write
+from traitlens.store.atomic import atomic_write_bytes
 
 
 def _cell(value: Any) -> str:
@@ -32,9 +32,4 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
 
 
 def write_text(path: Path, text: str) -> None:
-    encoded = text.encode()
-
-    def write(handle: IO[bytes]) -> None:
-        handle.write(encoded)
-
-    atomic_write(path, write)
+    atomic_write_bytes(path, text.encode())

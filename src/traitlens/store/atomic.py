@@ -47,13 +47,15 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    encoded = (json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
-
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     def write(handle: IO[bytes]) -> None:
-        handle.write(encoded)
+        handle.write(data)
 
     atomic_write(path, write)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n").encode())
 
 
 def remove_temp_files(root: Path) -> int:

@@ -1,0 +1,118 @@
+"""What every intervention starts from: the model, the SAE placed on its layer, checked to belong
+together, and the small conversions their configs share."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from traitlens.backbones import Backbone, TokenSelection, load_backbone
+from traitlens.distributed import Workers
+from traitlens.errors import TraitlensError
+from traitlens.explain.config import ClassKey, ExplainError
+from traitlens.explain.contrast import resolve_class
+from traitlens.interventions.edits import InterventionError
+from traitlens.sae.io import load_sae
+from traitlens.sae.model import SparseAutoencoder
+from traitlens.store.manifest import read_manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SAEOnModel:
+    """A model and an SAE that reads ``tokens`` tokens of its layer ``layer``."""
+
+    backbone: Backbone
+    sae: SparseAutoencoder
+    layer: str
+    tokens: TokenSelection
+
+
+def check_sae_model(backbone: Backbone, saved: dict[str, Any], where: Path) -> None:
+    """Refuse an SAE trained on another model's activations: by the weights fingerprint of the
+    store it was trained on when that store is still there, else by the model spec it names."""
+    acts = saved.get("acts")
+    try:
+        stored = read_manifest(Path(acts))["model"] if acts else None
+    except TraitlensError:
+        stored = None
+    if stored is not None:
+        if stored["weights_fingerprint"] != backbone.weights_fingerprint():
+            raise InterventionError(f"the SAE at {where} was trained on activations of {stored['spec']} (weights "
+                                    f"{stored['weights_fingerprint'][:12]}), not of {backbone.spec} "
+                                    f"({backbone.weights_fingerprint()[:12]}); pass the same --model, --weights or --random-init")
+        return
+    named = saved.get("model")
+    if named is not None and named != backbone.spec:
+        raise InterventionError(f"the SAE at {where} was trained on {named}, not {backbone.spec}")
+
+
+def sae_layer(backbone: Backbone, sae: SparseAutoencoder, saved: dict[str, Any], where: Path, layer: str | None = None,
+              tokens: TokenSelection | None = None) -> tuple[str, TokenSelection]:
+    """The layer of ``backbone`` an SAE (saved at ``where``, its config ``saved``) reads and the
+    tokens it reads there: ``layer`` and ``tokens`` when given, else those it was trained on."""
+    layer_key = layer or saved.get("layer")
+    if layer_key is None:
+        raise InterventionError(f"the SAE at {where} does not say which layer it was trained on; pass --layer")
+    resolved = backbone.layer(backbone.resolve_layer(layer_key))
+    if resolved.width != sae.config.d_in:
+        raise InterventionError(f"the SAE at {where} reads {sae.config.d_in}-dim tokens; layer {resolved.name} of "
+                                f"{backbone.spec} is {resolved.width}-dim")
+    trained = saved.get("layer")
+    if trained is not None and resolved.name != backbone.resolve_layer(trained):
+        log.warning("the SAE at %s was trained on %s; it is applied to %s as asked", where, trained, resolved.name)
+    selection: TokenSelection = tokens or saved.get("tokens_kind") or "all"
+    if resolved.layout.tokens_per_image(selection) == 0 or (selection == "cls" and not resolved.layout.has_cls):
+        raise InterventionError(f"layer {resolved.name} of {backbone.spec} has no {selection} tokens for the SAE to read")
+    return resolved.name, selection
+
+
+def load_sae_on_model(model: str, sae_dir: Path, *, weights: Path | None = None, pretrained: bool = True,
+                      layer: str | None = None, tokens: TokenSelection | None = None, device: str = "auto") -> SAEOnModel:
+    """Load the model and the SAE on one device and place the SAE on its layer."""
+    resolved_device = Workers(0, 1).device(device)
+    backbone = load_backbone(model, weights=weights, pretrained=pretrained).to(resolved_device)
+    sae, saved = load_sae(sae_dir, device=resolved_device)
+    sae.eval()
+    check_sae_model(backbone, saved, sae_dir)
+    return SAEOnModel(backbone, sae, *sae_layer(backbone, sae, saved, sae_dir, layer, tokens))
+
+
+def resolve_classes(keys: Sequence[ClassKey], class_names: Sequence[str] | None, what: str) -> list[int]:
+    """Class names or indices -> indices, as intervention errors."""
+    try:
+        return [resolve_class(key, class_names, what) for key in keys]
+    except ExplainError as error:
+        raise InterventionError(str(error)) from error
+
+
+def check_counts(**counts: int | None) -> None:
+    """Refuse counts (batch sizes, image limits) below 1; the keyword is the option's name."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise InterventionError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def check_out_dir(out: Path | None) -> None:
+    """Refuse an output path that is a file, before any work is done."""
+    if out is not None and out.exists() and not out.is_dir():
+        raise InterventionError(f"--out {out} is a file, not a directory")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    if is_dataclass(value):
+        return str(value)
+    return value
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as JSON values: paths as text, tuples as lists, nested values by ``str``."""
+    return {field.name: _plain(getattr(config, field.name)) for field in fields(config)}

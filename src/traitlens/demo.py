@@ -27,6 +27,7 @@ from traitlens.demo_report import write_demo_report
 from traitlens.features import FeaturesConfig, LatentFeatures, analyze_features
 from traitlens.features.report import write_report
 from traitlens.interventions.setup import load_sae_on_model
+from traitlens.output_folder import check_output_folder
 from traitlens.sae import RunConfig, SAEConfig, TrainConfig, train
 from traitlens.specimens.benchmark import read_benchmark
 from traitlens.specimens.cam_localization import LOCALIZATION_COLUMNS, lookalike_localization
@@ -120,6 +121,7 @@ def _causal_tests(config: DemoConfig, sae_dir: Path) -> dict[str, Any]:
 
 def run_demo(config: DemoConfig = DemoConfig()) -> str:
     """Run every step under ``config.out`` (resuming finished ones) and return what to print."""
+    check_output_folder(config.out)
     _step(1, f"specimens: {config.n_images} images of seed {config.seed}, and the model's accuracy on them")
     data = generate(GenerateConfig(config.data, n=config.n_images, seed=config.seed))
     accuracy = model_accuracy(AccuracyConfig(model=DEMO_MODEL, data=data / "images"))

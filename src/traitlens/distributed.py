@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from traitlens.errors import TraitlensError
+
 
 @dataclass(frozen=True)
 class Workers:
@@ -31,7 +33,13 @@ class Workers:
     def device(self, requested: str) -> torch.device:
         """``auto`` picks this worker's GPU (``LOCAL_RANK``) when there is one, else the CPU."""
         if requested != "auto":
-            return torch.device(requested)
+            try:
+                device = torch.device(requested)
+            except RuntimeError as error:
+                raise TraitlensError(f"unknown device {requested!r}; use cpu, cuda, cuda:N or auto") from error
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise TraitlensError(f"device {requested} was asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
+            return device
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         return torch.device("cpu")

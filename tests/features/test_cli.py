@@ -42,7 +42,7 @@ def test_bad_settings_are_refused_before_any_work(case: str, specimens_store: Pa
     monkeypatch.setattr(analysis, "load_sae", no_work)
     (tmp_path / "file").write_text("mine")
     out, extra, message = {
-        "out_is_a_file": (tmp_path / "file", [], "is a file, not a directory"),
+        "out_is_a_file": (tmp_path / "file", [], "is a file, not a folder"),
         "out_under_a_file": (tmp_path / "file" / "features", [], "cannot be created"),
         "report_latents_0": (tmp_path / "out", ["--report-latents", "0"], "--report-latents must be at least 1, got 0"),
         "top_k_0": (tmp_path / "out", ["--top-k", "0"], "must be at least 1"),

@@ -164,6 +164,8 @@ def test_a_max_edit_sets_the_observed_max_of_the_features_of_this_sae(capsys: py
     save_sae(other, tmp_path / "other_sae", {"layer": "blocks.1", "tokens_kind": "all", "model": "traitlens:specimens-vit"})
     code, _, err = _steer(capsys, data, tmp_path / "other_sae", "--edit", "3=2max", "--features", str(tmp_path / "features"))
     assert code == 2 and "computed for another SAE" in err
+    code, _, err = _steer(capsys, data, sae, "--edit", "3=2max", "--features", str(tmp_path / "features"), "--layer", "blocks.0")
+    assert code == 2 and "not on the all tokens of blocks.0" in err
 
 
 def test_an_sae_of_another_model_is_refused(capsys: pytest.CaptureFixture[str], specimens_with_sae: tuple[Path, Path],
@@ -180,6 +182,27 @@ def test_an_sae_of_another_model_is_refused(capsys: pytest.CaptureFixture[str], 
                                             "model": "traitlens:specimens-vit"})
     code, _, err = _steer(capsys, data, tmp_path / "sae", "--random-init", "--edit", "3=zero")
     assert code == 2 and "was trained on activations of traitlens:specimens-vit" in err
+    # the fingerprint training records decides even when the store is gone
+    save_sae(with_store, tmp_path / "recorded", {"layer": "blocks.1", "tokens_kind": "all", "acts": str(tmp_path / "gone"),
+                                                 "model": "traitlens:specimens-vit", "weights_fingerprint": "0" * 64})
+    code, _, err = _steer(capsys, data, tmp_path / "recorded", "--edit", "3=zero")
+    assert code == 2 and "weights 000000000000" in err
+
+
+def test_a_head_without_class_names_reports_class_indices(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from tests.store.conftest import make_class_folder
+
+    images = make_class_folder(tmp_path / "images", per_class=2)
+    torch.manual_seed(0)
+    save_sae(SparseAutoencoder(SAEConfig(d_in=32, width=48, activation="topk", k=4)), tmp_path / "sae",
+             {"layer": "blocks.1", "tokens_kind": "all", "model": TINY_VIT})
+    argv = ["steer", "--model", TINY_VIT, "--random-init", "--sae", str(tmp_path / "sae"), "--data", str(images), "--edit", "2=30"]
+    assert main([*argv, "--target", "1", "--out", str(tmp_path / "out")]) == 0
+    effect = json.loads((tmp_path / "out" / "effect.json").read_text())
+    assert effect["target"] == "1" and sorted(effect["mean_probability_change"]) == ["0", "1", "2"]
+    capsys.readouterr()
+    assert main([*argv, "--target", "5"]) == 2
+    assert "target class 5 is out of range: the head has 3 classes" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("extra", "fragment"), [
@@ -192,6 +215,7 @@ def test_an_sae_of_another_model_is_refused(capsys: pytest.CaptureFixture[str], 
     (("--edit", "3=zero", "--max-images", "0"), "--max-images must be at least 1"),
     (("--edit", "3=zero", "--max-images", "-1"), "--max-images must be at least 1"),
     (("--edit", "3=zero", "--out", __file__), "is a file"),
+    (("--edit", "3=zero", "--out", __file__ + "/inside"), "cannot be created"),
 ])
 def test_bad_steering_requests_get_one_line(capsys: pytest.CaptureFixture[str], specimens_with_sae: tuple[Path, Path],
                                             extra: tuple[str, ...], fragment: str) -> None:

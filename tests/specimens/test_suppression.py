@@ -19,6 +19,7 @@ from traitlens.specimens.baselines import SAEFeatures
 from traitlens.specimens.benchmark import read_benchmark
 from traitlens.specimens.discovery import trait_feature_ap
 from traitlens.specimens.flips import lookalike_flip_rate
+from traitlens.specimens.generate import GenerateConfig, generate
 from traitlens.specimens.suppression import (
     SuppressionOptions,
     matched_random_latents,
@@ -105,3 +106,8 @@ def test_the_score_command_picks_trait_latents_on_the_store_and_writes_the_table
                  "--acts", str(acts), "--data", str(data), "--out", str(tmp_path / "bad"), "--n-latents", "0"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "at least 1" in err
+    other = generate(GenerateConfig(tmp_path / "other", n=16, seed=6), show_progress=False)
+    code = main(["specimens", "score", "suppression", "--model", "traitlens:specimens-vit", "--sae", str(sae_dir),
+                 "--acts", str(acts), "--data", str(other), "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "not from the benchmark at" in err

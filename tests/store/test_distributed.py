@@ -7,8 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from tests.store.conftest import TINY_VIT, make_class_folder
 from tests.store.test_resume import tree_bytes
+from traitlens.distributed import Workers
+from traitlens.errors import TraitlensError
 
 
 def _extract(images: Path, out: Path, launcher: list[str]) -> subprocess.CompletedProcess[str]:
@@ -26,3 +31,12 @@ def test_two_workers_write_the_same_store_as_one(tmp_path: Path) -> None:
     single, multi = tree_bytes(tmp_path / "single"), tree_bytes(tmp_path / "multi")
     assert sorted(single) == sorted(multi)
     assert single == multi
+
+
+def test_a_cuda_device_without_a_gpu_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TraitlensError, match="sees no CUDA GPU"):
+        Workers(0, 1).device("cuda")
+    with pytest.raises(TraitlensError, match="unknown device"):
+        Workers(0, 1).device("gpu0")
+    assert Workers(0, 1).device("auto") == torch.device("cpu")

@@ -68,6 +68,7 @@ from traitlens.features.sparse_columns import (
     write_chunk,
 )
 from traitlens.json_config import read_json_config
+from traitlens.output_folder import check_output_folder
 from traitlens.sae.io import WEIGHTS, SAELoadError, load_sae
 from traitlens.sae.layer import stored_sae_layer
 from traitlens.sae.model import SparseAutoencoder
@@ -125,11 +126,7 @@ def _check_config(config: FeaturesConfig) -> None:
     """The settings that need no file read, so a bad one fails before any work."""
     if config.top_k < 1 or config.batch_size < 1 or config.chunk_tokens < 1:
         raise FeaturesError("top_k, batch_size and chunk_tokens must be at least 1")
-    if config.out.exists() and not config.out.is_dir():
-        raise FeaturesError(f"--out {config.out} is a file, not a directory; choose another --out")
-    blocking = next((parent for parent in config.out.parents if parent.exists() and not parent.is_dir()), None)
-    if blocking is not None:
-        raise FeaturesError(f"--out {config.out} cannot be created: {blocking} is a file")
+    check_output_folder(config.out, FeaturesError)
 
 
 def read_features_manifest(root: Path) -> dict[str, Any]:

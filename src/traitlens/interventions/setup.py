@@ -15,6 +15,7 @@ from traitlens.errors import TraitlensError
 from traitlens.explain.config import ClassKey, ExplainError
 from traitlens.explain.contrast import resolve_class
 from traitlens.interventions.edits import InterventionError
+from traitlens.output_folder import check_output_folder
 from traitlens.sae.io import load_sae
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.store.manifest import read_manifest
@@ -32,19 +33,26 @@ class SAEOnModel:
     tokens: TokenSelection
 
 
-def check_sae_model(backbone: Backbone, saved: dict[str, Any], where: Path) -> None:
-    """Refuse an SAE trained on another model's activations: by the weights fingerprint of the
-    store it was trained on when that store is still there, else by the model spec it names."""
-    acts = saved.get("acts")
+def _trained_fingerprint(saved: dict[str, Any]) -> str | None:
+    """The weights fingerprint of the model whose activations the SAE learned: recorded in its
+    config since training records it, else read from its store if that is still where it was."""
+    if saved.get("weights_fingerprint"):
+        return str(saved["weights_fingerprint"])
     try:
-        stored = read_manifest(Path(acts))["model"] if acts else None
+        return str(read_manifest(Path(saved["acts"]))["model"]["weights_fingerprint"]) if saved.get("acts") else None
     except TraitlensError:
-        stored = None
-    if stored is not None:
-        if stored["weights_fingerprint"] != backbone.weights_fingerprint():
-            raise InterventionError(f"the SAE at {where} was trained on activations of {stored['spec']} (weights "
-                                    f"{stored['weights_fingerprint'][:12]}), not of {backbone.spec} "
-                                    f"({backbone.weights_fingerprint()[:12]}); pass the same --model, --weights or --random-init")
+        return None
+
+
+def check_sae_model(backbone: Backbone, saved: dict[str, Any], where: Path) -> None:
+    """Refuse an SAE trained on another model's activations: by weights fingerprint when it is
+    known (:func:`_trained_fingerprint`), else by the model spec the SAE names."""
+    fingerprint = _trained_fingerprint(saved)
+    if fingerprint is not None:
+        if fingerprint != backbone.weights_fingerprint():
+            raise InterventionError(f"the SAE at {where} was trained on activations of {saved.get('model')} (weights "
+                                    f"{fingerprint[:12]}), not of {backbone.spec} ({backbone.weights_fingerprint()[:12]}); "
+                                    "pass the same --model, --weights or --random-init")
         return
     named = saved.get("model")
     if named is not None and named != backbone.spec:
@@ -98,9 +106,9 @@ def check_counts(**counts: int | None) -> None:
 
 
 def check_out_dir(out: Path | None) -> None:
-    """Refuse an output path that is a file, before any work is done."""
-    if out is not None and out.exists() and not out.is_dir():
-        raise InterventionError(f"--out {out} is a file, not a directory")
+    """Refuse an output folder that is, or would sit inside, a file, before any work is done."""
+    if out is not None:
+        check_output_folder(out, InterventionError)
 
 
 def _plain(value: Any) -> Any:

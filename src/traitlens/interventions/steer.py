@@ -170,8 +170,9 @@ def effect_summary(predictions: SteeredPredictions, class_names: Sequence[str], 
     return effect
 
 
-def _observed_max(features: Path | None, sae_dir: Path) -> torch.Tensor | None:
-    """Each latent's observed max from a features directory, which must be of this very SAE."""
+def _observed_max(features: Path | None, sae_dir: Path, layer: str, tokens: TokenSelection) -> torch.Tensor | None:
+    """Each latent's observed max from a features directory, which must be of this very SAE on the
+    layer and tokens being edited."""
     if features is None:
         return None
     from traitlens.features import LatentFeatures, sae_weights_sha256
@@ -180,6 +181,10 @@ def _observed_max(features: Path | None, sae_dir: Path) -> torch.Tensor | None:
     if analyzed.sae_sha256 != sae_weights_sha256(sae_dir):
         raise InterventionError(f"the features at {features} were computed for another SAE ({analyzed.manifest['sae']}), "
                                 f"not {sae_dir}")
+    measured = (analyzed.manifest["layer"], analyzed.manifest["tokens"])
+    if measured != (layer, tokens):
+        raise InterventionError(f"the features at {features} measured the SAE on the {measured[1]} tokens of {measured[0]}, "
+                                f"not on the {tokens} tokens of {layer} edited here")
     return torch.as_tensor(analyzed.max_activation, dtype=torch.float32)
 
 
@@ -232,7 +237,7 @@ def steer(config: SteerConfig) -> dict[str, Any]:
     if target is not None and not 0 <= target < len(class_names):
         raise InterventionError(f"target class {target} is out of range: the head has {len(class_names)} classes")
     edit = latent_edit(placed.sae, config.edits, backbone.layer(layer).layout, tokens, config.patches,
-                       _observed_max(config.features, config.sae))
+                       _observed_max(config.features, config.sae, layer, tokens))
     patch_probe = _load_patch_probe(config, backbone, layer)
     source = open_image_source(config.data)
     count = len(source) if config.max_images is None else min(config.max_images, len(source))

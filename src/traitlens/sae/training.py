@@ -372,6 +372,7 @@ class Trainer:
         for run, directory in zip(self.runs, self.result_dirs, strict=True):
             if self.workers.is_main:
                 extra = {"layer": self.layer.name, "acts": str(self.config.acts), "model": self.store.manifest["model"]["spec"],
+                         "weights_fingerprint": self.store.manifest["model"]["weights_fingerprint"],
                          "tokens_kind": self.store.manifest["tokens"], "run": run.config.to_dict(),
                          "training": self.config.to_dict(), "metrics": run.last_metrics}
                 save_sae(run.sae, directory, extra)

@@ -9,10 +9,12 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from traitlens.data import open_image_source
 from traitlens.data.images import decode_label_map
 from traitlens.errors import DataError, TraitlensError
 from traitlens.specimens.catalog import Lookalike
 from traitlens.specimens.generate import TRAITS_FILE
+from traitlens.store.reader import ActivationStore
 
 
 class ScoringError(TraitlensError):
@@ -87,3 +89,14 @@ def read_benchmark(root: Path) -> Benchmark:
     if unknown:
         raise DataError(f"{path}: look-alike pairs name unknown traits: {', '.join(unknown)}")
     return Benchmark(root, trait_labels, lookalikes, image_species)
+
+
+def check_store_of(store: ActivationStore, data: Path) -> None:
+    """Refuse a store extracted from other images than the benchmark at ``data`` (the folder or its
+    ``images/``), by the image source's fingerprint the store recorded."""
+    recorded = store.manifest["dataset"]["fingerprint"]
+    for root in (data, data / "images"):
+        if root.is_dir() and open_image_source(root).fingerprint() == recorded:
+            return
+    raise ScoringError(f"the store at {store.root} was extracted from {store.manifest['dataset']['path']}, "
+                       f"not from the benchmark at {data}; extract it from {data}")

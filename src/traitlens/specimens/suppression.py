@@ -23,9 +23,10 @@ from traitlens.backbones import Backbone, TokenSelection
 from traitlens.data import ImageSource, open_image_source
 from traitlens.interventions import LatentEdit, latent_edit, steer_source
 from traitlens.interventions.setup import load_sae_on_model
+from traitlens.output_folder import check_output_folder
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.specimens.baselines import SAEFeatures
-from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
+from traitlens.specimens.benchmark import Benchmark, ScoringError, check_store_of, read_benchmark
 from traitlens.specimens.discovery import DiscoveryOptions, trait_feature_ap
 from traitlens.specimens.flips import lookalike_flip_rate
 from traitlens.specimens.tables import markdown_table, write_text
@@ -146,8 +147,10 @@ def score_suppression(model: str, sae_dir: Path, acts: Path, data: Path, out: Pa
     """Pick each trait's latents on the store ``acts`` (extracted from ``data``, holding the SAE's
     layer), suppress them in ``model`` on the benchmark ``data``; writes ``out/suppression.json``
     (rows, and each trait's latents with their APs) and ``out/suppression.md``."""
+    check_output_folder(out, ScoringError)
     benchmark = read_benchmark(data)
     store = ActivationStore(acts)
+    check_store_of(store, data)
     placed = load_sae_on_model(model, sae_dir, weights=weights, pretrained=pretrained, device="cpu")
     if placed.backbone.weights_fingerprint() != store.manifest["model"]["weights_fingerprint"]:
         raise ScoringError(f"the weights of {model} differ from those the store at {acts} was extracted with")

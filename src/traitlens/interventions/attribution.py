@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import traitlens
 from traitlens.backbones import Backbone, TokenSelection
-from traitlens.data import open_image_source
+from traitlens.data import ImageSource, open_image_source
 from traitlens.data.batches import pixel_batches
 from traitlens.explain.config import ClassKey, ExplainError, check_contrast
 from traitlens.explain.contrast import check_class_indices, class_coefficients
@@ -162,8 +162,8 @@ class AttributionConfig:
 
 
 @dataclass
-class _Totals:
-    """float64 sums over images."""
+class AttributionTotals:
+    """float64 sums of :class:`LatentAttribution` over images."""
 
     width: int
     n_images: int = 0
@@ -185,6 +185,22 @@ class _Totals:
         self.attribution_w += batch.attribution_bw.double().sum(0).cpu()
         self.activation_w += batch.activation_bw.double().sum(0).cpu()
         self.active_w += batch.active_bw.double().sum(0).cpu()
+
+
+def attribute_images(backbone: Backbone, sae: SparseAutoencoder, layer: str, selection: TokenSelection, source: ImageSource,
+                     indices: Sequence[int], target: int, refs: Sequence[int], gamma: float = 1.0, batch_size: int = 16,
+                     show_progress: bool = False) -> AttributionTotals:
+    """:func:`latent_attribution` of ``y[target] - gamma * mean(y[refs])`` summed over the images
+    ``indices`` of ``source``, batch by batch."""
+    totals = AttributionTotals(sae.config.width)
+    refs_1k = torch.tensor([list(refs)])
+    with tqdm(total=len(indices), unit="img", desc="attribute", disable=not show_progress) as progress:
+        for batch in pixel_batches(source, backbone.preprocess, batch_size, indices):
+            b = len(batch.indices)
+            totals.add(latent_attribution(backbone, sae, layer, selection, batch.pixels_bchw.to(backbone.device),
+                                          torch.full((b,), target), refs_1k.expand(b, -1), gamma))
+            progress.update(b)
+    return totals
 
 
 def _classes(config: AttributionConfig, class_names: Sequence[str]) -> tuple[int, list[int]]:
@@ -229,7 +245,7 @@ def comparative_attribution(config: AttributionConfig) -> dict[str, Any]:
     check_out_dir(config.out)
     placed = load_sae_on_model(config.model, config.sae, weights=config.weights, pretrained=config.pretrained,
                                layer=config.layer, tokens=config.tokens, device=config.device)
-    backbone, sae, layer, tokens, device = placed.backbone, placed.sae, placed.layer, placed.tokens, placed.backbone.device
+    backbone, sae, layer, tokens = placed.backbone, placed.sae, placed.layer, placed.tokens
     if backbone.class_names is None:
         raise InterventionError(f"{backbone.spec} has no classification head with known classes to attribute")
     target, refs = _classes(config, backbone.class_names)
@@ -240,14 +256,8 @@ def comparative_attribution(config: AttributionConfig) -> dict[str, Any]:
         which = "" if config.images == "all" else f" labelled {backbone.class_names[target]!r} (use --images all)"
         raise InterventionError(f"no images{which} in {config.data}")
     indices = indices[: config.max_images]
-    totals = _Totals(sae.config.width)
-    refs_1k = torch.tensor([refs])
-    with tqdm(total=len(indices), unit="img", desc="attribute", disable=not config.show_progress) as progress:
-        for batch in pixel_batches(source, backbone.preprocess, config.batch_size, indices):
-            b = len(batch.indices)
-            totals.add(latent_attribution(backbone, sae, layer, tokens, batch.pixels_bchw.to(device),
-                                          torch.full((b,), target), refs_1k.expand(b, -1), config.gamma))
-            progress.update(b)
+    totals = attribute_images(backbone, sae, layer, tokens, source, indices, target, refs, config.gamma, config.batch_size,
+                              config.show_progress)
     n = totals.n_images
     mean_w, share_w, activation_w = totals.attribution_w / n, totals.active_w / n, totals.activation_w / n
     result: dict[str, Any] = {

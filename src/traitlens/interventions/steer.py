@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,19 @@ def steer_batch(backbone: Backbone, layer: str, edit: TokenEdit, pixels_bchw: to
     name = backbone.resolve_layer(patch_probe.layer)
     return (clean_bc, edited_bc, _patch_predictions(patch_probe, backbone, clean_tokens[name]),
             _patch_predictions(patch_probe, backbone, edited_tokens[name]))
+
+
+@torch.no_grad()
+def predicted_classes(backbone: Backbone, pixels: Sequence[torch.Tensor], layer: str | None = None,
+                      edit: TokenEdit | None = None) -> torch.Tensor:
+    """The predicted class (n,) of every image of the preprocessed batches ``pixels``, with ``edit``
+    spliced in at ``layer`` when given: for running many edits on the same images, each image
+    decoded once and its clean prediction made once."""
+    predictions = []
+    for pixels_bchw in pixels:
+        with backbone.edit(layer, edit) if edit is not None and layer is not None else nullcontext():
+            predictions.append(backbone.forward(pixels_bchw.to(backbone.device)).argmax(1).cpu())
+    return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.int64)
 
 
 def steer_source(backbone: Backbone, layer: str, edit: TokenEdit, source: ImageSource, indices: Sequence[int],

@@ -7,7 +7,6 @@ its head and class names.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 
 from traitlens.backbones.preprocess import HALF_MEAN, HALF_STD, Preprocess
 from traitlens.errors import SpecError, WeightsUnavailableError
+from traitlens.json_config import read_json_config
 from traitlens.store.atomic import atomic_write_json
 
 WEIGHTS = "model.safetensors"
@@ -71,16 +71,15 @@ def save_model_dir(directory: Path, model: torch.nn.Module, saved: SavedModel) -
 
 
 def read_model_dir(directory: Path) -> SavedModel:
+    missing = f"{directory} is not a traitlens model directory ({CONFIG} and {WEIGHTS} expected)"
+    if not (directory / WEIGHTS).is_file():
+        raise WeightsUnavailableError(missing)
     path = directory / CONFIG
-    if not path.is_file() or not (directory / WEIGHTS).is_file():
-        raise WeightsUnavailableError(f"{directory} is not a traitlens model directory ({CONFIG} and {WEIGHTS} expected)")
+    data = read_json_config(path, FORMAT, "model config", WeightsUnavailableError, missing)
     try:
-        data = json.loads(path.read_text())
         shape = ViTShape(**data["shape"])
         class_names = tuple(str(name) for name in data["class_names"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (KeyError, TypeError) as error:
         raise WeightsUnavailableError(f"damaged model config {path}: {error}") from error
-    if data.get("format") != FORMAT:
-        raise WeightsUnavailableError(f"{path} is not a traitlens model config")
     extra = {key: value for key, value in data.items() if key not in ("format", "architecture", "shape", "class_names")}
     return SavedModel(shape, class_names, extra)

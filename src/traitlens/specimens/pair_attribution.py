@@ -17,8 +17,7 @@ from tqdm import tqdm
 
 from traitlens.backbones import Backbone, TokenSelection
 from traitlens.data import ImageSource
-from traitlens.data.batches import pixel_batches
-from traitlens.interventions.attribution import latent_attribution
+from traitlens.interventions.attribution import attribute_images
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.specimens.benchmark import Benchmark
 
@@ -39,14 +38,9 @@ def lookalike_attribution(backbone: Backbone, sae: SparseAutoencoder, layer: str
         images = [index for index, name in enumerate(species_of) if name == species]
         if not images:
             continue
-        total_w = torch.zeros(sae.config.width, dtype=torch.float64)
-        for batch in pixel_batches(source, backbone.preprocess, batch_size, images):
-            count = len(batch.indices)
-            attribution = latent_attribution(backbone, sae, layer, selection, batch.pixels_bchw.to(backbone.device),
-                                             torch.full((count,), class_index[species]),
-                                             torch.full((count, 1), class_index[lookalike]), gamma)
-            total_w += attribution.attribution_bw.double().sum(0).cpu()
-        mean_w = total_w / len(images)
+        totals = attribute_images(backbone, sae, layer, selection, source, images, class_index[species], [class_index[lookalike]],
+                                  gamma, batch_size)
+        mean_w = totals.attribution_w / totals.n_images
         # only latents that speak for the species: with fewer positive ones the list is shorter
         ranked = [int(w) for w in torch.argsort(-mean_w, stable=True)[:top] if float(mean_w[w]) > 0]
         row: dict[str, Any] = {"species": species, "lookalike": lookalike, "trait": pair.trait, "n_images": len(images),

@@ -21,8 +21,10 @@ from tqdm import tqdm
 
 from traitlens.backbones import Backbone, TokenSelection
 from traitlens.data import ImageSource, open_image_source
-from traitlens.interventions import LatentEdit, latent_edit, steer_source
+from traitlens.data.batches import pixel_batches
+from traitlens.interventions import LatentEdit, latent_edit
 from traitlens.interventions.setup import load_sae_on_model
+from traitlens.interventions.steer import predicted_classes
 from traitlens.output_folder import check_output_folder
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.specimens.baselines import SAEFeatures
@@ -101,11 +103,11 @@ def suppression_flips(backbone: Backbone, sae: SparseAutoencoder, layer: str, se
     progress = tqdm(total=len(benchmark.lookalikes) * (2 + options.n_random), unit="edit", desc="suppression",
                     disable=not show_progress)
 
-    def flips(latents: Sequence[int], images: list[int], species_n: torch.Tensor, pair_map: dict[int, int]) -> dict[str, Any]:
+    def after_zeroing(latents: Sequence[int], pixels: list[torch.Tensor]) -> torch.Tensor:
         edit = latent_edit(sae, [LatentEdit(latent, "zero") for latent in latents], layout, selection)
-        steered = steer_source(backbone, layer, edit, source, images, options.batch_size)
+        after_n = predicted_classes(backbone, pixels, layer, edit)
         progress.update()
-        return lookalike_flip_rate(steered.before_n, steered.after_n, species_n, pair_map)
+        return after_n
 
     rows: list[dict[str, Any]] = []
     pooled: dict[str, list[dict[str, Any]]] = {"trait": [], "top": [], "random": []}
@@ -116,10 +118,13 @@ def suppression_flips(backbone: Backbone, sae: SparseAutoencoder, layer: str, se
             continue
         species_n = torch.tensor([class_index[species_of[index]] for index in images])
         pair_map = {class_index[pair.a]: class_index[pair.b], class_index[pair.b]: class_index[pair.a]}
-        trait = flips(latents, images, species_n, pair_map)
-        top = flips(latents[:1], images, species_n, pair_map)
-        draws = [flips(matched_random_latents(frequency_w, latents, options.candidates, generator), images, species_n, pair_map)
-                 for _ in range(options.n_random)]
+        # the pair's images are decoded and predicted clean once, then edited 2 + n_random times
+        pixels = [batch.pixels_bchw for batch in pixel_batches(source, backbone.preprocess, options.batch_size, images)]
+        before_n = predicted_classes(backbone, pixels)
+        zeroed = [latents, latents[:1], *(matched_random_latents(frequency_w, latents, options.candidates, generator)
+                                          for _ in range(options.n_random))]
+        trait, top, *draws = [lookalike_flip_rate(before_n, after_zeroing(chosen, pixels), species_n, pair_map)
+                              for chosen in zeroed]
         pooled["trait"].append(trait)
         pooled["top"].append(top)
         pooled["random"] += draws

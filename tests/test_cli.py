@@ -111,3 +111,18 @@ def test_train_from_the_command_line_and_its_bad_inputs(capsys: pytest.CaptureFi
     _assert_one_line_error(code, err, "k must be between 1 and the width 64")
     code, _, err = _run(capsys, "train", "--acts", str(tmp_path / "nope"), "--layer", "0", "--tokens", "10", "--out", str(tmp_path / "x"))
     _assert_one_line_error(code, err, "no activation store")
+
+
+@pytest.mark.parametrize("command", [
+    ["explain", "--model", TINY_VIT, "--random-init", "--images", "photos", "--method", "grad-cam"],
+    ["probe", "--acts", "acts"],
+    ["specimens", "generate", "--n", "2", "--seed", "0"],
+    ["specimens", "score", "flips", "--predictions", "edited.csv", "--data", "specimens"],
+    ["specimens", "score", "localization", "--heatmaps", "maps", "--data", "specimens"],
+])
+def test_an_output_folder_inside_a_file_is_refused_first(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                         command: list[str]) -> None:
+    (tmp_path / "file").write_text("mine")
+    code, _, err = _run(capsys, *command, "--out", str(tmp_path / "file" / "out"))
+    _assert_one_line_error(code, err, "cannot be created", "is a file")
+    assert (tmp_path / "file").read_text() == "mine"

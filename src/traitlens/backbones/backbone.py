@@ -67,6 +67,16 @@ class Backbone:
         self._forward_fn = forward_fn
         self._fingerprint: str | None = None
 
+    def with_forward(self, forward_fn: Callable[[torch.Tensor], torch.Tensor], class_names: Sequence[str] | None,
+                     last_layer: str | None = None) -> Backbone:
+        """The same model, layers (up to ``last_layer``, when a head stops there) and preprocessing
+        with another head: ``forward_fn`` and its ``class_names``. The weights fingerprint is shared."""
+        names = self.layer_names
+        kept = names if last_layer is None else names[: names.index(last_layer) + 1]
+        other = Backbone(self.spec, self.model, [self._layers[name] for name in kept], self.preprocess, forward_fn, class_names)
+        other._fingerprint = self._fingerprint
+        return other
+
     @property
     def layer_names(self) -> list[str]:
         return list(self._layers)

@@ -8,7 +8,7 @@ presence marks a finished run. Every file is written atomically.
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -24,7 +24,8 @@ from traitlens.explain.contrast import kept_references, resolve_class
 from traitlens.explain.maps import CamResult, compute_cams, default_layer
 from traitlens.explain.methods import method_by_name
 from traitlens.explain.overlay import overlay
-from traitlens.store.atomic import atomic_save_npy, atomic_write, atomic_write_json
+from traitlens.output_folder import check_output_folder
+from traitlens.store.atomic import atomic_save_npy, atomic_save_png, atomic_write_json
 
 FORMAT = "traitlens.explain"
 SUMMARY = "summary.json"
@@ -91,12 +92,7 @@ def _image_record(config: ExplainConfig, result: CamResult, row: int, source: st
 
 def _write_image_outputs(out: Path, stem: PurePosixPath, image: Image.Image, map_hw: torch.Tensor) -> None:
     atomic_save_npy(out / f"{stem}.npy", map_hw.cpu().numpy())
-    drawn = overlay(image, map_hw)
-
-    def write_png(handle: IO[bytes]) -> None:
-        drawn.save(handle, format="PNG")
-
-    atomic_write(out / f"{stem}.png", write_png)
+    atomic_save_png(out / f"{stem}.png", overlay(image, map_hw))
 
 
 def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progress: bool = True) -> dict[str, Any]:
@@ -105,6 +101,7 @@ def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progre
     ``backbone`` replaces loading ``config.model`` (and ``config.head``); only its ``forward``
     (one score per class) and ``class_names`` are explained, so any head plugs in.
     """
+    check_output_folder(config.out, ExplainError)
     if backbone is None:
         backbone = load_explained_backbone(config)
     backbone.to(Workers(0, 1).device(config.device))

@@ -46,9 +46,7 @@ def head_backbone(backbone: Backbone, head: LinearHead, where: str = "the head")
             backbone.run_until(pixels_bchw, layer.name)
         return head.logits(pool_tokens(captured[layer.name], layer.layout, "all", head.pooling))
 
-    names = backbone.layer_names
-    layers = [backbone.layer(name) for name in names[: names.index(layer.name) + 1]]
-    return Backbone(backbone.spec, backbone.model, layers, backbone.preprocess, forward, head.class_names)
+    return backbone.with_forward(forward, head.class_names, last_layer=layer.name)
 
 
 def load_head_backbone(backbone: Backbone, head_dir: str | Path) -> Backbone:

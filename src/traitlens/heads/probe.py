@@ -21,6 +21,7 @@ from traitlens.heads.errors import HeadError
 from traitlens.heads.linear_head import CONFIG, LinearHead, save_head
 from traitlens.heads.logistic import fit_logistic_regression
 from traitlens.heads.pooling import Pooling, check_pooling, pool_tokens
+from traitlens.output_folder import check_output_folder
 from traitlens.specimens.training import split
 from traitlens.store import ActivationStore
 from traitlens.store.manifest import StoredLayer
@@ -63,8 +64,10 @@ def pooled_store_features(store: ActivationStore, layer: StoredLayer, pooling: P
     """(n_images, width) float32 features of every stored image, in store order, one shard at a time."""
     selection: TokenSelection = store.manifest["tokens"]
     _check_store_pooling(store, layer, pooling)
-    # a float32 copy of one shard at a time: the memory maps are read-only and may be float16
-    parts = [pool_tokens(torch.from_numpy(np.array(tokens_btd, dtype=np.float32)), layer.layout, selection, pooling)
+    # a float32 copy of one shard at a time (the memory maps are read-only and may be float16), of
+    # only the CLS token when that is all the pooling reads
+    kept = slice(0, 1) if pooling == "cls" else slice(None)
+    parts = [pool_tokens(torch.from_numpy(np.array(tokens_btd[:, kept], dtype=np.float32)), layer.layout, selection, pooling)
              for _images, tokens_btd in store.iter_images(layer.name)]
     return torch.cat(parts) if parts else torch.zeros(0, layer.width)
 
@@ -93,6 +96,7 @@ def _check(config: ProbeConfig) -> None:
         raise HeadError("--val-fraction must be in [0, 1)")
     if config.l2 < 0 or config.max_iter < 1:
         raise HeadError("--l2 must be non-negative and --max-iter positive")
+    check_output_folder(config.out, HeadError)
     if (config.out / CONFIG).exists():
         raise HeadError(f"{config.out} already holds a head; choose another --out")
 

@@ -68,8 +68,7 @@ def _text_head_backbone(backbone: Backbone, prompts: Sequence[str], class_names:
         bias = getattr(model, "logit_bias", None)
         return logits_bc + bias if bias is not None else logits_bc
 
-    layers = [backbone.layer(name) for name in backbone.layer_names]
-    return Backbone(backbone.spec, model, layers, backbone.preprocess, forward, class_names)
+    return backbone.with_forward(forward, class_names)
 
 
 def zero_shot_backbone(backbone: Backbone, class_names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> Backbone:

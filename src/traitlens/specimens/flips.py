@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from traitlens.errors import DataError
+from traitlens.output_folder import check_output_folder
 from traitlens.specimens.average_precision import ArrayOrTensor
 from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
 from traitlens.specimens.tables import markdown_table, write_text
@@ -87,6 +88,7 @@ def read_predictions(path: Path, benchmark: Benchmark) -> list[tuple[str, str, s
 def score_flips(predictions: Path, data: Path, out: Path) -> dict[str, Any]:
     """Flip rates of the edit whose predictions ``predictions`` holds (see the module docstring),
     per look-alike pair and over all of them; writes ``out/flips.json`` and ``out/flips.md``."""
+    check_output_folder(out, ScoringError)
     benchmark = read_benchmark(data)
     rows = read_predictions(predictions, benchmark)
     class_names = sorted(set(benchmark.image_species.values()))

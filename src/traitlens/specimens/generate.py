@@ -24,17 +24,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from traitlens.errors import DataError
+from traitlens.output_folder import check_output_folder
 from traitlens.specimens.catalog import SPECIES, Species, catalog_dict, label_names
 from traitlens.specimens.render import render_specimen
 from traitlens.store.atomic import (
-    atomic_write,
+    atomic_save_png,
     atomic_write_bytes,
     atomic_write_json,
     remove_temp_files,
@@ -119,8 +120,7 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> Path:
 def _claim(out: Path, job: dict[str, Any]) -> None:
     """Start ``out`` for ``job``, or check that it was started for the same job."""
     job_path = out / JOB_FILE
-    if out.exists() and not out.is_dir():
-        raise DataError(f"cannot generate specimens into {out}: it is a file, expected a folder")
+    check_output_folder(out, DataError)
     if job_path.is_file():
         try:
             saved = json.loads(job_path.read_text())
@@ -164,7 +164,7 @@ def _draw_chunk(config: GenerateConfig, indices: range) -> list[float]:
         for path, pixels in ((config.out / source, specimen.image_hw3),
                              (config.out / "annotations" / source.removeprefix("images/"), specimen.labels_hw)):
             if not path.is_file():
-                _write_png(path, pixels)
+                atomic_save_png(path, Image.fromarray(pixels))
         fractions.append(specimen.occluded_fraction)
     return fractions
 
@@ -173,8 +173,3 @@ def _write_names(path: Path) -> None:
     atomic_write_bytes(path, "".join(f"{name}\n" for name in label_names()).encode())
 
 
-def _write_png(path: Path, pixels: np.ndarray) -> None:
-    def write(handle: IO[bytes]) -> None:
-        Image.fromarray(pixels).save(handle, format="PNG")
-
-    atomic_write(path, write)

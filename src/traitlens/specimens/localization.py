@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from traitlens.errors import DataError
+from traitlens.output_folder import check_output_folder
 from traitlens.specimens.average_precision import ArrayOrTensor
 from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
 from traitlens.specimens.tables import markdown_table, write_text
@@ -150,6 +151,7 @@ def score_localization(heatmaps: Path, data: Path, out: Path, tolerance: int = 0
     look-alike are scored; the mask is the union of the pixels of its distinguishing traits. One
     row per distinguishing trait (traits joined by ``+`` for a species in several pairs), and ``all``.
     """
+    check_output_folder(out, ScoringError)
     benchmark = read_benchmark(data)
     keys: list[str] = []
     parts: list[_ImageLocalization] = []

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from PIL import Image
 
 TEMP_SUFFIX = ".tmp"
 
@@ -45,6 +46,10 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
+
+
+def atomic_save_png(path: Path, image: Image.Image) -> None:
+    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -11,7 +11,7 @@
    random latents of matched frequency, and attributes each pair's comparative score to latents;
 7. writes one HTML report (``report.html``) with all of it.
 
-Steps 1-3 resume where an interruption left them; the scoring steps 4-7 (about a minute) run again.
+Steps 1-3 resume where an interruption left them; the scoring steps 4-7 (about 30 seconds) run again.
 """
 
 from __future__ import annotations

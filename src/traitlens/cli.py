@@ -12,18 +12,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from traitlens import __version__
+from traitlens.cli_args import EXIT_USER_ERROR, OneLineParser, add_model_args, join_negative_values
 from traitlens.errors import TraitlensError
 
-EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="SPEC",
-                        help="traitlens:specimens-vit (the embedded default), traitlens:DIR, timm:NAME, open_clip:ARCH/PRETRAINED, "
-                             "hf:REPO_OR_DIR, torchvision:NAME (options: SPEC?key=value&...)")
-    parser.add_argument("--weights", type=Path, metavar="PATH", help="local weights (safetensors, or torch file read with weights_only)")
-    parser.add_argument("--random-init", action="store_true", help="random weights (seed 0) instead of pretrained ones")
 
 
 def _run_extract(args: argparse.Namespace) -> int:
@@ -128,7 +120,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from traitlens.backbones.layout import TOKEN_SELECTIONS
 
-    parser = argparse.ArgumentParser(prog="traitlens", description="Discover, localize and test the visual traits a vision model uses.")
+    parser = OneLineParser(prog="traitlens", description="Discover, localize and test the visual traits a vision model uses.")
     parser.add_argument("--version", action="version", version=f"traitlens {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -250,13 +242,19 @@ def _configure_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     _configure_logging()
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
     except TraitlensError as error:
         print(f"traitlens: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as error:
+        # the file system said no (read-only folder, disk full, a folder where a file goes): the
+        # user's environment, not a bug; what was written so far is complete files only
+        where = f" {error.filename}" if error.filename else ""
+        print(f"traitlens: error: cannot use{where}: {error.strerror or error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("traitlens: interrupted (finished work is kept; run the same command again to resume)", file=sys.stderr)

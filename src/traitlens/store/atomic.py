@@ -39,9 +39,14 @@ def commit(temp: Path, path: Path) -> None:
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write`` on a temporary file beside ``path``, then move it into place durably."""
     temp = temp_path(path)
-    with open(temp, "wb") as handle:
-        write(handle)
-    commit(temp, path)
+    try:
+        with open(temp, "wb") as handle:
+            write(handle)
+        commit(temp, path)
+    except BaseException:
+        # a failed write (disk full, read-only folder, a kill's KeyboardInterrupt) leaves no stray file
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:

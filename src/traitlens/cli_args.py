@@ -1,0 +1,136 @@
+"""The CLI's shared vocabulary: a parser whose errors are one line, checked numeric option types,
+and the options every model-loading or folder-writing command spells the same way.
+
+Numbers are checked when the command line is parsed, so a bad one fails before any file is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+EXIT_USER_ERROR = 2
+
+T = TypeVar("T")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """``argparse`` with its errors as one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _number(kind: Callable[[str], T], text: str, what: str) -> T:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} expected, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{what} expected, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer ≥ 1 (counts of images, tokens, steps, batch sizes)."""
+    value = _number(int, text, "an integer of at least 1")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"an integer of at least 1 expected, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer ≥ 0 (seeds, offsets, counts where none is allowed)."""
+    value = _number(int, text, "an integer of at least 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"an integer of at least 0 expected, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates, penalties, sizes)."""
+    value = _number(float, text, "a finite number above 0")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a finite number above 0 expected, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number ≥ 0 (coefficients that may be switched off)."""
+    value = _number(float, text, "a finite number of at least 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a finite number of at least 0 expected, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A finite number in [0, 1)."""
+    value = _number(float, text, "a number in [0, 1)")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"a number in [0, 1) expected, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """Any finite number."""
+    return _number(float, text, "a finite number")
+
+
+def comma_list(item: Callable[[str], T]) -> Callable[[str], tuple[T, ...]]:
+    """``1,2,3`` read with ``item`` for each value (a sweep); empty values are refused."""
+
+    def parse(text: str) -> tuple[T, ...]:
+        parts = text.split(",")
+        if not all(part.strip() for part in parts):
+            raise argparse.ArgumentTypeError(f"comma-separated values expected, got {text!r}")
+        return tuple(item(part.strip()) for part in parts)
+
+    parse.__name__ = f"list of {getattr(item, '__name__', 'values')}"
+    return parse
+
+
+def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--model SPEC``, ``--weights PATH`` and ``--random-init``, the same on every command."""
+    parser.add_argument("--model", required=required, metavar="SPEC",
+                        help="traitlens:specimens-vit (the embedded default), traitlens:DIR, timm:NAME, open_clip:ARCH/PRETRAINED, "
+                             "hf:REPO_OR_DIR, torchvision:NAME (options: SPEC?key=value&...)")
+    parser.add_argument("--weights", type=Path, metavar="PATH", help="local weights (safetensors, or torch file read with weights_only)")
+    parser.add_argument("--random-init", action="store_true", help="random weights (seed 0) instead of pretrained ones")
+
+
+def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: replace this command's own earlier output (never anything else)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier result of this same command in --out (other folders are never touched)")
+
+
+# A value such as ``-2,-1`` (block indices from the end) starts with a dash, so argparse would take
+# it for an option; numbers and lists of numbers are never option names.
+_NEGATIVE_VALUES = re.compile(r"^-\d+(\.\d+)?(,-?\d+(\.\d+)?)*$")
+
+
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``["--layers", "-2,-1"]`` -> ``["--layers=-2,-1"]``, so argparse reads it as a value."""
+    joined: list[str] = []
+    for token in argv:
+        previous = joined[-1] if joined else ""
+        if (_NEGATIVE_VALUES.match(token) and "," in token and previous.startswith("--") and "=" not in previous):
+            joined[-1] = f"{previous}={token}"
+        else:
+            joined.append(token)
+    return joined
+
+
+def option_name(dest: str) -> str:
+    """``batch_size`` -> ``--batch-size``: how a config field is spelled on the command line."""
+    return "--" + dest.replace("_", "-")
+
+
+def describe(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)

@@ -63,7 +63,7 @@ def run_traitlens(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, saelens
     """Our defaults (geometric-median decoder bias, inputs scaled to norm sqrt(d)), or with
     ``saelens_init`` sae-lens' (zero decoder bias, no input scaling) to compare the training math alone."""
     from traitlens.distributed import Workers
-    from traitlens.sae import RunConfig, SAEConfig, TrainConfig, load_sae
+    from traitlens.sae import RunConfig, SAEConfig, TrainConfig, load_sae_with_config
     from traitlens.sae.training import Trainer
     from traitlens.store import store_from_arrays
 
@@ -78,7 +78,7 @@ def run_traitlens(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, saelens
         start = time.perf_counter()
         (directory,) = trainer.fit(show_progress=False)
         elapsed = time.perf_counter() - start
-        sae, _ = load_sae(directory)
+        sae, _ = load_sae_with_config(directory)
         return {"step_s": elapsed / steps, "nmse": held_out_nmse(lambda x: sae(x)[1], test_nd)}
 
 

@@ -25,7 +25,7 @@ from traitlens.features import (
     write_report,
 )
 from traitlens.features import analysis as analysis_module
-from traitlens.sae.io import load_sae, save_sae
+from traitlens.sae.io import load_sae_with_config, save_sae
 from traitlens.store import ActivationStore
 
 from .conftest import ANALYSIS, D_IN, N_IMAGES, STORE_LAYER, TOKENS_PER_IMAGE, save_random_sae
@@ -36,7 +36,7 @@ def dense(specimens_store: Path, relu_sae: Path) -> np.ndarray:
     """Every stored token's latents by one dense ``sae.encode``, (n_tokens, width)."""
     store = ActivationStore(specimens_store)
     tokens_nd = np.concatenate([np.asarray(shard) for shard in store.shards(STORE_LAYER)])
-    sae, _ = load_sae(relu_sae)
+    sae, _ = load_sae_with_config(relu_sae)
     with torch.no_grad():
         return sae.encode(torch.from_numpy(tokens_nd)).numpy()
 
@@ -229,7 +229,7 @@ def test_resuming_after_the_store_changed_or_on_another_device_is_refused(specim
 def _sae_with_dead_latents(directory: Path, dead: slice) -> Path:
     """The ReLU test SAE with the latents of ``dead`` made unable to fire (a very negative bias)."""
     save_random_sae(directory, activation="relu")
-    sae, saved = load_sae(directory)
+    sae, saved = load_sae_with_config(directory)
     with torch.no_grad():
         sae.b_enc[dead] = -1e4
     save_sae(sae, directory, {"layer": saved["layer"]})

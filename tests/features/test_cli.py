@@ -39,7 +39,7 @@ def test_bad_settings_are_refused_before_any_work(case: str, specimens_store: Pa
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("the SAE was loaded before the settings were checked")
 
-    monkeypatch.setattr(analysis, "load_sae", no_work)
+    monkeypatch.setattr(analysis, "load_sae_with_config", no_work)
     (tmp_path / "file").write_text("mine")
     out, extra, message = {
         "out_is_a_file": (tmp_path / "file", [], "is a file, not a folder"),

@@ -19,7 +19,7 @@ from traitlens.data.batches import pixel_batches
 from traitlens.explain.contrast import class_coefficients
 from traitlens.heads import LinearHead, head_backbone
 from traitlens.interventions import LatentEdit, apply_edits, latent_attribution
-from traitlens.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae
+from traitlens.sae import SAEConfig, SparseAutoencoder, load_sae_with_config, save_sae
 from traitlens.sae.evaluation import splice
 from traitlens.specimens.model_dir import SavedModel, ViTShape, save_model_dir
 
@@ -188,7 +188,7 @@ def test_the_command_ranks_latents_over_the_target_images(colour_run: dict[str, 
     assert (result["target"], result["refs"], result["layer"], result["tokens"]) == ("red", ["blue", "green"], "blocks.0", "patch")
     assert result["n_images"] == 7 and "Evidence for red" in (out / "attribution.md").read_text()
 
-    backbone, (sae, _) = load_backbone(f"traitlens:{colour_run['model']}"), load_sae(colour_run["sae"])
+    backbone, (sae, _) = load_backbone(f"traitlens:{colour_run['model']}"), load_sae_with_config(colour_run["sae"])
     source = open_image_source(colour_run["data"])
     red = [i for i, record in enumerate(source.records) if record.label == "red"][:7]
     (batch,) = pixel_batches(source, backbone.preprocess, 7, red)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from traitlens.cli import main
-from traitlens.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae
+from traitlens.sae import SAEConfig, SparseAutoencoder, load_sae_with_config, save_sae
 from traitlens.sae.importers import SAEImportError, import_sae, import_saelens, import_saev
 
 D_IN, WIDTH, K = 16, 64, 4
@@ -137,7 +137,7 @@ def test_imported_saelens_sae_survives_save_and_load(sl: ModuleType, tmp_path: P
     theirs.save_model(tmp_path / "peer")
     ours, extra = import_sae(tmp_path / "peer")
     save_sae(ours, tmp_path / "ours", extra)
-    loaded, saved = load_sae(tmp_path / "ours")
+    loaded, saved = load_sae_with_config(tmp_path / "ours")
     assert saved["imported"]["source"] == "saelens"
     _assert_agrees(loaded, theirs, _inputs())
     again, extra_again = import_sae(tmp_path / "ours")  # a traitlens directory is loaded as it is
@@ -293,7 +293,7 @@ def test_import_sae_command_records_the_layer_and_never_overwrites(sl: ModuleTyp
     command = ["import-sae", "--from", str(tmp_path / "peer"), "--out", str(tmp_path / "ours"), "--layer", "blocks.9"]
     assert main(command) == 0
     assert "imported" in capsys.readouterr().out
-    loaded, saved = load_sae(tmp_path / "ours")
+    loaded, saved = load_sae_with_config(tmp_path / "ours")
     assert saved["layer"] == "blocks.9" and saved["imported"]["source"] == "saelens"
     _assert_agrees(loaded, theirs, _inputs())
     weights_before = (tmp_path / "ours" / "sae.safetensors").read_bytes()

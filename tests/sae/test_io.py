@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from traitlens.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae
+from traitlens.sae import SAEConfig, SparseAutoencoder, load_sae_with_config, save_sae
 from traitlens.sae.io import CONFIG, WEIGHTS, SAELoadError
 
 
@@ -22,7 +22,7 @@ def _saved(tmp_path: Path) -> tuple[SparseAutoencoder, Path]:
 
 def test_round_trip_is_exact_and_keeps_provenance(tmp_path: Path) -> None:
     sae, directory = _saved(tmp_path)
-    loaded, config = load_sae(directory)
+    loaded, config = load_sae_with_config(directory)
     assert config["layer"] == "blocks.3" and loaded.config == sae.config
     for name, tensor in sae.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
@@ -34,15 +34,15 @@ def test_damaged_saves_give_one_line(tmp_path: Path) -> None:
     weights = (directory / WEIGHTS).read_bytes()
     (directory / WEIGHTS).write_bytes(weights[: len(weights) // 2])
     with pytest.raises(SAELoadError, match="cannot read SAE weights"):
-        load_sae(directory)
+        load_sae_with_config(directory)
     (directory / WEIGHTS).write_bytes(weights)
     config = json.loads((directory / CONFIG).read_text())
     config["sae"]["width"] = 13
     (directory / CONFIG).write_text(json.dumps(config))
     with pytest.raises(SAELoadError, match="do not match its config"):
-        load_sae(directory)
+        load_sae_with_config(directory)
     (directory / CONFIG).write_text("{")
     with pytest.raises(SAELoadError, match="damaged SAE config"):
-        load_sae(directory)
+        load_sae_with_config(directory)
     with pytest.raises(SAELoadError, match="config.json missing"):
-        load_sae(tmp_path / "nowhere")
+        load_sae_with_config(tmp_path / "nowhere")

@@ -14,7 +14,7 @@ import torch
 import traitlens.sae.training as training
 from tests.sae.conftest import STORE_LAYER
 from traitlens.errors import DataError, StoreError
-from traitlens.sae import RunConfig, SAEConfig, TrainConfig, load_sae, sweep, train
+from traitlens.sae import RunConfig, SAEConfig, TrainConfig, load_sae_with_config, sweep, train
 from traitlens.sae.training import TrainingError
 from traitlens.store import ActivationStore
 
@@ -45,7 +45,7 @@ def test_every_architecture_learns(sae_store: Path, tmp_path: Path, activation: 
     run = RunConfig(SAEConfig(d_in=32, width=128, activation=activation, k=8, matryoshka_widths=matryoshka,  # type: ignore[arg-type]
                               normalization="norm"), lr=4e-3, sparsity_coefficient=coefficient)
     (directory,) = train(_config(sae_store, tmp_path / "sae", run), show_progress=False)
-    sae, saved = load_sae(directory)
+    sae, saved = load_sae_with_config(directory)
     x_nd = _tokens(sae_store)
     assert _nmse(sae, x_nd) < 0.35
     assert saved["metrics"]["nmse"] < 0.5 and saved["layer"] == STORE_LAYER
@@ -65,7 +65,7 @@ def test_matryoshka_prefixes_reconstruct_on_their_own(sae_store: Path, tmp_path:
     x_nd = _tokens(sae_store)
 
     def prefix_nmse(directory: Path) -> float:
-        sae, _ = load_sae(directory)
+        sae, _ = load_sae_with_config(directory)
         with torch.no_grad():
             latents = sae.encode(x_nd)
             latents[:, 16:] = 0
@@ -78,7 +78,7 @@ def test_matryoshka_prefixes_reconstruct_on_their_own(sae_store: Path, tmp_path:
 def test_decoder_rows_stay_unit_norm_and_bias_starts_at_the_median(sae_store: Path, tmp_path: Path) -> None:
     run = RunConfig(SAEConfig(d_in=32, width=64, activation="topk", k=4))
     (directory,) = train(_config(sae_store, tmp_path / "sae", run, tokens=256 * 3), show_progress=False)
-    sae, _ = load_sae(directory)
+    sae, _ = load_sae_with_config(directory)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
 
 
@@ -89,8 +89,8 @@ def test_sweep_trains_each_sae_as_if_alone(sae_store: Path, tmp_path: Path) -> N
     config = _config(sae_store, tmp_path / "sweep", *runs, tokens=256 * 8)
     directories = train(config, show_progress=False)
     (alone,) = train(replace(config, out=tmp_path / "alone", runs=(runs[2],)), show_progress=False)
-    swept, _ = load_sae(directories[2])
-    single, _ = load_sae(alone)
+    swept, _ = load_sae_with_config(directories[2])
+    single, _ = load_sae_with_config(alone)
     for name, tensor in single.state_dict().items():
         torch.testing.assert_close(swept.state_dict()[name], tensor, rtol=0, atol=0)
     log = [json.loads(line) for line in (tmp_path / "sweep" / "train_log.jsonl").read_text().splitlines()]
@@ -145,8 +145,8 @@ def test_two_workers_match_one_process(sae_store: Path, tmp_path: Path) -> None:
     subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], check=True, env=env, capture_output=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]  # a free port: parallel runs never collide
     subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], check=True, env=env, capture_output=True)
-    one, _ = load_sae(tmp_path / "one")
-    two, _ = load_sae(tmp_path / "two")
+    one, _ = load_sae_with_config(tmp_path / "one")
+    two, _ = load_sae_with_config(tmp_path / "two")
     for name, tensor in one.state_dict().items():
         torch.testing.assert_close(two.state_dict()[name], tensor, rtol=1e-4, atol=1e-5)
 
@@ -163,7 +163,7 @@ def test_nan_tokens_are_skipped_or_refused(sae_store: Path, tmp_path: Path) -> N
     shard.flush()
     run = RunConfig(SAEConfig(d_in=32, width=64, activation="topk", k=4))
     (directory,) = train(_config(poisoned, tmp_path / "lenient", run, tokens=680 * 2, batch_size=680), show_progress=False)
-    sae, _ = load_sae(directory)
+    sae, _ = load_sae_with_config(directory)
     assert all(torch.isfinite(t).all() for t in sae.state_dict().values())
     with pytest.raises(DataError, match="NaN/Inf.*--strict"):
         train(_config(poisoned, tmp_path / "strict", run, tokens=680 * 2, batch_size=680, strict=True), show_progress=False)

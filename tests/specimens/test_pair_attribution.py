@@ -10,14 +10,14 @@ from traitlens.backbones import load_backbone
 from traitlens.data import open_image_source
 from traitlens.data.batches import pixel_batches
 from traitlens.interventions.attribution import latent_attribution
-from traitlens.sae.io import load_sae
+from traitlens.sae.io import load_sae_with_config
 from traitlens.specimens.benchmark import read_benchmark
 from traitlens.specimens.pair_attribution import lookalike_attribution
 
 
 def test_rows_rank_latents_by_their_mean_attribution(specimens_with_sae: tuple[Path, Path]) -> None:
     data, sae_dir = specimens_with_sae
-    sae, _ = load_sae(sae_dir)
+    sae, _ = load_sae_with_config(sae_dir)
     backbone = load_backbone("traitlens:specimens-vit")
     benchmark, source = read_benchmark(data), open_image_source(data)
     rows = lookalike_attribution(backbone, sae, "blocks.1", "all", source, benchmark, top=4,

@@ -13,7 +13,7 @@ from traitlens.backbones import Backbone, load_backbone
 from traitlens.cli import main
 from traitlens.data import ImageSource, open_image_source
 from traitlens.interventions import LatentEdit, latent_edit, steer_source
-from traitlens.sae.io import load_sae
+from traitlens.sae.io import load_sae_with_config
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.specimens.baselines import SAEFeatures
 from traitlens.specimens.benchmark import read_benchmark
@@ -53,7 +53,7 @@ def _steered_flips(backbone: Backbone, sae: SparseAutoencoder, latents: list[int
 
 def test_every_column_agrees_with_steering_by_hand(specimens_with_sae: tuple[Path, Path]) -> None:
     data, sae_dir = specimens_with_sae
-    sae, _ = load_sae(sae_dir)
+    sae, _ = load_sae_with_config(sae_dir)
     with torch.no_grad():
         sae.W_dec.mul_(40.0)  # latents this loud move predictions when zeroed, so the counts below are not all zero
     backbone = load_backbone("traitlens:specimens-vit")
@@ -97,7 +97,7 @@ def test_the_score_command_picks_trait_latents_on_the_store_and_writes_the_table
     printed = capsys.readouterr().out
     assert code == 0 and "| pair | trait |" in printed
     result = json.loads((tmp_path / "scores" / "suppression.json").read_text())
-    sae, _ = load_sae(sae_dir)
+    sae, _ = load_sae_with_config(sae_dir)
     benchmark = read_benchmark(data)
     ap_tw, _ = trait_feature_ap(SAEFeatures(sae), ActivationStore(acts), "blocks.1", benchmark)
     assert result["trait_latents"] == top_trait_latents(ap_tw, list(benchmark.trait_labels), 2)

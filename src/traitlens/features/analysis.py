@@ -69,7 +69,7 @@ from traitlens.features.sparse_columns import (
 )
 from traitlens.json_config import read_json_config
 from traitlens.output_folder import check_output_folder
-from traitlens.sae.io import WEIGHTS, SAELoadError, load_sae
+from traitlens.sae.io import WEIGHTS, SAELoadError, load_sae_with_config
 from traitlens.sae.layer import stored_sae_layer
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.store import ActivationStore
@@ -285,7 +285,7 @@ def analyze_features(config: FeaturesConfig) -> Path:
     directory of the same job is returned as it is."""
     _check_config(config)
     device = Workers(0, 1).device(config.device)
-    sae, saved = load_sae(config.sae, device=device)
+    sae, saved = load_sae_with_config(config.sae, device=device)
     sae.eval()
     store = ActivationStore(config.acts)
     layer = stored_sae_layer(store, saved, sae, config.sae, config.layer, FeaturesError)

@@ -16,7 +16,7 @@ from traitlens.explain.config import ClassKey, ExplainError
 from traitlens.explain.contrast import resolve_class
 from traitlens.interventions.edits import InterventionError
 from traitlens.output_folder import check_output_folder
-from traitlens.sae.io import load_sae
+from traitlens.sae.io import load_sae_with_config
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.store.manifest import read_manifest
 
@@ -84,7 +84,7 @@ def load_sae_on_model(model: str, sae_dir: Path, *, weights: Path | None = None,
     """Load the model and the SAE on one device and place the SAE on its layer."""
     resolved_device = Workers(0, 1).device(device)
     backbone = load_backbone(model, weights=weights, pretrained=pretrained).to(resolved_device)
-    sae, saved = load_sae(sae_dir, device=resolved_device)
+    sae, saved = load_sae_with_config(sae_dir, device=resolved_device)
     sae.eval()
     check_sae_model(backbone, saved, sae_dir)
     return SAEOnModel(backbone, sae, *sae_layer(backbone, sae, saved, sae_dir, layer, tokens))

@@ -29,7 +29,7 @@ from traitlens.data import UnreadableImageError, open_image_source
 from traitlens.distributed import Workers
 from traitlens.errors import TraitlensError
 from traitlens.heads import load_head_backbone
-from traitlens.sae.io import load_sae
+from traitlens.sae.io import load_sae_with_config
 from traitlens.sae.layer import stored_sae_layer
 from traitlens.sae.metrics import DENSE_FREQUENCY
 from traitlens.sae.model import SparseAutoencoder
@@ -298,7 +298,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     if config.batch_size < 1 or config.image_batch_size < 1:
         raise EvaluationError("batch sizes must be at least 1")
     device = Workers(0, 1).device(config.device)
-    sae, saved = load_sae(config.sae, device=device)
+    sae, saved = load_sae_with_config(config.sae, device=device)
     sae.eval()
     store = ActivationStore(config.acts)
     layer = stored_sae_layer(store, saved, sae, config.sae, config.layer, EvaluationError)

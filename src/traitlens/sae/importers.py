@@ -55,7 +55,7 @@ from safetensors.torch import load_file
 
 from traitlens.errors import TraitlensError
 from traitlens.sae.config import Activation, SAEConfig, SAEConfigError
-from traitlens.sae.io import CONFIG, load_sae
+from traitlens.sae.io import CONFIG, load_sae_with_config
 from traitlens.sae.model import SparseAutoencoder
 
 SAELENS_CONFIG = "cfg.json"
@@ -397,7 +397,7 @@ def import_sae(path: str | Path, subtract_b_dec: bool | None = None) -> tuple[Sp
         if (path / SAELENS_CONFIG).is_file():
             return import_saelens(path)
         if (path / CONFIG).is_file():
-            sae, data = load_sae(path)
+            sae, data = load_sae_with_config(path)
             return sae, {key: value for key, value in data.items() if key not in ("format", "sae")}
         raise SAEImportError(f"cannot import {path}: no {SAELENS_CONFIG} (SAELens) or {CONFIG} (traitlens) in it")
     if path.is_file():

@@ -49,8 +49,14 @@ def read_sae_config(directory: Path) -> dict[str, Any]:
     return data
 
 
-def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> tuple[SparseAutoencoder, dict[str, Any]]:
-    """The SAE saved in ``directory`` and its whole config (provenance, metrics)."""
+def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
+    """The SAE saved in ``directory`` (``traitlens train`` or ``import-sae`` output), ready to
+    ``encode``/``decode``; its whole saved config is :func:`load_sae_with_config`'s second value."""
+    return load_sae_with_config(directory, device)[0]
+
+
+def load_sae_with_config(directory: str | Path, device: str | torch.device = "cpu") -> tuple[SparseAutoencoder, dict[str, Any]]:
+    """The SAE saved in ``directory`` and its whole config (provenance: layer, model, metrics)."""
     directory = Path(directory)
     data = read_sae_config(directory)
     try:

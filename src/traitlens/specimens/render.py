@@ -89,6 +89,10 @@ class Specimen:
     """uint8: 0 background, 1 body, ``trait_label(i)`` where trait i is visible."""
     occluded_fraction: float
     """Share of the organism's pixels hidden by the occluder (0 when there is none)."""
+    footprints_thw: np.ndarray
+    """(traits, h, w) bool: for trait i, the pixels its drawn value covers, seen or under another
+    part of the organism (a crest's root under the head), not under the occluder; empty for a
+    value that draws nothing. The only pixels where this specimen and its twin can differ."""
 
 
 # -- canonical geometry ----------------------------------------------------------------------------
@@ -368,6 +372,28 @@ def _draw_labels(shapes: Sequence[_Shape], transform: np.ndarray, size: int) -> 
     return np.asarray(canvas)
 
 
+def _footprint(shapes: Sequence[_Shape], transform: np.ndarray, size: int) -> np.ndarray:
+    """(size, size) bool: every final pixel that one of ``shapes`` touches, drawn at the final size
+    (as the label map is) or at the supersampled size the image is drawn at (anti-aliased edges)."""
+    side = size * SUPERSAMPLE
+    canvas = Image.new("1", (side, side), 0)
+    draw = ImageDraw.Draw(canvas)
+    for shape in shapes:
+        if len(shape.points) >= 3:
+            draw.polygon(_to_pixels(shape.points, _then(transform, _TO_HIRES)), fill=1)
+    supersampled = np.asarray(canvas).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).any(axis=(1, 3))
+    return supersampled | (_draw_labels(shapes, transform, size) > 0)
+
+
+def _covered(points: Points, size: int) -> np.ndarray:
+    """(size, size) bool: the final pixels a polygon (final-pixel coordinates) covers whole at the
+    supersampled size, so nothing under it shows through an anti-aliased edge."""
+    side = size * SUPERSAMPLE
+    canvas = Image.new("1", (side, side), 0)
+    ImageDraw.Draw(canvas).polygon(_to_pixels(points, _TO_HIRES), fill=1)
+    return np.asarray(canvas).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).all(axis=(1, 3))
+
+
 def _jitter(rng: np.random.Generator, colors: Sequence[Color], amount: float) -> Color:
     base = np.asarray(colors[int(rng.integers(len(colors)))], np.float64)
     r, g, b = np.clip(base + rng.uniform(-amount, amount, 3), 0, 255).astype(int)
@@ -426,14 +452,17 @@ def _occluder(rng: np.random.Generator, center: np.ndarray, size: int, shrink: f
     return _ellipse(center, radius, radius * aspect, angle, n=24), _jitter(rng, colors, 12)
 
 
-def _place_occluder(rng: np.random.Generator, labels_hw: np.ndarray, regions_hw: np.ndarray,
+def _place_occluder(rng: np.random.Generator, regions_hw: np.ndarray, n_body_pixels: int,
                     ) -> tuple[Points, Color, np.ndarray] | None:
     """An occluder over the organism that hides little of it and of every trait region, or None.
 
-    Returns the polygon (final-image pixels), its colour and its (h, w) boolean mask.
+    ``regions_hw`` labels what any value of every trait could cover, so the choice is the same for
+    every species of the plan; hiding at most ``MAX_OCCLUDED_FRACTION`` of the bare body's
+    ``n_body_pixels`` of it bounds what it hides of every species' organism. Returns the polygon
+    (final-image pixels), its colour and its (h, w) boolean mask.
     """
-    size = labels_hw.shape[0]
-    organism = labels_hw > 0
+    size = regions_hw.shape[0]
+    organism = regions_hw > 0
     organism_pixels = np.flatnonzero(organism)
     row, column = np.unravel_index(organism_pixels[rng.integers(len(organism_pixels))], organism.shape)
     center = np.array([column, row], float)
@@ -446,19 +475,18 @@ def _place_occluder(rng: np.random.Generator, labels_hw: np.ndarray, regions_hw:
         ImageDraw.Draw(canvas).polygon(points.ravel().tolist(), fill=1)
         mask = np.asarray(canvas)
         hidden = np.bincount(regions_hw[mask], minlength=256)
-        if (np.count_nonzero(mask & organism) <= MAX_OCCLUDED_FRACTION * len(organism_pixels)
+        if (np.count_nonzero(mask & organism) <= MAX_OCCLUDED_FRACTION * n_body_pixels
                 and np.all(hidden[region_labels] <= MAX_REGION_OCCLUSION * region_sizes[region_labels])):
             return points, color, mask
         shrink *= 0.7
     return None
 
 
-def _light(image_hw3: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Global lighting, a light gradient, a weak colour cast, contrast and sensor noise."""
+def _light(image_hw3: np.ndarray, rng: np.random.Generator, pivot: float) -> np.ndarray:
+    """Global lighting, a light gradient, a weak colour cast, contrast about ``pivot`` and sensor noise."""
     size = image_hw3.shape[0]
     image = image_hw3.astype(np.float32)
-    mean = image.mean()
-    image = (image - mean) * rng.uniform(*CONTRAST_RANGE) + mean
+    image = (image - pivot) * rng.uniform(*CONTRAST_RANGE) + pivot
     direction = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(direction) * np.arange(size)[None, :] + np.sin(direction) * np.arange(size)[:, None]) / size
     gradient = 1 + rng.uniform(0, MAX_LIGHT_GRADIENT) * 2 * (ramp - ramp.mean())
@@ -470,12 +498,20 @@ def _light(image_hw3: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def render_specimen(species: Species, size: int, rng: np.random.Generator) -> Specimen:
     """Draw one specimen of ``species`` in a ``size`` x ``size`` scene; every random choice comes
-    from ``rng``, so the result is a function of the generator's state."""
+    from ``rng``, so the result is a function of the generator's state.
+
+    No random choice depends on the species: the pose is fitted to, and the occluder placed on,
+    the region every value of every trait could cover, and contrast pivots on the empty scene. So
+    two species drawn from generators in the same state are the same organism in the same scene,
+    and their images differ only where their trait values are drawn (counterfactual twins).
+    """
     shapes = _organism(species.plan, tuple((value,) for value in species.values))
-    transform = _pose(shapes, size, rng)
+    regions = _organism(species.plan, tuple(trait.values for trait in TRAITS))
+    transform = _pose(regions, size, rng)
     palette = _palette(rng)
     side = size * SUPERSAMPLE
     canvas = _ground(rng, side)
+    pivot = float(np.asarray(canvas).mean())
     draw = ImageDraw.Draw(canvas)
     hires = _then(transform, _TO_HIRES)
     for shape in shapes:
@@ -483,14 +519,18 @@ def render_specimen(species: Species, size: int, rng: np.random.Generator) -> Sp
             draw.polygon(_to_pixels(shape.points, hires), fill=palette[shape.color],
                          outline=_OUTLINE_COLOR if shape.outlined else None, width=SUPERSAMPLE)
     labels_hw = _draw_labels(shapes, transform, size)
+    footprints_thw = np.stack([_footprint([shape for shape in shapes if shape.label == trait_label(index)], transform, size)
+                               for index in range(len(TRAITS))])
     occluded_fraction = 0.0
     if rng.random() < OCCLUDER_PROBABILITY:
-        regions_hw = _draw_labels(_organism(species.plan, tuple(trait.values for trait in TRAITS)), transform, size)
-        placed = _place_occluder(rng, labels_hw, regions_hw)
+        bare_body = [shape for shape in regions if shape.label == BODY_LABEL]
+        placed = _place_occluder(rng, _draw_labels(regions, transform, size),
+                                 np.count_nonzero(_draw_labels(bare_body, transform, size)))
         if placed is not None:
             points, color, mask_hw = placed
             occluded_fraction = float(np.count_nonzero(mask_hw & (labels_hw > 0)) / np.count_nonzero(labels_hw))
             draw.polygon(_to_pixels(points, _TO_HIRES), fill=color)
             labels_hw = np.where(mask_hw, BACKGROUND_LABEL, labels_hw).astype(np.uint8)
-    image_hw3 = _light(np.asarray(canvas.reduce(SUPERSAMPLE)), rng)
-    return Specimen(image_hw3, labels_hw, occluded_fraction)
+            footprints_thw &= ~(_covered(points, size) & mask_hw)
+    image_hw3 = _light(np.asarray(canvas.reduce(SUPERSAMPLE)), rng, pivot)
+    return Specimen(image_hw3, labels_hw, occluded_fraction, footprints_thw)

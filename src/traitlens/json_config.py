@@ -9,6 +9,16 @@ from typing import Any
 from traitlens.errors import TraitlensError
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_standard_json(raw: bytes) -> Any:
+    """UTF-8 JSON without Python's NaN/Infinity extension (which would turn into NaN weights or
+    a file that cannot be written back); raises ValueError (UnicodeDecodeError is one)."""
+    return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+
+
 def read_json_config(path: Path, format_name: str, what: str, error: type[TraitlensError], missing: str,
                      version: int | None = None) -> dict[str, Any]:
     """The JSON object at ``path``, checked to be a traitlens ``what`` of ``format_name`` (and of
@@ -16,8 +26,8 @@ def read_json_config(path: Path, format_name: str, what: str, error: type[Traitl
     if not path.is_file():
         raise error(missing)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as cause:
+        data = parse_standard_json(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as cause:
         raise error(f"damaged {what} {path}: {cause}") from cause
     if not isinstance(data, dict) or data.get("format") != format_name:
         raise error(f"{path} is not a traitlens {what}")

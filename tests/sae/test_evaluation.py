@@ -19,6 +19,7 @@ from traitlens.sae import SAEConfig, SparseAutoencoder, save_sae
 from traitlens.sae.evaluation import (
     EvaluateConfig,
     EvaluationError,
+    _DownstreamTotals,
     evaluate,
     format_metrics,
     splice,
@@ -184,3 +185,14 @@ def test_evaluate_cli_and_its_bad_inputs(capsys: pytest.CaptureFixture[str], sae
                  "--out", str(tmp_path / "x.json")]) == 2
     assert "stored layers" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize(("name", "value"), [("batch_size", 0), ("image_batch_size", -1), ("max_images", 0), ("max_images", 2.5)])
+def test_evaluate_configs_refuse_bad_counts(tmp_path: Path, name: str, value: object) -> None:
+    with pytest.raises(EvaluationError, match=f"{name} must be an integer of at least 1"):
+        EvaluateConfig(sae=tmp_path, acts=tmp_path, **{name: value})  # type: ignore[arg-type]
+
+
+def test_downstream_fidelity_on_no_images_is_an_error() -> None:
+    with pytest.raises(EvaluationError, match="no stored images"):
+        _DownstreamTotals().finish()

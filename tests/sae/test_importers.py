@@ -298,7 +298,19 @@ def test_import_sae_command_records_the_layer_and_never_overwrites(sl: ModuleTyp
     _assert_agrees(loaded, theirs, _inputs())
     weights_before = (tmp_path / "ours" / "sae.safetensors").read_bytes()
     assert main(command) == 2
-    assert "already holds an SAE" in capsys.readouterr().err
+    assert "already holds a traitlens import-sae result; pass --overwrite" in capsys.readouterr().err
     assert main(["import-sae", "--from", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert (tmp_path / "ours" / "sae.safetensors").read_bytes() == weights_before
+    assert not (tmp_path / "x").exists()  # a bad source is refused before --out is made
+
+    # --overwrite replaces this command's own output, and never a folder it did not write
+    save_sae(SparseAutoencoder(SAEConfig(d_in=D_IN, width=WIDTH)), tmp_path / "trained", {"layer": "blocks.1"})
+    foreign_before = (tmp_path / "trained" / "sae.safetensors").read_bytes()
+    other = ["import-sae", "--from", str(tmp_path / "peer"), "--out", str(tmp_path / "trained"), "--overwrite"]
+    assert main(other) == 2
+    assert "holds no traitlens output" in capsys.readouterr().err
+    assert (tmp_path / "trained" / "sae.safetensors").read_bytes() == foreign_before
+    assert main(["import-sae", "--from", str(tmp_path / "trained"), "--out", str(tmp_path / "ours"), "--overwrite"]) == 0
+    replaced, saved = load_sae_with_config(tmp_path / "ours")
+    assert "imported" not in saved and torch.equal(replaced.W_dec, load_sae_with_config(tmp_path / "trained")[0].W_dec)

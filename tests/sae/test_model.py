@@ -55,8 +55,13 @@ def test_normalization_is_undone_on_decode() -> None:
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"activation": "gated"}, "unknown SAE activation"), ({"k": 0}, "k must be"), ({"width": 0}, "positive"),
-     ({"matryoshka_widths": (8, 4, 16)}, "increase strictly"), ({"matryoshka_widths": (4, 8)}, "end at the width")],
+    [({"activation": "gated"}, "unknown SAE activation"), ({"k": 0}, "k must be"), ({"width": 0}, "width must be an integer"),
+     ({"matryoshka_widths": (8, 4, 16)}, "increase strictly"), ({"matryoshka_widths": (4, 8)}, "end at the width"),
+     ({"d_in": 128.5}, "d_in must be an integer"), ({"width": True}, "width must be an integer"), ({"k": 17}, "k must be between"),
+     ({"k": "4"}, "k must be an integer"), ({"matryoshka_widths": (4.0, 16)}, "list of integers"),
+     ({"matryoshka_widths": [4, 16]}, "list of integers"), ({"normalization": "whiten"}, "unknown SAE normalization"),
+     ({"jumprelu_bandwidth": float("nan")}, "jumprelu_bandwidth must be a finite number above 0"),
+     ({"jumprelu_initial_threshold": 0}, "jumprelu_initial_threshold must be")],
 )
 def test_inconsistent_configs_are_refused(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(SAEConfigError, match=message):
@@ -68,3 +73,21 @@ def test_config_round_trips_and_rejects_unknown_fields() -> None:
     assert SAEConfig.from_dict(config.to_dict()) == config
     with pytest.raises(SAEConfigError, match="unknown SAE config fields: colour"):
         SAEConfig.from_dict({**config.to_dict(), "colour": 1})
+
+
+def test_config_from_json_refuses_wrong_structure() -> None:
+    good = SAEConfig(d_in=6, width=16, k=4).to_dict()
+    cases = {"list": [good], "widths": {**good, "matryoshka_widths": 5}, "missing": {k: v for k, v in good.items() if k != "width"}}
+    messages = {"list": "must be a JSON object", "widths": "list of integers, got 5", "missing": "fields missing: width"}
+    for name, data in cases.items():
+        with pytest.raises(SAEConfigError, match=messages[name]):
+            SAEConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("activation", ["relu", "topk", "batchtopk", "jumprelu"])
+def test_state_shapes_are_the_modules_without_allocating(activation: str) -> None:
+    config = SAEConfig(d_in=6, width=16, activation=activation, k=4)  # type: ignore[arg-type]
+    real = {name: tuple(tensor.shape) for name, tensor in SparseAutoencoder(config).state_dict().items()}
+    assert SparseAutoencoder.state_shapes(config) == real
+    huge = SparseAutoencoder.state_shapes(SAEConfig(d_in=128, width=10**12, activation=activation, k=4))  # type: ignore[arg-type]
+    assert huge["W_enc"] == (10**12, 128)

@@ -13,10 +13,11 @@ import torch
 
 import traitlens.sae.training as training
 from tests.sae.conftest import STORE_LAYER
-from traitlens.errors import DataError, StoreError
+from traitlens.errors import DataError, StoreError, TraitlensError
 from traitlens.sae import RunConfig, SAEConfig, TrainConfig, load_sae_with_config, sweep, train
+from traitlens.sae.logging_sinks import MetricSinks
 from traitlens.sae.training import TrainingError
-from traitlens.store import ActivationStore
+from traitlens.store import ActivationStore, store_from_arrays
 
 
 def _config(store: Path, out: Path, *runs: RunConfig, **overrides: object) -> TrainConfig:
@@ -132,6 +133,8 @@ def test_kill_and_resume_ends_identical(sae_store: Path, tmp_path: Path, monkeyp
         train(killed, show_progress=False)
     monkeypatch.setattr(training.Trainer, "_train_run", real_step)
     assert json.loads((killed.out / "checkpoint" / "state.json").read_text())["step"] == 30
+    with (killed.out / "train_log.jsonl").open("ab") as log:  # the kill cut the last log line short
+        log.write(b'{"aux_loss": 0.0, "dead_fr')
     with pytest.raises(TrainingError, match="pass --resume to continue it"):
         train(killed, show_progress=False)
     train(killed, resume=True, show_progress=False)
@@ -184,6 +187,16 @@ def test_bad_inputs_are_refused_and_nothing_saved_is_lost(sae_store: Path, tmp_p
     assert not (tmp_path / "kept" / "checkpoint").exists()  # removed once every SAE was saved
     assert train(config, resume=True, show_progress=False) == [tmp_path / "kept"]  # complete: nothing redone
     assert _tree(tmp_path / "kept") == saved
+    with pytest.raises(TrainingError, match="trained with a different configuration"):
+        train(replace(config, tokens=256 * 30), resume=True, show_progress=False)
+    assert _tree(tmp_path / "kept") == saved
+
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    for resume in (False, True):
+        with pytest.raises(TrainingError, match="holds no traitlens output"):
+            train(replace(config, out=tmp_path / "foreign"), resume=resume, show_progress=False)
+    assert [p.name for p in (tmp_path / "foreign").iterdir()] == ["notes.txt"]
 
     interrupted = replace(config, out=tmp_path / "damaged", tokens=256 * 25)
     (interrupted.out / "checkpoint").mkdir(parents=True)
@@ -191,3 +204,66 @@ def test_bad_inputs_are_refused_and_nothing_saved_is_lost(sae_store: Path, tmp_p
     with pytest.raises(TrainingError, match="damaged checkpoint"):
         train(interrupted, resume=True, show_progress=False)
     assert (interrupted.out / "checkpoint" / "state.json").read_text() == "{ not json"
+
+
+def test_a_run_that_failed_before_its_first_step_can_start_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    store_from_arrays(tmp_path / "acts", {"l": tokens})
+    run = RunConfig(SAEConfig(d_in=4, width=8, k=2))
+    config = TrainConfig(acts=tmp_path / "acts", layer="l", out=tmp_path / "sae", runs=(run,), tokens=128, batch_size=32)
+
+    def fails(self: training.Trainer, n_tokens: int) -> torch.Tensor:
+        raise TrainingError("stop")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training.Trainer, "_sample", fails)
+        with pytest.raises(TrainingError, match="stop"):
+            train(config, show_progress=False)
+    assert [p.name for p in config.out.iterdir()] == ["traitlens-output.json"]  # claimed, nothing trained
+    assert train(config, show_progress=False) == [config.out]
+
+
+def test_a_store_without_finite_tokens_is_refused(tmp_path: Path) -> None:
+    store_from_arrays(tmp_path / "acts", {"l": np.full((8, 4), np.nan, dtype=np.float32)})
+    config = TrainConfig(acts=tmp_path / "acts", layer="l", out=tmp_path / "sae", runs=(RunConfig(SAEConfig(d_in=4, width=8, k=2)),),
+                         tokens=64, batch_size=8)
+    with pytest.raises(TrainingError, match="no finite tokens to train on .8 stored, 8 NaN/Inf"):
+        train(config, show_progress=False)
+    assert not config.out.exists()
+
+
+def test_the_log_drops_a_torn_last_line_and_refuses_damage(tmp_path: Path) -> None:
+    log = tmp_path / "train_log.jsonl"
+    log.write_bytes(b'{"step": 10}\nnot a record\n{"step": 20}\n')
+    with pytest.raises(TraitlensError, match="line 2 is not a log record"):
+        MetricSinks(tmp_path, (), enabled=True, resume_after=10)
+    assert log.read_bytes() == b'{"step": 10}\nnot a record\n{"step": 20}\n'
+    log.write_bytes(b'{"step": 10}\n{"step": 20}\n{"step": 30, "lo')
+    MetricSinks(tmp_path, (), enabled=True, resume_after=20).close()
+    assert log.read_bytes() == b'{"step": 10}\n{"step": 20}\n'
+
+
+BAD_TRAIN_FIELDS = [("tokens", 0, "tokens must be"), ("batch_size", -4, "batch_size must be"), ("batch_size", 2.5, "batch_size must be"),
+                    ("seed", -1, "seed must be"), ("checkpoint_every", 0, "checkpoint_every must be"),
+                    ("dead_after_tokens", -1, "dead_after_tokens must be"), ("log_every", True, "log_every must be"),
+                    ("warmup_steps", -1, "warmup_steps must be"), ("final_lr_fraction", 1.5, "at most 1"),
+                    ("grad_clip", float("nan"), "grad_clip must be"), ("aux_coefficient", -0.1, "aux_coefficient must be"),
+                    ("aux_k", 0, "aux_k must be"), ("init_sample_tokens", "many", "init_sample_tokens must be"),
+                    ("bias_init", "median", "unknown bias init"), ("log_to", ("stdout",), "unknown metrics sink 'stdout'"),
+                    ("runs", (), "nothing to train"), ("runs", ("topk",), "tuple of RunConfig")]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), BAD_TRAIN_FIELDS)
+def test_train_configs_refuse_bad_values(tmp_path: Path, name: str, value: object, message: str) -> None:
+    run = RunConfig(SAEConfig(d_in=4, width=8, k=2))
+    fields: dict[str, object] = dict(acts=tmp_path, layer="l", out=tmp_path / "sae", runs=(run,), tokens=64)
+    with pytest.raises(TrainingError, match=message):
+        TrainConfig(**{**fields, name: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "value"), [("lr", 0.0), ("lr", float("inf")), ("lr", "3e-4"), ("sparsity_coefficient", -1.0),
+                                             ("sae", {"d_in": 4})])
+def test_run_configs_refuse_bad_values(name: str, value: object) -> None:
+    fields: dict[str, object] = {"sae": SAEConfig(d_in=4, width=8, k=2), name: value}
+    with pytest.raises(TrainingError, match="SAEConfig" if name == "sae" else name.replace("_", " ")):
+        RunConfig(**fields)  # type: ignore[arg-type]

@@ -1,7 +1,13 @@
-"""Typed configuration of one sparse autoencoder (saved beside its weights as JSON)."""
+"""Typed configuration of one sparse autoencoder (saved beside its weights as JSON).
+
+Every field is checked on construction, so a config from Python, the command line or a saved
+``config.json`` is either valid or one :class:`SAEConfigError` line; the numeric checks are shared
+by the training configs.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -10,10 +16,37 @@ from traitlens.errors import TraitlensError
 Activation = Literal["relu", "topk", "batchtopk", "jumprelu"]
 ACTIVATIONS: tuple[Activation, ...] = ("relu", "topk", "batchtopk", "jumprelu")
 Normalization = Literal["none", "norm", "standardize"]
+NORMALIZATIONS: tuple[Normalization, ...] = ("none", "norm", "standardize")
 
 
 class SAEConfigError(TraitlensError):
     """An SAE configuration is inconsistent or a saved config cannot be read."""
+
+
+def is_int(value: Any) -> bool:
+    """A JSON or Python integer (``True`` is not a count, ``3.0`` is not an integer)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: Any, minimum: int, error: type[TraitlensError]) -> None:
+    """Refuse ``value`` unless it is an integer of at least ``minimum`` (one ``error`` line)."""
+    if not is_int(value) or value < minimum:
+        raise error(f"{name} must be an integer of at least {minimum}, got {value!r}")
+
+
+def check_number(name: str, value: Any, error: type[TraitlensError], *, positive: bool = False,
+                 at_most: float | None = None) -> None:
+    """Refuse ``value`` unless it is a finite number ≥ 0 (> 0 when ``positive``, ≤ ``at_most``)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or value < 0 or (positive and value == 0) or (at_most is not None and value > at_most):
+        bounds = "above 0" if positive else "of at least 0"
+        bounds += f" and at most {at_most:g}" if at_most is not None else ""
+        raise error(f"{name} must be a finite number {bounds}, got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...], error: type[TraitlensError]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise error(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -39,15 +72,20 @@ class SAEConfig:
     jumprelu_bandwidth: float = 0.001
 
     def __post_init__(self) -> None:
-        if self.activation not in ACTIVATIONS:
-            raise SAEConfigError(f"unknown SAE activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
-        if self.d_in < 1 or self.width < 1:
-            raise SAEConfigError(f"SAE sizes must be positive (d_in={self.d_in}, width={self.width})")
-        if self.activation in ("topk", "batchtopk") and not 1 <= self.k <= self.width:
+        check_choice("SAE activation", self.activation, ACTIVATIONS, SAEConfigError)
+        check_choice("SAE normalization", self.normalization, NORMALIZATIONS, SAEConfigError)
+        check_int("SAE d_in", self.d_in, 1, SAEConfigError)
+        check_int("SAE width", self.width, 1, SAEConfigError)
+        check_int("SAE k", self.k, 1, SAEConfigError)
+        if self.is_sparse_coded and self.k > self.width:
             raise SAEConfigError(f"k must be between 1 and the width {self.width}, got {self.k}")
         widths = self.matryoshka_widths
+        if not isinstance(widths, tuple) or not all(is_int(width) for width in widths):
+            raise SAEConfigError(f"matryoshka widths must be a list of integers, got {widths!r}")
         if widths and (list(widths) != sorted(set(widths)) or widths[0] < 1 or widths[-1] != self.width):
             raise SAEConfigError(f"matryoshka widths must increase strictly and end at the width {self.width}, got {widths}")
+        check_number("jumprelu_initial_threshold", self.jumprelu_initial_threshold, SAEConfigError, positive=True)
+        check_number("jumprelu_bandwidth", self.jumprelu_bandwidth, SAEConfigError, positive=True)
 
     @property
     def is_sparse_coded(self) -> bool:
@@ -60,14 +98,24 @@ class SAEConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SAEConfig:
+    def from_dict(cls, data: Any) -> SAEConfig:
+        """The config saved by :meth:`to_dict` (a JSON object); anything else is one line."""
+        if not isinstance(data, dict):
+            raise SAEConfigError(f"an SAE config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise SAEConfigError(f"unknown SAE config fields: {', '.join(sorted(unknown))}")
-        values = dict(data)
-        values["matryoshka_widths"] = tuple(values.get("matryoshka_widths", ()))
-        try:
-            return cls(**values)
-        except TypeError as error:
-            raise SAEConfigError(f"bad SAE config: {error}") from error
+        missing = sorted(name for name in ("d_in", "width") if name not in data)
+        if missing:
+            raise SAEConfigError(f"SAE config fields missing: {', '.join(missing)}")
+        return cls(**{**data, "matryoshka_widths": json_widths(data.get("matryoshka_widths", []))})
+
+
+def json_widths(value: Any) -> tuple[int, ...]:
+    """Matryoshka widths as written in JSON (a list; null for none), for :class:`SAEConfig` to check."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise SAEConfigError(f"matryoshka widths must be a list of integers, got {value!r}")
+    return tuple(value)

@@ -29,6 +29,8 @@ from traitlens.data import UnreadableImageError, open_image_source
 from traitlens.distributed import Workers
 from traitlens.errors import TraitlensError
 from traitlens.heads import load_head_backbone
+from traitlens.output_folder import claim_output_file
+from traitlens.sae.config import check_int
 from traitlens.sae.io import load_sae_with_config
 from traitlens.sae.layer import stored_sae_layer
 from traitlens.sae.metrics import DENSE_FREQUENCY
@@ -48,7 +50,8 @@ class EvaluationError(TraitlensError):
 class EvaluateConfig:
     """What to evaluate. ``layer`` defaults to the layer the SAE was trained on (from its config);
     ``model`` adds downstream fidelity over the first ``max_images`` stored images (all by default),
-    measured on the model's own head or, with ``head``, on a probe saved by ``traitlens probe``."""
+    measured on the model's own head or, with ``head``, on a probe saved by ``traitlens probe``.
+    An existing ``out`` file is replaced only with ``overwrite``."""
 
     sae: Path
     acts: Path
@@ -64,6 +67,15 @@ class EvaluateConfig:
     device: str = "auto"
     show_progress: bool = True
     head: Path | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_int("batch_size", self.batch_size, 1, EvaluationError)
+        check_int("image_batch_size", self.image_batch_size, 1, EvaluationError)
+        if self.max_images is not None:
+            check_int("max_images", self.max_images, 1, EvaluationError)
+        if self.head is not None and self.model is None:
+            raise EvaluationError("--head needs --model (the store's model, which the probe reads)")
 
 
 @dataclass
@@ -200,7 +212,9 @@ class _DownstreamTotals:
             self.correct[name] += int((logits_bc.argmax(-1) == labels_b)[labeled_b].sum())
 
     def finish(self) -> dict[str, Any]:
-        n = max(self.n_images, 1)
+        if self.n_images == 0:
+            raise EvaluationError("no stored images to measure downstream fidelity on")
+        n = self.n_images
         kl_spliced, kl_zero = self.kl_spliced / n, self.kl_zero / n
         result: dict[str, Any] = {
             "n_images": self.n_images,
@@ -295,8 +309,8 @@ def _with_head(backbone: Backbone, head_dir: Path, layer: StoredLayer) -> Backbo
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Measure the SAE; writes the metrics as JSON to ``config.out`` when given, and returns them."""
-    if config.batch_size < 1 or config.image_batch_size < 1:
-        raise EvaluationError("batch sizes must be at least 1")
+    if config.out is not None:
+        claim_output_file(config.out, overwrite=config.overwrite, error=EvaluationError)
     device = Workers(0, 1).device(config.device)
     sae, saved = load_sae_with_config(config.sae, device=device)
     sae.eval()
@@ -306,8 +320,6 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "sae": str(config.sae), "acts": str(config.acts), "layer": layer.name, "tokens": store.manifest["tokens"],
         "architecture": sae.config.to_dict(),
     }
-    if config.head is not None and config.model is None:
-        raise EvaluationError("--head needs --model (the store's model, which the probe reads)")
     backbone = None
     if config.model is not None:  # load (and fail on a bad spec) before the long pass
         backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained)

@@ -44,7 +44,7 @@ saev (one file: a JSON header line, then a ``torch.save``d state dict, read with
 from __future__ import annotations
 
 import io
-import json
+import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +54,9 @@ import torch
 from safetensors.torch import load_file
 
 from traitlens.errors import TraitlensError
-from traitlens.sae.config import Activation, SAEConfig, SAEConfigError
-from traitlens.sae.io import CONFIG, load_sae_with_config
+from traitlens.json_config import parse_standard_json
+from traitlens.sae.config import Activation, SAEConfig, SAEConfigError, json_widths
+from traitlens.sae.io import CONFIG, check_finite, first_line, load_sae_with_config
 from traitlens.sae.model import SparseAutoencoder
 
 SAELENS_CONFIG = "cfg.json"
@@ -121,18 +122,13 @@ class _Weights:
 
 
 # -- shared reading and checking ----------------------------------------------------------------
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:200]
-
-
 def _read_json_object(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SAEImportError(f"cannot import {path.parent}: {path.name} missing")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SAEImportError(f"cannot import {path}: damaged JSON: {_first_line(error)}") from error
+        data = parse_standard_json(path.read_bytes())
+    except (OSError, ValueError) as error:  # ValueError: bad JSON, bad UTF-8 or a NaN
+        raise SAEImportError(f"cannot import {path}: damaged JSON: {first_line(error)}") from error
     if not isinstance(data, dict):
         raise SAEImportError(f"cannot import {path}: expected a JSON object")
     return data
@@ -141,6 +137,14 @@ def _read_json_object(path: Path) -> dict[str, Any]:
 def _object(value: Any) -> dict[str, Any]:
     """A nested config object, or nothing when it is absent or not an object."""
     return value if isinstance(value, dict) else {}
+
+
+def _flag(cfg: dict[str, Any], name: str, default: bool, path: Path) -> bool:
+    """A true/false setting; a string such as "false" would otherwise count as true."""
+    value = cfg.get(name, default)
+    if not isinstance(value, bool):
+        raise SAEImportError(f"cannot import {path}: {name} must be true or false, got {value!r}")
+    return value
 
 
 def _positive_int(value: Any, name: str, path: Path) -> int:
@@ -152,7 +156,7 @@ def _positive_int(value: Any, name: str, path: Path) -> int:
 def _k(value: Any, path: Path) -> int:
     """SAELens allows a fractional BatchTopK k; traitlens keeps the nearest integer (used only if the
     SAE is trained further: inference uses the threshold)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
         raise SAEImportError(f"cannot import {path}: k must be a positive number, got {value!r}")
     return max(1, round(value))
 
@@ -175,13 +179,21 @@ def _checked(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]
         if tuple(tensor.shape) != expected:
             raise SAEImportError(f"cannot import {path}: tensor {name} has shape {tuple(tensor.shape)}, expected {expected}")
         checked[name] = tensor.detach().to(torch.float64)
+    check_finite(f"cannot import {path}", checked, SAEImportError)
     return checked
 
 
 def _config(path: Path, **values: Any) -> SAEConfig:
     try:
         return SAEConfig(**values)
-    except (SAEConfigError, TypeError) as error:  # TypeError: widths that are not numbers
+    except SAEConfigError as error:
+        raise SAEImportError(f"cannot import {path}: {error}") from error
+
+
+def _widths(value: Any, path: Path) -> tuple[int, ...]:
+    try:
+        return json_widths(value)
+    except SAEConfigError as error:
         raise SAEImportError(f"cannot import {path}: {error}") from error
 
 
@@ -202,7 +214,7 @@ def _saelens_architecture(cfg: dict[str, Any], tensor_names: set[str], path: Pat
     activation_fn = cfg.get("activation_fn", cfg.get("activation_fn_str"))  # pre-6.0 configs
     if activation_fn not in (None, "relu", "topk"):
         raise SAEImportError(f"cannot import {path}: SAELens activation_fn {activation_fn!r} cannot be expressed by a traitlens SAE")
-    rescale = bool(cfg.get("rescale_acts_by_decoder_norm", False))
+    rescale = _flag(cfg, "rescale_acts_by_decoder_norm", False, path)
     if architecture == "standard" and activation_fn == "topk":  # pre-6.0 TopK
         return _SAELensArchitecture("topk", k=_k(_object(cfg.get("activation_fn_kwargs")).get("k"), path))
     if architecture == "standard":
@@ -211,7 +223,7 @@ def _saelens_architecture(cfg: dict[str, Any], tensor_names: set[str], path: Pat
         return _SAELensArchitecture("topk", k=_k(cfg.get("k"), path), rescale_by_decoder_norm=rescale)
     if architecture in SAELENS_BATCHTOPK:
         return _SAELensArchitecture("batchtopk", k=_k(cfg.get("k"), path), rescale_by_decoder_norm=rescale,
-                                    matryoshka_widths=tuple(cfg.get("matryoshka_widths") or ()),
+                                    matryoshka_widths=_widths(cfg.get("matryoshka_widths"), path),
                                     threshold_tensor="topk_threshold")
     if architecture == "jumprelu":
         metadata = _object(cfg.get("metadata"))
@@ -219,7 +231,7 @@ def _saelens_architecture(cfg: dict[str, Any], tensor_names: set[str], path: Pat
         threshold = "log_threshold" if "log_threshold" in tensor_names else "threshold"  # older SAELens saved the log
         if metadata.get("training_architecture") in SAELENS_BATCHTOPK and "k" in details:
             return _SAELensArchitecture("batchtopk", k=_k(details["k"], path), threshold_tensor=threshold,
-                                        matryoshka_widths=tuple(details.get("matryoshka_widths") or ()))
+                                        matryoshka_widths=_widths(details.get("matryoshka_widths"), path))
         return _SAELensArchitecture("jumprelu", threshold_tensor=threshold)
     raise SAEImportError(f"cannot import {path}: SAELens architecture {architecture!r} cannot be expressed by a traitlens SAE "
                          f"(supported: standard, topk, jumprelu, {', '.join(SAELENS_BATCHTOPK)})")
@@ -240,7 +252,7 @@ def _saelens_input_scale(cfg: dict[str, Any], directory: Path, path: Path) -> fl
         raise SAEImportError(f"cannot import {path}: unknown normalize_activations {mode!r}")
     scaler = directory / SAELENS_SCALER
     factor = _read_json_object(scaler).get("scaling_factor") if scaler.is_file() else None
-    if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor > 0:
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0 < factor < math.inf:
         raise SAEImportError(f"cannot import {path}: normalize_activations='expected_average_only_in' but no scaling_factor in "
                              f"{SAELENS_SCALER} beside it; SAELens folds it into the weights when training ends, import that SAE")
     return float(factor)
@@ -262,7 +274,7 @@ def import_saelens(directory: str | Path) -> tuple[SparseAutoencoder, dict[str, 
     try:
         tensors = load_file(str(weights_path))
     except Exception as error:  # safetensors raises several types for truncated or foreign files
-        raise SAEImportError(f"cannot import {weights_path}: cannot read the weights: {_first_line(error)}") from error
+        raise SAEImportError(f"cannot import {weights_path}: cannot read the weights: {first_line(error)}") from error
     architecture = _saelens_architecture(cfg, set(tensors), cfg_path)
     d_in, width = _positive_int(cfg.get("d_in"), "d_in", cfg_path), _positive_int(cfg.get("d_sae"), "d_sae", cfg_path)
     shapes: dict[str, tuple[int, ...]] = {"W_enc": (d_in, width), "b_enc": (width,), "W_dec": (width, d_in), "b_dec": (d_in,)}
@@ -278,7 +290,7 @@ def import_saelens(directory: str | Path) -> tuple[SparseAutoencoder, dict[str, 
         weights.conversions.append("finetuning scaling_factor folded into the decoder rows")
     if architecture.rescale_by_decoder_norm:
         weights.fold_decoder_norms()
-    if not cfg.get("apply_b_dec_to_input", True):
+    if not _flag(cfg, "apply_b_dec_to_input", True, cfg_path):
         weights.fold_decoder_bias()
     if architecture.threshold_tensor == "log_threshold":
         weights.threshold_w = found["log_threshold"].exp()
@@ -316,9 +328,9 @@ def _saev_state(body: bytes, path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
         raise SAEImportError(f"cannot import {path}: its weights hold objects other than tensors, which are never unpickled "
-                             f"({_first_line(error)})") from error
+                             f"({first_line(error)})") from error
     except Exception as error:  # torch raises several types for truncated or foreign data
-        raise SAEImportError(f"cannot import {path}: cannot read the weights after the header: {_first_line(error)}") from error
+        raise SAEImportError(f"cannot import {path}: cannot read the weights after the header: {first_line(error)}") from error
     if not isinstance(state, dict) or not all(isinstance(name, str) and isinstance(tensor, torch.Tensor)
                                               for name, tensor in state.items()):
         raise SAEImportError(f"cannot import {path}: the weights after the header are not a state dict of tensors")
@@ -336,11 +348,11 @@ def import_saev(path: str | Path, subtract_b_dec: bool | None = None) -> tuple[S
     try:
         raw = path.read_bytes()
     except OSError as error:
-        raise SAEImportError(f"cannot import {path}: {error.strerror or _first_line(error)}") from error
+        raise SAEImportError(f"cannot import {path}: {error.strerror or first_line(error)}") from error
     header_line, _, body = raw.partition(b"\n")
     try:
-        header = json.loads(header_line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        header = parse_standard_json(header_line)
+    except ValueError as error:
         raise SAEImportError(f"cannot import {path}: not a saev checkpoint (its first line is not a JSON header)") from error
     if not isinstance(header, dict):
         raise SAEImportError(f"cannot import {path}: not a saev checkpoint (its header is not a JSON object)")

@@ -1,6 +1,8 @@
 """Saved SAEs: ``sae.safetensors`` (weights) + ``config.json`` (architecture and provenance).
 
-No pickle anywhere. A damaged file gives one line naming it.
+No pickle anywhere. A damaged file gives one line naming it: the config is checked field by
+field, and the weights file's header (names and shapes) against the config before any tensor is
+read or allocated, so a config claiming a width of 10^12 costs nothing.
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from traitlens.errors import TraitlensError
 from traitlens.json_config import read_json_config
 from traitlens.sae.config import SAEConfig, SAEConfigError
 from traitlens.sae.model import SparseAutoencoder
-from traitlens.store.atomic import atomic_write_json, commit, temp_path
+from traitlens.store.atomic import atomic_write, atomic_write_json
 
 WEIGHTS = "sae.safetensors"
 CONFIG = "config.json"
@@ -26,12 +29,17 @@ class SAELoadError(TraitlensError):
     """A saved SAE is missing, damaged, or not an SAE."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message as one short line (safetensors and torch write several)."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:200]
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Atomically write tensors as safetensors (contiguous CPU copies)."""
     cpu = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
-    temp = temp_path(path)
-    save_file(cpu, str(temp), metadata=metadata)
-    commit(temp, path)
+    # safetensors writes to a file name, not a handle: it writes the temporary file atomic_write opened
+    atomic_write(path, lambda handle: save_file(cpu, handle.name, metadata=metadata))
 
 
 def save_sae(sae: SparseAutoencoder, directory: Path, extra: dict[str, Any] | None = None) -> None:
@@ -55,6 +63,33 @@ def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> Spars
     return load_sae_with_config(directory, device)[0]
 
 
+def _check_header(path: Path, config: SAEConfig) -> None:
+    """The weights file holds exactly the tensors of ``config``'s SAE, by its header alone."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            found = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except Exception as error:  # safetensors raises several types for missing, truncated or foreign files
+        raise SAELoadError(f"cannot read SAE weights {path}: {first_line(error)}") from error
+    expected = SparseAutoencoder.state_shapes(config)
+    if found.keys() != expected.keys():
+        missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+        what = "; ".join(f"{label} {', '.join(names)}" for label, names in (("missing", missing), ("unexpected", unexpected)) if names)
+        raise SAELoadError(f"SAE weights {path} do not match its config: tensors {what}")
+    for name, shape in expected.items():
+        if found[name] != shape:
+            raise SAELoadError(f"SAE weights {path} do not match its config: {name} has shape {found[name]}, "
+                               f"the config ({config.activation}, d_in {config.d_in}, width {config.width}) needs {shape}")
+
+
+def check_finite(where: str, tensors: dict[str, torch.Tensor], error: type[TraitlensError]) -> None:
+    """NaN or infinite weights would give NaN latents silently; ``-inf`` is allowed in
+    ``log_threshold`` only, where it is a zero threshold (an imported ReLU-like latent)."""
+    for name, tensor in tensors.items():
+        values = tensor.masked_fill(tensor == float("-inf"), 0.0) if name == "log_threshold" else tensor
+        if values.is_floating_point() and not torch.isfinite(values).all():
+            raise error(f"{where}: tensor {name} holds NaN or infinite values")
+
+
 def load_sae_with_config(directory: str | Path, device: str | torch.device = "cpu") -> tuple[SparseAutoencoder, dict[str, Any]]:
     """The SAE saved in ``directory`` and its whole config (provenance: layer, model, metrics)."""
     directory = Path(directory)
@@ -63,13 +98,13 @@ def load_sae_with_config(directory: str | Path, device: str | torch.device = "cp
         config = SAEConfig.from_dict(data["sae"])
     except SAEConfigError as error:
         raise SAELoadError(f"{directory / CONFIG}: {error}") from error
+    weights = directory / WEIGHTS
+    _check_header(weights, config)
     try:
-        tensors = load_file(str(directory / WEIGHTS), device=str(device))
-    except Exception as error:  # safetensors raises several types for truncated or foreign files
-        raise SAELoadError(f"cannot read SAE weights {directory / WEIGHTS}: {str(error).splitlines()[0][:200]}") from error
+        tensors = load_file(str(weights), device=str(device))
+    except Exception as error:  # safetensors raises several types for damaged data
+        raise SAELoadError(f"cannot read SAE weights {weights}: {first_line(error)}") from error
+    check_finite(f"SAE weights {weights}", tensors, SAELoadError)
     sae = SparseAutoencoder(config).to(device)
-    try:
-        sae.load_state_dict(tensors, strict=True)
-    except RuntimeError as error:
-        raise SAELoadError(f"SAE weights {directory / WEIGHTS} do not match its config: {str(error).splitlines()[0][:200]}") from error
+    sae.load_state_dict(tensors, strict=True)  # names and shapes were checked against the config
     return sae, data

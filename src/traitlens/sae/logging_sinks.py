@@ -7,9 +7,29 @@ from pathlib import Path
 from typing import Any
 
 from traitlens.errors import TraitlensError
+from traitlens.sae.config import is_int
+from traitlens.store.atomic import atomic_write_bytes
 
 LOG_FILE = "train_log.jsonl"
 SINKS = ("tensorboard", "wandb")
+
+
+def _lines_until(path: Path, step: int) -> bytes:
+    """The log's lines of steps up to ``step``. A last line without its newline is a write that a
+    kill cut short (after the last checkpoint, so the resumed run writes it again): dropped. Any
+    other line that is not a record is damage, refused rather than silently lost."""
+    *lines, _torn = path.read_bytes().split(b"\n")
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:  # bad JSON or bad UTF-8
+            record = None
+        if not isinstance(record, dict) or not is_int(record.get("step")):
+            raise TraitlensError(f"damaged training log {path}: line {number} is not a log record")
+        if record["step"] <= step:
+            kept.append(line + b"\n")
+    return b"".join(kept)
 
 
 class MetricSinks:
@@ -23,10 +43,7 @@ class MetricSinks:
         if not enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_after]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        atomic_write_bytes(self.path, _lines_until(self.path, resume_after) if self.path.is_file() else b"")
         self._file = self.path.open("a")
         for name in log_to:
             self._extra.append(_open_sink(name, out))
@@ -45,8 +62,6 @@ class MetricSinks:
 
 
 def _open_sink(name: str, out: Path) -> Any:
-    if name not in SINKS:
-        raise TraitlensError(f"unknown metrics sink {name!r}; choose from {', '.join(SINKS)}")
     try:
         if name == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter

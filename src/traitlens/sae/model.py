@@ -9,6 +9,7 @@ rows of active latents are contiguous for the sparse kernels.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +85,7 @@ class SparseAutoencoder(nn.Module):
         self.register_buffer("input_scale", torch.ones(d))
         self.register_buffer("threshold", torch.zeros(w))
         if config.activation == "jumprelu":
-            self.log_threshold = nn.Parameter(torch.full((w,), float(torch.tensor(config.jumprelu_initial_threshold).log())))
+            self.log_threshold = nn.Parameter(torch.full((w,), math.log(config.jumprelu_initial_threshold)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -93,6 +94,13 @@ class SparseAutoencoder(nn.Module):
             nn.init.normal_(self.W_dec)
             self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
             self.W_enc.copy_(self.W_dec)
+
+    @staticmethod
+    def state_shapes(config: SAEConfig) -> dict[str, tuple[int, ...]]:
+        """Name and shape of every tensor of an SAE of ``config``, found without allocating it (on
+        the meta device), so a saved file can be checked against its config before it is read."""
+        with torch.device("meta"):
+            return {name: tuple(tensor.shape) for name, tensor in SparseAutoencoder(config).state_dict().items()}
 
     # -- normalization -----------------------------------------------------------------------
     def normalize(self, x_nd: torch.Tensor) -> torch.Tensor:

@@ -15,25 +15,34 @@ import shutil
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm import tqdm
 
 from traitlens.distributed import Workers, workers_from_env
 from traitlens.errors import DataError, TraitlensError
 from traitlens.optim_state import load_optimizer_tensors, optimizer_tensors
-from traitlens.sae.config import SAEConfig
+from traitlens.output_folder import OWNER_FILE, claim_output_folder
+from traitlens.sae.config import SAEConfig, check_choice, check_int, check_number, is_int
 from traitlens.sae.init import (
     BiasInit,
     calibrate_threshold,
     initialize_from_data,
     set_normalization,
 )
-from traitlens.sae.io import CONFIG, save_sae, save_tensors
-from traitlens.sae.logging_sinks import MetricSinks
+from traitlens.sae.io import (
+    CONFIG,
+    check_finite,
+    first_line,
+    read_sae_config,
+    save_sae,
+    save_tensors,
+)
+from traitlens.sae.logging_sinks import LOG_FILE, SINKS, MetricSinks
 from traitlens.sae.metrics import DENSE_FREQUENCY, explained_variance
 from traitlens.sae.model import Encoding, SparseAutoencoder
 from traitlens.sae.schedule import learning_rate, sparsity_coefficient
@@ -44,6 +53,7 @@ from traitlens.store.atomic import atomic_write_json
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_STATE = "state.json"
 
 
 class TrainingError(TraitlensError):
@@ -58,6 +68,12 @@ class RunConfig:
     sae: SAEConfig
     lr: float = 3e-4
     sparsity_coefficient: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sae, SAEConfig):
+            raise TrainingError(f"a run needs an SAEConfig, got {type(self.sae).__name__}")
+        check_number("lr", self.lr, TrainingError, positive=True)
+        check_number("sparsity coefficient", self.sparsity_coefficient, TrainingError)
 
     @property
     def name(self) -> str:
@@ -95,6 +111,22 @@ class TrainConfig:
     strict: bool = False
     device: str = "auto"
     log_to: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.runs, tuple) or not all(isinstance(run, RunConfig) for run in self.runs):
+            raise TrainingError("runs must be a tuple of RunConfig")
+        if not self.runs:
+            raise TrainingError("nothing to train: no SAE configurations given")
+        for name in ("tokens", "batch_size", "aux_k", "dead_after_tokens", "init_sample_tokens", "checkpoint_every", "log_every"):
+            check_int(name, getattr(self, name), 1, TrainingError)
+        for name in ("seed", "warmup_steps", "sparsity_warmup_steps"):
+            check_int(name, getattr(self, name), 0, TrainingError)
+        check_number("final_lr_fraction", self.final_lr_fraction, TrainingError, at_most=1.0)
+        check_number("grad_clip", self.grad_clip, TrainingError, positive=True)
+        check_number("aux_coefficient", self.aux_coefficient, TrainingError)
+        check_choice("bias init", self.bias_init, get_args(BiasInit), TrainingError)
+        for sink in self.log_to:
+            check_choice("metrics sink", sink, SINKS, TrainingError)
 
     @property
     def total_steps(self) -> int:
@@ -157,18 +189,42 @@ class Trainer:
         names = [run.name for run in config.runs]
         if len(set(names)) != len(names):
             raise TrainingError(f"the sweep repeats a configuration: {', '.join(names)}")
+        self.stats = self.store.stats(self.layer.name)
+        if self.stats.count == 0:
+            raise TrainingError(f"layer {self.layer.name} of {config.acts} has no finite tokens to train on "
+                                f"({self.layer.n_tokens} stored, {self.stats.n_nonfinite} NaN/Inf)")
+        checkpoint = config.out / CHECKPOINT_DIR / CHECKPOINT_STATE
+        if workers.is_main:
+            self._claim_output(resume, checkpoint)
+        workers.barrier()
         self.step = 0
         self.n_nonfinite = 0
         self.runs = [self._new_run(run) for run in config.runs]
-        checkpoint = config.out / CHECKPOINT_DIR / "state.json"
-        self.complete = resume and not checkpoint.is_file() and all((d / CONFIG).is_file() for d in self.result_dirs)
+        self.complete = resume and not checkpoint.is_file() and self._finished()
         if resume and checkpoint.is_file():
             self._load_checkpoint(checkpoint)
-        elif not resume and config.out.exists() and any(config.out.iterdir()):
-            hint = "pass --resume to continue it" if checkpoint.is_file() else "it is kept as it is"
-            raise TrainingError(f"{config.out} already holds training output ({hint}); use another --out")
         elif not self.complete:
             self._initialize_from_data()
+
+    def _claim_output(self, resume: bool, checkpoint: Path) -> None:
+        """``--out`` must be new, empty or this command's own; an earlier run is continued only
+        with ``--resume`` (a folder holding nothing but the ownership mark is a run that never began)."""
+        out = self.config.out
+        earlier = claim_output_folder(out, "train", resumable=True, own_files=(LOG_FILE, CHECKPOINT_DIR), error=TrainingError)
+        if earlier and not resume and any(path.name != OWNER_FILE for path in out.iterdir()):
+            hint = "pass --resume to continue it" if checkpoint.is_file() else "it is kept as it is"
+            raise TrainingError(f"{out} already holds training output ({hint}); use another --out")
+
+    def _finished(self) -> bool:
+        """Whether every SAE of this configuration is saved; a finished run of another
+        configuration in ``--out`` is refused rather than taken for this one."""
+        if not all((directory / CONFIG).is_file() for directory in self.result_dirs):
+            return False
+        for directory in self.result_dirs:
+            saved = read_sae_config(directory).get("training")
+            if not isinstance(saved, dict) or _identity(saved) != self._checkpoint_identity():
+                raise TrainingError(f"{directory} holds an SAE trained with a different configuration; use another --out")
+        return True
 
     @property
     def result_dirs(self) -> list[Path]:
@@ -186,7 +242,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._run_seed(run))
             sae = SparseAutoencoder(run.sae)
-        set_normalization(sae, self.store.stats(self.layer.name))
+        set_normalization(sae, self.stats)
         sae.to(self.device)
         optimizer = torch.optim.Adam(sae.parameters(), lr=run.lr, betas=(0.9, 0.999))
         zeros = torch.zeros(run.sae.width, dtype=torch.int64, device=self.device)
@@ -202,7 +258,11 @@ class Trainer:
         """The first tokens of a separately seeded stream, the same on every worker."""
         config = ShuffleConfig(batch_size=min(n_tokens, self.layer.n_tokens), seed=self.config.seed + 7919)
         sample_nd = next(self.store.shuffled(self.layer.name, config).batches())
-        return sample_nd[torch.isfinite(sample_nd).all(dim=1)].to(self.device)
+        sample_nd = sample_nd[torch.isfinite(sample_nd).all(dim=1)]
+        if not len(sample_nd):
+            raise TrainingError(f"the {config.batch_size} tokens sampled from layer {self.layer.name} of {self.config.acts} "
+                                "to initialize the SAEs are all NaN/Inf")
+        return sample_nd.to(self.device)
 
     # -- one step --------------------------------------------------------------------------------
     def _clean(self, batch_nd: torch.Tensor) -> torch.Tensor:
@@ -328,9 +388,7 @@ class Trainer:
 
     # -- persistence -------------------------------------------------------------------------------
     def _checkpoint_identity(self) -> dict[str, Any]:
-        identity = self.config.to_dict()
-        del identity["out"], identity["device"], identity["log_to"], identity["checkpoint_every"]
-        return identity
+        return _identity(self.config.to_dict())
 
     def _save_checkpoint(self) -> None:
         if self.workers.is_main:
@@ -338,33 +396,37 @@ class Trainer:
             tensors: dict[str, torch.Tensor] = {"rng.torch": torch.random.get_rng_state()}
             for index, run in enumerate(self.runs):
                 tensors.update(run.state_tensors(f"runs.{index}"))
-            weights = folder / f"state-{self.step:08d}.safetensors"
+            weights = folder / _weights_name(self.step)
             save_tensors(weights, tensors)
             state = {"step": self.step, "weights": weights.name, "n_nonfinite": self.n_nonfinite,
                      "tokens_in_window": [run.tokens_in_window for run in self.runs],
                      "config": self._checkpoint_identity()}
-            atomic_write_json(folder / "state.json", state)
+            atomic_write_json(folder / CHECKPOINT_STATE, state)
             for old in folder.glob("state-*.safetensors"):
                 if old != weights:
                     old.unlink()
         self.workers.barrier()
 
     def _load_checkpoint(self, path: Path) -> None:
-        try:
-            state = json.loads(path.read_text())
-            tensors = load_file(str(path.parent / state["weights"]), device=str(self.device))
-        except Exception as error:
-            raise TrainingError(f"damaged checkpoint in {path.parent}: {str(error).splitlines()[0][:200]}") from error
+        damaged = f"damaged checkpoint in {path.parent}"
+        state = _read_checkpoint_state(path, len(self.runs), self.config.total_steps, damaged)
         if state["config"] != self._checkpoint_identity():
             raise TrainingError(f"the checkpoint in {path.parent} is from a different training configuration; use another --out")
-        torch.random.set_rng_state(tensors["rng.torch"].cpu())
-        for index, run in enumerate(self.runs):
-            run.load_state_tensors(f"runs.{index}", tensors)
-            run.tokens_in_window = int(state["tokens_in_window"][index])
-        self.step = int(state["step"])
-        self.n_nonfinite = int(state["n_nonfinite"])
+        try:
+            tensors = load_file(str(path.parent / state["weights"]), device=str(self.device))
+            torch.random.set_rng_state(tensors["rng.torch"].cpu())
+            for index, run in enumerate(self.runs):
+                run.load_state_tensors(f"runs.{index}", tensors)
+        except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as error:  # missing, truncated or foreign tensors
+            raise TrainingError(f"{damaged}: {first_line(error)}") from error
+        for run, tokens in zip(self.runs, state["tokens_in_window"], strict=True):
+            run.tokens_in_window = tokens
+        self.step = state["step"]
+        self.n_nonfinite = state["n_nonfinite"]
 
     def _save_results(self) -> list[Path]:
+        for run in self.runs:  # a diverged SAE would be saved as NaN weights and NaN metrics
+            check_finite(f"training {run.config.name} diverged (try a lower --lr)", run.sae.state_dict(), TrainingError)
         sample_nd = self._sample(self.config.init_sample_tokens)
         for run in self.runs:
             if run.config.sae.activation == "batchtopk":
@@ -382,12 +444,40 @@ class Trainer:
         return self.result_dirs
 
 
+def _identity(training: dict[str, Any]) -> dict[str, Any]:
+    """What fixes a training run's result: its config without where and how it is run and logged."""
+    return {key: value for key, value in training.items() if key not in ("out", "device", "log_to", "checkpoint_every")}
+
+
+def _weights_name(step: int) -> str:
+    return f"state-{step:08d}.safetensors"
+
+
+def _read_checkpoint_state(path: Path, n_runs: int, total_steps: int, damaged: str) -> dict[str, Any]:
+    """``state.json`` with every field checked; ``weights`` must be the file its step writes beside
+    it (never a path elsewhere)."""
+    try:
+        state = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:  # ValueError: bad JSON or bad UTF-8
+        raise TrainingError(f"{damaged}: {first_line(error)}") from error
+    if not isinstance(state, dict):
+        raise TrainingError(f"{damaged}: {path.name} is not a JSON object")
+    windows = state.get("tokens_in_window")
+    checks = {
+        "step": is_int(state.get("step")) and 0 < state["step"] < total_steps,
+        "weights": is_int(state.get("step")) and state.get("weights") == _weights_name(state["step"]),
+        "n_nonfinite": is_int(state.get("n_nonfinite")) and state["n_nonfinite"] >= 0,
+        "tokens_in_window": isinstance(windows, list) and len(windows) == n_runs and all(is_int(n) and n >= 0 for n in windows),
+        "config": isinstance(state.get("config"), dict),
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise TrainingError(f"{damaged}: {path.name} has a missing or invalid {', '.join(bad)}")
+    return state
+
+
 def train(config: TrainConfig, resume: bool = False, show_progress: bool = True) -> list[Path]:
     """Train every run of ``config``; returns the directories of the saved SAEs."""
-    if not config.runs:
-        raise TrainingError("nothing to train: no SAE configurations given")
-    if config.tokens < 1 or config.batch_size < 1:
-        raise TrainingError("--tokens and --batch-size must be positive")
     with workers_from_env() as workers:
         return Trainer(config, workers, resume).fit(show_progress)
 

@@ -6,7 +6,7 @@ import datasets
 import numpy as np
 import pytest
 
-from traitlens.data import open_image_source
+from traitlens.data import UnreadableImageError, open_image_source
 from traitlens.errors import DataError
 
 from .builders import write_image, write_label_map
@@ -86,6 +86,26 @@ def test_parquet_is_detected(tmp_path: Path) -> None:
     assert open_image_source(tmp_path / "t.parquet").kind == "table"
 
 
+@pytest.mark.parametrize("name", ["one.png", "ONE.JPG", ".hidden.webp"])
+def test_one_image_file_is_a_one_image_source(tmp_path: Path, name: str) -> None:
+    path = write_image(tmp_path / name)
+
+    source = open_image_source(path)
+
+    assert source.kind == "image_file" and len(source) == 1
+    assert (source.records[0].source, source.records[0].label, source.class_names) == (name, None, None)
+    assert source.load_image(0).size == (4, 3)
+
+
+def test_an_unreadable_image_file_fails_when_read(tmp_path: Path) -> None:
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+
+    source = open_image_source(tmp_path / "broken.png")
+
+    with pytest.raises(UnreadableImageError, match=r"broken\.png"):
+        source.load_image(0)
+
+
 def test_missing_path_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"image source .*nowhere does not exist; expected"):
         open_image_source(tmp_path / "nowhere")
@@ -95,7 +115,7 @@ def test_unknown_file_type_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "data.json").write_text("{}")
 
     with pytest.raises(
-        DataError, match=r"expected a folder or a \.csv or \.parquet table, found a '\.json' file"
+        DataError, match=r"expected a folder, an image file or a \.csv or \.parquet table, found a '\.json' file"
     ):
         open_image_source(tmp_path / "data.json")
 

@@ -157,3 +157,25 @@ def test_fingerprint_tracks_labels_and_image_bytes_not_reload(tmp_path: Path) ->
 
     assert prints["one"] == prints["same"]
     assert len({prints["one"], prints["relabelled"], prints["new_image"]}) == 3
+
+
+@pytest.mark.parametrize(("file", "content"), [
+    ("state.json", []),
+    ("state.json", {"_data_files": [{}]}),
+    ("dataset_info.json", {"features": "image"}),
+    ("dataset_info.json", None),
+])
+def test_damaged_metadata_is_a_data_error(tmp_path: Path, file: str, content: object) -> None:
+    _dataset([_png_bytes(10)], [0], ["ant"]).save_to_disk(tmp_path)
+    (tmp_path / file).write_text(json.dumps(content))
+
+    with pytest.raises(DataError, match="cannot load saved dataset"):
+        HFDatasetSource(tmp_path)
+
+
+def test_a_damaged_dataset_dict_is_a_data_error(tmp_path: Path) -> None:
+    datasets.DatasetDict({"train": _dataset([_png_bytes(10)], [0], ["ant"])}).save_to_disk(tmp_path)
+    (tmp_path / "dataset_dict.json").write_text("[]")
+
+    with pytest.raises(DataError, match="cannot load saved dataset"):
+        HFDatasetSource(tmp_path)

@@ -47,6 +47,15 @@ def test_mask_names_come_from_the_names_file(tmp_path: Path, names_file: str) ->
     assert SegmentationSource(tmp_path).mask_names == ["background", "", "beak", "wing"]
 
 
+def test_a_names_file_that_is_not_utf8_is_a_data_error(tmp_path: Path) -> None:
+    write_image(tmp_path / "images" / "a.png")
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "names.txt").write_bytes(b"background\n\xff\xfewing\n")
+
+    with pytest.raises(DataError, match=r"names\.txt: not UTF-8"):
+        SegmentationSource(tmp_path)
+
+
 def test_names_txt_wins_over_classes_txt(tmp_path: Path) -> None:
     write_image(tmp_path / "images" / "a.png")
     (tmp_path / "annotations").mkdir()

@@ -102,3 +102,13 @@ def test_unparseable_parquet_is_a_data_error(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match="cannot read table"):
         TableSource(table)
+
+
+def test_a_path_with_a_nul_byte_is_an_unreadable_image(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"path": ["a\x00.png"]}), tmp_path / "t.parquet")
+
+    source = TableSource(tmp_path / "t.parquet")
+
+    assert len(source.fingerprint()) == 64
+    with pytest.raises(UnreadableImageError, match="cannot read image"):
+        source.load_image(0)

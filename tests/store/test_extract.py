@@ -7,11 +7,18 @@ import numpy as np
 import pytest
 import torch
 
+from tests.fuzz.harness import run_cli
 from tests.store.conftest import TINY_VIT, write_image
 from traitlens.backbones import load_backbone
 from traitlens.data import open_image_source
 from traitlens.errors import DataError, LayerError, StoreError
-from traitlens.store import ActivationStore, ExtractConfig, extract
+from traitlens.store import (
+    ActivationStore,
+    ExtractConfig,
+    ShuffleConfig,
+    extract,
+    store_from_arrays,
+)
 from traitlens.store.files import MANIFEST
 
 
@@ -85,9 +92,55 @@ def test_a_different_job_cannot_reuse_the_output(class_folder: Path, tmp_path: P
         extract(_config(class_folder, tmp_path / "acts", layers=("0",)), show_progress=False)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(StoreError, match="not an activation store"):
+    with pytest.raises(StoreError, match="holds no traitlens output"):
         extract(_config(class_folder, tmp_path / "other"), show_progress=False)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    with pytest.raises(StoreError, match="holds no traitlens output"):
+        extract(_config(class_folder, tmp_path / "other", overwrite=True), show_progress=False)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_an_earlier_extraction(class_folder: Path, tmp_path: Path) -> None:
+    extract(_config(class_folder, tmp_path / "acts"), show_progress=False)
+    manifest = extract(_config(class_folder, tmp_path / "acts", layers=("0",), overwrite=True), show_progress=False)
+    assert list(manifest["layers"]) == ["blocks.0"]
+    assert sorted(p.name for p in (tmp_path / "acts" / "layers").iterdir()) == ["blocks.0"]
+    assert "overwrite" not in json.loads((tmp_path / "acts" / "job.json").read_text())
+
+
+def test_a_store_not_written_by_extract_is_not_resumed(class_folder: Path, tmp_path: Path) -> None:
+    store_from_arrays(tmp_path / "acts", {"x": np.ones((4, 3), np.float32)})
+    with pytest.raises(StoreError, match="did not write"):
+        extract(_config(class_folder, tmp_path / "acts"), show_progress=False)
+    assert not (tmp_path / "acts" / "job.json").exists()
+
+
+@pytest.mark.parametrize(("field", "value"), [("batch_size", 0), ("batch_size", -1), ("images_per_shard", 0),
+                                               ("images_per_shard", -1), ("batch_size", 2.5), ("layers", ()),
+                                               ("layers", ("0", "")), ("tokens", "some"), ("dtype", "int64")])
+def test_a_bad_config_is_refused_before_any_work(tmp_path: Path, field: str, value: object) -> None:
+    with pytest.raises(StoreError, match=field.split("_")[0]):
+        _config(tmp_path / "images", tmp_path / "acts", **{field: value})
+    assert not (tmp_path / "acts").exists()
+
+
+def test_a_source_with_no_readable_image_stores_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    for name in ("a", "b", "c"):
+        (root / "ant").mkdir(parents=True, exist_ok=True)
+        (root / "ant" / f"{name}.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(DataError, match="none of the 3 images"):
+        extract(_config(root, tmp_path / "acts"), show_progress=False)
+    assert not (tmp_path / "acts" / MANIFEST).exists()
+    with pytest.raises(DataError, match="none of the 3 images"):  # and again when resumed
+        extract(_config(root, tmp_path / "acts"), show_progress=False)
+
+
+def test_one_image_file_is_a_source(tmp_path: Path) -> None:
+    image = write_image(tmp_path / "photo.png", 0)
+    manifest = extract(_config(image, tmp_path / "acts"), show_progress=False)
+    assert manifest["n_images"] == 1 and manifest["dataset"]["kind"] == "image_file"
+    assert [(i.source, i.label) for i in ActivationStore(tmp_path / "acts").images] == [("photo.png", None)]
 
 
 def test_cls_tokens_need_a_cls_token(class_folder: Path, tmp_path: Path) -> None:
@@ -124,6 +177,42 @@ def test_segmentation_masks_become_patch_labels(tmp_path: Path) -> None:
 def test_cnn_feature_maps_are_stored_as_tokens(class_folder: Path, tmp_path: Path) -> None:
     extract(_config(class_folder, tmp_path / "acts", model="torchvision:mobilenet_v2", layers=("features.13",)),
             show_progress=False)
-    layer = ActivationStore(tmp_path / "acts").layer("features.13")
+    store = ActivationStore(tmp_path / "acts")
+    layer = store.layer("features.13")
     assert (layer.width, layer.layout.grid_hw, layer.layout.n_prefix) == (96, (14, 14), 0)
     assert layer.n_tokens == 9 * 196
+    assert all(shard.flags.c_contiguous for shard in store.shards(0))  # a feature map is transposed to tokens
+
+
+def test_negative_layer_indices_on_the_command_line_are_the_last_blocks(class_folder: Path, tmp_path: Path) -> None:
+    deeper = TINY_VIT.replace("depth=2", "depth=3")
+    code, out, err = run_cli(["extract", "--model", deeper, "--random-init", "--data", str(class_folder),
+                              "--layers", "-2,-1", "--out", str(tmp_path / "acts")])
+    assert code == 0, err
+    assert ActivationStore(tmp_path / "acts").layer_names == ["blocks.1", "blocks.2"]
+    assert "layer blocks.2: width 32" in out
+
+
+def test_one_image_file_on_the_command_line(tmp_path: Path) -> None:
+    image = write_image(tmp_path / "photo.jpg", 3)
+    code, out, err = run_cli(["extract", "--model", TINY_VIT, "--random-init", "--data", str(image),
+                              "--layers", "0", "--out", str(tmp_path / "acts")])
+    assert code == 0, err
+    assert "(image_file, 1 images, 0 skipped)" in out
+
+
+def test_fortran_order_shards_of_earlier_versions_are_read(class_folder: Path, tmp_path: Path) -> None:
+    extract(_config(class_folder, tmp_path / "acts", dtype="float32"), show_progress=False)
+    store = ActivationStore(tmp_path / "acts")
+    assert all(shard.flags.c_contiguous for shard in store.shards(0))
+    c_order = [np.array(shard) for shard in store.shards(0)]
+    batch = next(store.shuffled(0, ShuffleConfig(batch_size=8)).batches())
+    files = store.layer(0).shard_files
+    del store  # its memory maps would see the rewritten bytes
+    for file, shard in zip(files, c_order, strict=True):
+        np.save(tmp_path / "acts" / file, np.asfortranarray(shard))
+    again = ActivationStore(tmp_path / "acts")
+    for before, after in zip(c_order, again.shards(0), strict=True):
+        assert after.flags.f_contiguous and not after.flags.c_contiguous
+        np.testing.assert_array_equal(before, after)
+    np.testing.assert_array_equal(next(again.shuffled(0, ShuffleConfig(batch_size=8)).batches()), batch)

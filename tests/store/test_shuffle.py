@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+from traitlens.errors import StoreError
 from traitlens.store import ShuffleConfig, ShuffledBatches
 
 
@@ -48,8 +49,14 @@ def test_seed_decides_the_order_and_batches_are_float32() -> None:
     assert _rows([batches[0]]) == _rows([again]) != _rows([batches[1]])
 
 
-def test_empty_store_and_bad_config_are_refused() -> None:
-    with pytest.raises(ValueError, match="no rows"):
-        ShuffledBatches([np.zeros((0, 3))], ShuffleConfig(batch_size=4))
-    with pytest.raises(ValueError, match="positive"):
-        ShuffleConfig(batch_size=0)
+@pytest.mark.parametrize("shards", [[np.zeros((0, 3))], []])
+def test_an_empty_store_is_refused(shards: list[np.ndarray]) -> None:
+    with pytest.raises(StoreError, match="no rows"):
+        ShuffledBatches(shards, ShuffleConfig(batch_size=4))
+
+
+@pytest.mark.parametrize("field", ["batch_size", "block_rows", "window_blocks"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_a_bad_config_is_refused(field: str, value: int) -> None:
+    with pytest.raises(StoreError, match="at least 1"):
+        ShuffleConfig(**{"batch_size": 4, field: value})

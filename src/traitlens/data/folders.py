@@ -31,6 +31,16 @@ class ImageFolderSource(FileImageSource):
         super().__init__(root, records, [path for _, path in by_source])
 
 
+class ImageFileSource(FileImageSource):
+    """One image file as a one-image, unlabelled source (``--data photo.jpg``); its source is the
+    file's name and its root the file itself."""
+
+    kind = "image_file"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, [ImageRecord(path.name, None)], [path])
+
+
 def open_folder(root: Path) -> ClassFolderSource | ImageFolderSource:
     """A class folder when ``root``'s subfolders hold images, else a flat image folder.
 

@@ -79,8 +79,11 @@ def _load_split(root: Path) -> tuple[str, datasets.Dataset]:
     """The split name and dataset to read from a saved Dataset or DatasetDict."""
     try:
         loaded = datasets.load_from_disk(str(root))
-    except (OSError, ValueError) as error:
-        raise DataError(f"cannot load saved dataset {root}: {error}") from error
+    # datasets reads its JSON metadata without checking it: malformed files raise TypeError,
+    # KeyError, AttributeError, IndexError, ... besides OSError and ValueError; all mean "damaged".
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"cannot load saved dataset {root}: {reason}") from error
     if isinstance(loaded, datasets.DatasetDict):
         if not loaded:
             raise DataError(

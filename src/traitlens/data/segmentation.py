@@ -106,7 +106,10 @@ def _read_names(root: Path) -> list[str] | None:
     for name in NAMES_FILES:
         names_path = root / name
         if names_path.is_file():
-            lines = names_path.read_text(encoding="utf-8").splitlines()
+            try:
+                lines = names_path.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as error:
+                raise DataError(f"cannot read label names {names_path}: not UTF-8 text ({error.reason})") from error
             # A trailing blank line is an editor artefact, not a label; inner ones keep numbering.
             while lines and not lines[-1].strip():
                 lines.pop()

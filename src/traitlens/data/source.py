@@ -79,10 +79,11 @@ class ImageSource(ABC):
 
 
 def file_size(path: Path) -> int:
-    """The size of ``path`` in bytes, -1 when it cannot be stat-ed (missing, no permission)."""
+    """The size of ``path`` in bytes, -1 when it cannot be stat-ed (missing, no permission, or a
+    name no file can have, such as one with a NUL byte from a table cell)."""
     try:
         return path.stat().st_size
-    except OSError:
+    except (OSError, ValueError):
         return -1
 
 

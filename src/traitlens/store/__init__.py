@@ -2,7 +2,8 @@
 
 from traitlens.store.arrays import store_from_arrays
 from traitlens.store.extraction import ExtractConfig, extract
-from traitlens.store.reader import ActivationStore, StoredImage
+from traitlens.store.manifest import StoredImage
+from traitlens.store.reader import ActivationStore
 from traitlens.store.shuffle import ShuffleConfig, ShuffledBatches
 from traitlens.store.stats import LayerStats
 

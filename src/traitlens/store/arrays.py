@@ -25,9 +25,11 @@ def store_from_arrays(root: Path, layers: dict[str, np.ndarray], tokens_per_imag
     """
     if (root / MANIFEST).exists():
         raise StoreError(f"{root} already holds a store")
+    if tokens_per_image < 1 or not layers or any(array.ndim != 2 or array.shape[1] < 1 for array in layers.values()):
+        raise StoreError("store_from_arrays needs at least one (tokens, width) array and tokens_per_image of at least 1")
     n_rows = {len(array) for array in layers.values()}
-    if len(n_rows) != 1 or next(iter(n_rows)) % tokens_per_image:
-        raise StoreError("every layer needs the same number of rows, a multiple of tokens_per_image")
+    if len(n_rows) != 1 or not next(iter(n_rows)) or next(iter(n_rows)) % tokens_per_image:
+        raise StoreError("every layer needs the same number of rows, a non-zero multiple of tokens_per_image")
     n_images = next(iter(n_rows)) // tokens_per_image
     dtype = {np.dtype(array.dtype).name for array in layers.values()}
     if len(dtype) != 1 or not dtype <= {"float16", "float32"}:

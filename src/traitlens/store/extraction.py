@@ -8,7 +8,6 @@ Workers of a torchrun job take every ``world_size``-th shard; the main worker wr
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,10 +21,13 @@ from tqdm import tqdm
 
 import traitlens
 from traitlens.backbones import Backbone, Layer, TokenSelection, load_backbone, parse_spec
+from traitlens.backbones.layout import TOKEN_SELECTIONS
 from traitlens.data import ImageSource, UnreadableImageError, open_image_source, patch_labels
 from traitlens.distributed import Workers, workers_from_env
 from traitlens.errors import DataError, LayerError, StoreError
+from traitlens.output_folder import claim_output_folder
 from traitlens.store.atomic import atomic_save_npy, atomic_write_json, remove_temp_files
+from traitlens.store.checked import read_json_object, shown_key
 from traitlens.store.files import (
     JOB,
     MANIFEST,
@@ -34,7 +36,8 @@ from traitlens.store.files import (
     shard_record_path,
     stats_path,
 )
-from traitlens.store.manifest import StoredLayer, manifest_header, read_manifest
+from traitlens.store.manifest import STORE_DTYPES, StoredLayer, manifest_header, read_manifest
+from traitlens.store.reader import NO_PATCH_LABEL, read_patch_labels, read_shard
 from traitlens.store.stats import StatsAccumulator
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,6 @@ log = logging.getLogger(__name__)
 StoreDtype = Literal["float16", "float32"]
 # One shard's arrays (all layers) are held in memory while it fills; this bounds that.
 TARGET_SHARD_BYTES = 512 * 2**20
-NO_PATCH_LABEL = -1
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,18 @@ class ExtractConfig:
     strict: bool = False
     images_per_shard: int | None = None  # None: sized so one shard of all layers is ~512 MiB
     device: str = "auto"
+    overwrite: bool = False  # replace an earlier extraction in ``out`` instead of resuming it
+
+    def __post_init__(self) -> None:
+        if not self.layers or not all(isinstance(name, str) and name.strip() for name in self.layers):
+            raise StoreError(f"layers must name at least one layer, without empty names; got {list(self.layers)}")
+        if self.tokens not in TOKEN_SELECTIONS:
+            raise StoreError(f"tokens must be one of {', '.join(TOKEN_SELECTIONS)}, got {self.tokens!r}")
+        if self.dtype not in STORE_DTYPES:
+            raise StoreError(f"the store dtype must be one of {', '.join(STORE_DTYPES)}, got {self.dtype!r}")
+        for name, value in (("batch size", self.batch_size), ("images per shard", self.images_per_shard)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise StoreError(f"{name} must be an integer of at least 1, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -117,7 +131,6 @@ def _prepare_batch(source: ImageSource, indices: Sequence[int], backbone: Backbo
         except UnreadableImageError as error:
             if strict:
                 raise DataError(f"{error} (--strict)") from error
-            log.warning("skipping %s", error)
             skipped.append((index, str(error)))
             continue
         pixels.append(backbone.preprocess.image(image))
@@ -130,7 +143,7 @@ def _prepare_batch(source: ImageSource, indices: Sequence[int], backbone: Backbo
 def _job_identity(config: ExtractConfig, backbone: Backbone, source: ImageSource, layers: Sequence[str], images_per_shard: int) -> dict[str, Any]:
     """Everything that decides the store's bytes; a resume must match it exactly."""
     job = config.to_dict()
-    del job["out"]
+    del job["out"], job["overwrite"]
     job.update(
         layers=list(layers),
         images_per_shard=images_per_shard,
@@ -142,18 +155,29 @@ def _job_identity(config: ExtractConfig, backbone: Backbone, source: ImageSource
     return job
 
 
-def _claim_output(root: Path, job: dict[str, Any], workers: Workers) -> bool:
-    """Create or check ``job.json``; True when the store is already complete."""
+def _claim_folder(config: ExtractConfig, workers: Workers) -> bool:
+    """Apply the output policy to ``--out`` (main worker); True when it holds an earlier extraction."""
+    if not workers.is_main:
+        return False
+    return claim_output_folder(config.out, "extract", overwrite=config.overwrite, resumable=True,
+                               own_files=(JOB, MANIFEST), error=StoreError)
+
+
+def _check_job(root: Path, job: dict[str, Any], resumed: bool, workers: Workers) -> bool:
+    """Write ``job.json``, or check that the earlier extraction being resumed is this same job;
+    True when the store is already complete."""
     path = root / JOB
     if workers.is_main:
-        if path.is_file():
-            existing = json.loads(path.read_text())
+        if resumed and path.is_file():
+            existing = read_json_object(path, "extraction job file").data
             if existing != job:
-                differing = sorted(key for key in set(existing) | set(job) if existing.get(key) != job.get(key))
-                raise StoreError(f"{root} holds a store from a different job ({', '.join(differing)} differ); use another --out or delete it")
+                differing = sorted(shown_key(key) for key in set(existing) | set(job) if existing.get(key) != job.get(key))
+                raise StoreError(f"{root} holds a store from a different job ({', '.join(differing)} differ); "
+                                 "use another --out, or pass --overwrite to replace it")
             remove_temp_files(root)
-        elif root.exists() and any(root.iterdir()):
-            raise StoreError(f"{root} exists and is not an activation store; use an empty or new --out")
+        elif (root / MANIFEST).exists():
+            raise StoreError(f"{root} holds an activation store that traitlens extract did not write (no {JOB}); "
+                             "use another --out")
         else:
             atomic_write_json(path, job)
     workers.barrier()
@@ -175,7 +199,8 @@ class _Extraction:
     def run(self, shards: Sequence[ShardPlan], show_progress: bool) -> None:
         todo = [plan for plan in shards if not shard_record_path(self.root, plan.index).is_file()]
         total = sum(plan.stop - plan.start for plan in todo)
-        with tqdm(total=total, unit="img", desc="extract", disable=not show_progress) as progress:
+        # disable=None: no bar when stderr is not a terminal (a log file, a pipe)
+        with tqdm(total=total, unit="img", desc="extract", disable=None if show_progress else True) as progress:
             buffer: _ShardBuffer | None = None
             for plan, batch in self._batches(todo):
                 if buffer is None or buffer.plan != plan:
@@ -243,7 +268,8 @@ class _Extraction:
         }
         for layer in self.layers:
             parts = buffer.acts[layer.name]
-            acts_nd = np.concatenate(parts) if parts else np.zeros((0, layer.width), dtype=self.config.dtype)
+            # C order, as documented: a CNN's single batch would otherwise keep its transposed layout
+            acts_nd = np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros((0, layer.width), dtype=self.config.dtype)
             atomic_save_npy(acts_path(self.root, layer.name, index), acts_nd)
             if self.want_masks:
                 label_parts = buffer.labels[layer.name]
@@ -253,37 +279,96 @@ class _Extraction:
         atomic_write_json(shard_record_path(self.root, index), record)
 
 
+@dataclass(frozen=True)
+class _ShardRecord:
+    """A complete shard's JSON record, read back and checked against its plan."""
+
+    index: int
+    kept: list[int]
+    skipped: list[tuple[int, str]]
+    rows: dict[str, int]
+    stats: dict[str, StatsAccumulator]
+
+
+def _redo_hint(error: StoreError, record: Path) -> StoreError:
+    """A damaged shard of an unfinished store is redone by deleting its record and resuming."""
+    return StoreError(f"{error}; delete {record} and run the same command again to extract that shard again")
+
+
+def _read_record(root: Path, plan: ShardPlan, layers: Sequence[Layer], tokens: TokenSelection) -> _ShardRecord:
+    path = shard_record_path(root, plan.index)
+    if not path.is_file():
+        raise StoreError(f"shard {plan.index} of {root} is missing after extraction; run the command again to resume")
+    try:
+        fields = read_json_object(path, "shard record")
+        span = (fields.integer("index"), fields.integer("start"), fields.integer("stop"))
+        if span != (plan.index, plan.start, plan.stop):
+            raise StoreError(f"{path} describes shard {span[0]} (images {span[1]}..{span[2] - 1}), "
+                             f"not shard {plan.index} (images {plan.start}..{plan.stop - 1})")
+        kept = fields.integers("images")
+        skipped = [(entry.integer("index"), entry.text("reason")) for entry in fields.children("skipped")]
+        if kept != sorted(kept) or sorted(kept + [index for index, _ in skipped]) != list(range(plan.start, plan.stop)):
+            raise StoreError(f"{path} does not list each of images {plan.start}..{plan.stop - 1} once, as kept or skipped")
+        layer_fields = fields.child("layers")
+        rows, stats = {}, {}
+        for layer in layers:
+            entry = layer_fields.child(layer.name)
+            rows[layer.name] = entry.integer("rows")
+            stats[layer.name] = StatsAccumulator.from_fields(entry.child("stats"), layer.width)
+            expected = len(kept) * layer.layout.tokens_per_image(tokens)
+            if rows[layer.name] != expected or stats[layer.name].count + stats[layer.name].n_nonfinite != expected:
+                raise StoreError(f"{path}: layer {layer.name} counts {rows[layer.name]} rows; {len(kept)} images "
+                                 f"make {expected}")
+    except StoreError as error:
+        raise _redo_hint(error, path) from error
+    return _ShardRecord(plan.index, kept, skipped, rows, stats)
+
+
+def _check_arrays(root: Path, stored: StoredLayer, dtype: str) -> None:
+    """Each shard's arrays, as the finished store's readers will read them (a resumed job reuses
+    arrays written by an earlier run)."""
+    for shard in range(len(stored.shard_files)):
+        try:
+            read_shard(root, stored, shard, dtype)
+            if stored.patch_label_files is not None:
+                read_patch_labels(root, stored, shard)
+        except StoreError as error:
+            raise _redo_hint(error, shard_record_path(root, shard)) from error
+
+
 def _finalize(config: ExtractConfig, job: dict[str, Any], backbone: Backbone, source: ImageSource,
               layers: Sequence[Layer], shards: Sequence[ShardPlan]) -> None:
+    """Check every shard, then write the statistics and, last, the manifest."""
     root = config.out
-    records = []
-    for plan in shards:
-        path = shard_record_path(root, plan.index)
-        if not path.is_file():
-            raise StoreError(f"shard {plan.index} of {root} is missing after extraction; run the command again to resume")
-        records.append(json.loads(path.read_text()))
-    stored_layers: dict[str, Any] = {}
+    records = [_read_record(root, plan, layers, config.tokens) for plan in shards]
+    skipped = [(index, reason) for record in records for index, reason in record.skipped]
+    if len(skipped) == len(source):
+        first = skipped[0][1].splitlines()[0] if skipped else "none"
+        raise DataError(f"none of the {len(source)} images of {config.data} could be read ({first}); nothing was stored")
+    stored_layers = {}
+    for layer in layers:
+        stored_layers[layer.name] = StoredLayer(
+            name=layer.name, width=layer.width, layout=layer.layout,
+            tokens_per_image=layer.layout.tokens_per_image(config.tokens),
+            shard_files=tuple(str(acts_path(root, layer.name, p.index).relative_to(root)) for p in shards),
+            shard_rows=tuple(record.rows[layer.name] for record in records),
+            patch_label_files=tuple(str(patch_labels_path(root, layer.name, p.index).relative_to(root)) for p in shards)
+            if source.kind == "segmentation" else None,
+        )
+        _check_arrays(root, stored_layers[layer.name], config.dtype)
+    for _, reason in skipped:
+        log.warning("skipping %s", reason)
     for layer in layers:
         stats = StatsAccumulator.empty(layer.width)
         for record in records:
-            stats.merge(StatsAccumulator.from_dict(record["layers"][layer.name]["stats"]))
+            stats.merge(record.stats[layer.name])
         finished = stats.finish()
         atomic_write_json(stats_path(root, layer.name), finished.to_dict())
         if finished.n_nonfinite:
             log.warning("%d tokens of layer %s are NaN/Inf in %s (overflow? try --dtype float32)",
                         finished.n_nonfinite, layer.name, config.dtype)
-        stored = StoredLayer(
-            name=layer.name, width=layer.width, layout=layer.layout,
-            tokens_per_image=layer.layout.tokens_per_image(config.tokens),
-            shard_files=tuple(str(acts_path(root, layer.name, p.index).relative_to(root)) for p in shards),
-            shard_rows=tuple(int(r["layers"][layer.name]["rows"]) for r in records),
-            patch_label_files=tuple(str(patch_labels_path(root, layer.name, p.index).relative_to(root)) for p in shards)
-            if source.kind == "segmentation" else None,
-        )
-        stored_layers[layer.name] = stored.to_dict()
-    images = [{"source": source.records[i].source, "label": source.records[i].label, "shard": r["index"]}
-              for r in records for i in r["images"]]
-    skipped = [{"source": source.records[s["index"]].source, "reason": s["reason"]} for r in records for s in r["skipped"]]
+    images = [{"source": source.records[i].source, "label": source.records[i].label, "shard": record.index}
+              for record in records for i in record.kept]
     manifest = {
         **manifest_header(),
         "job": job,
@@ -294,7 +379,8 @@ def _finalize(config: ExtractConfig, job: dict[str, Any], backbone: Backbone, so
                     "class_names": source.class_names, "mask_names": source.mask_names},
         "tokens": config.tokens, "dtype": config.dtype,
         "n_images": len(images), "n_skipped": len(skipped),
-        "layers": stored_layers, "images": images, "skipped": skipped,
+        "layers": {name: stored.to_dict() for name, stored in stored_layers.items()}, "images": images,
+        "skipped": [{"source": source.records[index].source, "reason": reason} for index, reason in skipped],
     }
     atomic_write_json(root / MANIFEST, manifest)
 
@@ -310,20 +396,18 @@ def extract(config: ExtractConfig, show_progress: bool = True, backbone: Backbon
 
     ``backbone``, when given, is used instead of loading ``config.model`` (it must be that model).
     """
-    if config.batch_size < 1:
-        raise DataError(f"--batch-size must be at least 1, got {config.batch_size}")
     parse_spec(config.model)  # a typo in the spec fails before any data is read
     source = open_image_source(config.data)
-    if backbone is None:
-        backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained)
-    layers = [backbone.layer(name) for name in backbone.resolve_layers(config.layers)]
-    _check_tokens(layers, config.tokens, config.model)
-    images_per_shard = config.images_per_shard or auto_images_per_shard(layers, config.tokens, config.dtype)
     with workers_from_env() as workers:
+        resumed = _claim_folder(config, workers)
+        if backbone is None:
+            backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained)
+        layers = [backbone.layer(name) for name in backbone.resolve_layers(config.layers)]
+        _check_tokens(layers, config.tokens, config.model)
+        images_per_shard = config.images_per_shard or auto_images_per_shard(layers, config.tokens, config.dtype)
         backbone.to(workers.device(config.device))
         job = _job_identity(config, backbone, source, [layer.name for layer in layers], images_per_shard)
-        complete = _claim_output(config.out, job, workers)
-        if complete:
+        if _check_job(config.out, job, resumed, workers):
             log.info("%s is already complete", config.out)
             return read_manifest(config.out)
         shards = plan_shards(len(source), images_per_shard)

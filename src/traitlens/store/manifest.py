@@ -7,15 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from traitlens.backbones.layout import TokenLayout
+from traitlens.backbones.layout import TOKEN_SELECTIONS, TokenLayout, TokenSelection
 from traitlens.errors import StoreError
-from traitlens.json_config import read_json_config
-from traitlens.store.files import MANIFEST
+from traitlens.store.checked import Fields, read_json_object
+from traitlens.store.files import JOB, MANIFEST
 
 FORMAT = "traitlens.activations"
 VERSION = 1
+STORE_DTYPES = ("float16", "float32")
 
 
 def manifest_header() -> dict[str, Any]:
@@ -55,22 +56,116 @@ class StoredLayer:
         }
 
     @classmethod
-    def from_dict(cls, name: str, data: dict[str, Any]) -> StoredLayer:
-        labels = data.get("patch_labels")
-        return cls(
-            name=name,
-            width=int(data["width"]),
-            layout=TokenLayout.from_dict(data["layout"]),
-            tokens_per_image=int(data["tokens_per_image"]),
-            shard_files=tuple(shard["file"] for shard in data["shards"]),
-            shard_rows=tuple(int(shard["rows"]) for shard in data["shards"]),
-            patch_label_files=tuple(labels) if labels is not None else None,
-        )
+    def from_fields(cls, name: str, fields: Fields, tokens: TokenSelection, n_images: int) -> StoredLayer:
+        """The layer ``name`` of a manifest whose ``tokens`` and ``n_images`` are already read,
+        checked to describe exactly ``n_images`` images of whole token rows."""
+        layout_fields = fields.child("layout")
+        grid_h, grid_w = layout_fields.integers("grid_hw", length=2, minimum=1)
+        layout = TokenLayout(layout_fields.integer("n_prefix"), (grid_h, grid_w), layout_fields.flag("has_cls"))
+        if layout.has_cls and layout.n_prefix < 1:
+            raise StoreError(f"{fields.where}: {fields.prefix}layout has a CLS token but no prefix tokens")
+        tokens_per_image = fields.integer("tokens_per_image", minimum=1)
+        if tokens_per_image != layout.tokens_per_image(tokens):
+            raise StoreError(f"{fields.where}: {fields.prefix}tokens_per_image is {tokens_per_image}, but its layout "
+                             f"holds {layout.tokens_per_image(tokens)} {tokens} tokens per image")
+        shards = fields.children("shards")
+        rows = tuple(shard.integer("rows") for shard in shards)
+        if not shards or any(count % tokens_per_image for count in rows) or sum(rows) != n_images * tokens_per_image:
+            raise StoreError(f"{fields.where}: {fields.prefix}shards hold {list(rows)} rows; expected whole images "
+                             f"adding up to {n_images} images x {tokens_per_image} tokens")
+        if fields.integer("n_tokens") != sum(rows):
+            raise StoreError(f"{fields.where}: {fields.prefix}n_tokens is {fields.value('n_tokens')}, its shards hold {sum(rows)}")
+        labels = fields.optional_texts("patch_labels")
+        if labels is not None and len(labels) != len(shards):
+            raise StoreError(f"{fields.where}: {fields.prefix}patch_labels names {len(labels)} files for {len(shards)} shards")
+        return cls(name=name, width=fields.integer("width", minimum=1), layout=layout, tokens_per_image=tokens_per_image,
+                   shard_files=tuple(shard.text("file") for shard in shards), shard_rows=rows,
+                   patch_label_files=tuple(labels) if labels is not None else None)
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    source: str
+    label: str | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A checked manifest: ``data`` is the JSON as written, every field listed in docs/formats.md
+    checked for type and consistency; ``layers`` and ``images`` are its typed parts."""
+
+    data: dict[str, Any]
+    layers: dict[str, StoredLayer]
+    images: tuple[StoredImage, ...]
+
+
+def _check_preprocess(fields: Fields | None) -> None:
+    if fields is None:
+        return
+    fields.integers("size_hw", length=2, minimum=1)
+    fields.integer("resize", minimum=1)
+    fields.numbers("mean", 3)
+    if not (fields.numbers("std", 3) > 0).all():
+        raise StoreError(f"{fields.where}: {fields.prefix}std must be above 0")
+    fields.text("interpolation")
+    fields.choice("resize_mode", ("shortest", "squash"))
+
+
+def _check_model(fields: Fields) -> None:
+    fields.text("spec")
+    fields.optional_text("weights")
+    fields.flag("pretrained")
+    fields.text("weights_fingerprint")
+    fields.optional_texts("class_names")
+
+
+def _check_dataset(fields: Fields) -> None:
+    fields.optional_text("path")
+    fields.text("kind")
+    fields.text("fingerprint")
+    fields.optional_texts("class_names")
+    fields.optional_texts("mask_names")
+
+
+def _check_header(fields: Fields, path: Path) -> None:
+    if fields.value("format") != FORMAT:
+        raise StoreError(f"{path} is not a traitlens activation store manifest")
+    version = fields.integer("version")
+    if version != VERSION:
+        raise StoreError(f"{path} has activation store manifest version {version}; this traitlens reads version {VERSION}")
+
+
+def load_manifest(root: Path) -> Manifest:
+    """The manifest of a complete store, every field checked (one StoreError line otherwise)."""
+    path = root / MANIFEST
+    if not path.is_file():
+        hint = " (extraction unfinished: run the same command again to resume)" if (root / JOB).is_file() else ""
+        raise StoreError(f"no activation store at {root}: {MANIFEST} missing{hint}")
+    fields = read_json_object(path, "activation store manifest")
+    _check_header(fields, path)
+    fields.child("job")
+    _check_model(fields.child("model"))
+    _check_preprocess(fields.optional_child("preprocess"))
+    _check_dataset(fields.child("dataset"))
+    tokens = cast(TokenSelection, fields.choice("tokens", TOKEN_SELECTIONS))
+    fields.choice("dtype", STORE_DTYPES)
+    n_images = fields.integer("n_images", minimum=1)
+    images = fields.children("images")
+    skipped = fields.children("skipped")
+    if len(images) != n_images or len(skipped) != fields.integer("n_skipped"):
+        raise StoreError(f"{path}: lists {len(images)} images and {len(skipped)} skipped, but counts "
+                         f"{n_images} and {fields.value('n_skipped')}")
+    for entry in skipped:
+        entry.text("source")
+        entry.text("reason")
+    layer_fields = fields.child("layers")
+    if not layer_fields.keys():
+        raise StoreError(f"{path}: no layers are stored")
+    layers = {name: StoredLayer.from_fields(name, layer_fields.child(name), tokens, n_images) for name in layer_fields.keys()}
+    stored = tuple(StoredImage(entry.text("source"), entry.optional_text("label")) for entry in images)
+    return Manifest(fields.data, layers, stored)
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
-    """The raw manifest of a complete store, checked for format and version."""
-    path = root / MANIFEST
-    hint = " (extraction unfinished: run the same command again to resume)" if (root / "job.json").is_file() else ""
-    return read_json_config(path, FORMAT, "activation store manifest", StoreError,
-                            f"no activation store at {root}: {MANIFEST} missing{hint}", VERSION)
+    """The manifest of a complete store as its JSON (checked as by :func:`load_manifest`)."""
+    return load_manifest(root).data

@@ -1,10 +1,13 @@
-"""Read access to a complete activation store: ordered by image, or shuffled for training."""
+"""Read access to a complete activation store: ordered by image, or shuffled for training.
+
+Every file is read through :mod:`traitlens.store.checked` (typed fields, array headers checked
+against the manifest) and named by a path that must stay inside the store folder.
+"""
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -12,16 +15,31 @@ from typing import Any
 import numpy as np
 
 from traitlens.errors import StoreError
-from traitlens.store.files import stats_path
-from traitlens.store.manifest import StoredLayer, read_manifest
+from traitlens.store.checked import read_array, read_json_object
+from traitlens.store.files import inside_store, stats_path
+from traitlens.store.manifest import StoredLayer, load_manifest
 from traitlens.store.shuffle import ShuffleConfig, ShuffledBatches
 from traitlens.store.stats import LayerStats, StatsAccumulator
 
+NO_PATCH_LABEL = -1
 
-@dataclass(frozen=True)
-class StoredImage:
-    source: str
-    label: str | None
+
+def read_shard(root: Path, layer: StoredLayer, shard: int, dtype: str) -> np.ndarray:
+    """Shard ``shard`` of ``layer`` as a read-only memory map (rows, width) of ``dtype``."""
+    path = inside_store(root, layer.shard_files[shard], f"shard file of layer {layer.name}")
+    return read_array(path, f"shard of layer {layer.name}", (layer.shard_rows[shard], layer.width), dtype, memory_map=True)
+
+
+def read_patch_labels(root: Path, layer: StoredLayer, shard: int) -> np.ndarray:
+    """Patch labels of the images of shard ``shard``: (images, n_patches) int32, each -1 or more."""
+    assert layer.patch_label_files is not None
+    what = f"patch labels of layer {layer.name}"
+    path = inside_store(root, layer.patch_label_files[shard], f"{what} file")
+    shape = (layer.shard_rows[shard] // layer.tokens_per_image, layer.layout.n_patches)
+    labels = read_array(path, what, shape, "int32", memory_map=False)
+    if labels.size and int(labels.min()) < NO_PATCH_LABEL:
+        raise StoreError(f"{what} {path} holds {int(labels.min())}; labels are {NO_PATCH_LABEL} (no mask) or more")
+    return labels
 
 
 class ActivationStore:
@@ -29,9 +47,10 @@ class ActivationStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.manifest: dict[str, Any] = read_manifest(self.root)
-        self.layers = {name: StoredLayer.from_dict(name, data) for name, data in self.manifest["layers"].items()}
-        self.images = [StoredImage(entry["source"], entry["label"]) for entry in self.manifest["images"]]
+        manifest = load_manifest(self.root)
+        self.manifest: dict[str, Any] = manifest.data
+        self.layers = manifest.layers
+        self.images = list(manifest.images)
         self._shards: dict[str, list[np.ndarray]] = {}
 
     @property
@@ -52,7 +71,7 @@ class ActivationStore:
         text = str(key)
         if text in self.layers:
             return self.layers[text]
-        if text.lstrip("-").isdigit() and -len(names) <= int(text) < len(names):
+        if re.fullmatch(r"-?[0-9]+", text) and -len(names) <= int(text) < len(names):
             return self.layers[names[int(text)]]
         raise StoreError(f"layer {text!r} is not in the store at {self.root}; stored layers: {', '.join(names)}")
 
@@ -60,13 +79,8 @@ class ActivationStore:
         """The layer's shards as read-only memory maps of shape (rows, width)."""
         layer = self.layer(key)
         if layer.name not in self._shards:
-            arrays = []
-            for file, rows in zip(layer.shard_files, layer.shard_rows, strict=True):
-                array = np.load(self.root / file, mmap_mode="r") if rows else np.zeros((0, layer.width), self.manifest["dtype"])
-                if array.shape != (rows, layer.width):
-                    raise StoreError(f"shard {file} has shape {array.shape}, manifest says ({rows}, {layer.width})")
-                arrays.append(array)
-            self._shards[layer.name] = arrays
+            self._shards[layer.name] = [read_shard(self.root, layer, shard, self.manifest["dtype"])
+                                        for shard in range(len(layer.shard_files))]
         return self._shards[layer.name]
 
     def image_tokens(self, key: str | int, image: int) -> np.ndarray:
@@ -95,12 +109,17 @@ class ActivationStore:
         layer = self.layer(key)
         if layer.patch_label_files is None:
             return None
-        return np.concatenate([np.load(self.root / file) for file in layer.patch_label_files])
+        return np.concatenate([read_patch_labels(self.root, layer, shard) for shard in range(len(layer.patch_label_files))])
 
     def stats(self, key: str | int) -> LayerStats:
         """Per-dimension mean and std and the mean token norm, as computed during extraction."""
         layer = self.layer(key)
-        return LayerStats.from_dict(json.loads(stats_path(self.root, layer.name).read_text()))
+        path = inside_store(self.root, stats_path(self.root, layer.name).relative_to(self.root), "statistics file")
+        stats = LayerStats.from_fields(read_json_object(path, f"statistics of layer {layer.name}"), layer.width)
+        if stats.count + stats.n_nonfinite != layer.n_tokens:
+            raise StoreError(f"statistics {path} count {stats.count + stats.n_nonfinite} tokens; layer {layer.name} "
+                             f"stores {layer.n_tokens}")
+        return stats
 
     def compute_stats(self, key: str | int) -> LayerStats:
         """The same statistics recomputed with one streaming pass over the shards."""

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from traitlens.errors import StoreError
+
 
 @dataclass(frozen=True)
 class ShuffleConfig:
@@ -32,13 +34,16 @@ class ShuffleConfig:
 
     def __post_init__(self) -> None:
         if min(self.batch_size, self.block_rows, self.window_blocks) < 1:
-            raise ValueError("batch_size, block_rows and window_blocks must be positive")
+            raise StoreError(f"batch size, block rows and window blocks must be at least 1, got {self.batch_size}, "
+                             f"{self.block_rows} and {self.window_blocks}")
 
 
 class ShuffledBatches:
     """Endless shuffled float32 batches (batch, width) from row-major shards of one layer."""
 
     def __init__(self, shards: Sequence[np.ndarray], config: ShuffleConfig) -> None:
+        if not shards or not sum(len(shard) for shard in shards):
+            raise StoreError("no rows to read")
         self.config = config
         self._row_words = [_as_row_words(shard) for shard in shards]
         self._storage_dtype = torch.from_numpy(np.empty(0, dtype=shards[0].dtype)).dtype
@@ -47,8 +52,6 @@ class ShuffledBatches:
         self._gather_buffer = torch.empty((config.batch_size, self._row_words[0].shape[1]), dtype=self._row_words[0].dtype)
         sizes = np.array([len(shard) for shard in shards], dtype=np.int64)
         self.n_rows = int(sizes.sum())
-        if self.n_rows == 0:
-            raise ValueError("no rows to read")
         # Rows are numbered globally (shard after shard); a block is a run of global rows.
         self._shard_starts = np.concatenate(([0], np.cumsum(sizes)))
         block_starts = [start for shard_start, size in zip(self._shard_starts, sizes, strict=False)

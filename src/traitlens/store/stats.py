@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from traitlens.store.checked import Fields
+
 
 @dataclass
 class StatsAccumulator:
@@ -48,9 +50,10 @@ class StatsAccumulator:
                 "sum_norm": self.sum_norm, "n_nonfinite": self.n_nonfinite}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StatsAccumulator:
-        return cls(sum_d=np.asarray(data["sum_d"], dtype=np.float64), sumsq_d=np.asarray(data["sumsq_d"], dtype=np.float64),
-                   count=int(data["count"]), sum_norm=float(data["sum_norm"]), n_nonfinite=int(data["n_nonfinite"]))
+    def from_fields(cls, fields: Fields, width: int) -> StatsAccumulator:
+        return cls(sum_d=fields.numbers("sum_d", width), sumsq_d=fields.numbers("sumsq_d", width, minimum=0.0),
+                   count=fields.integer("count"), sum_norm=fields.number("sum_norm", minimum=0.0),
+                   n_nonfinite=fields.integer("n_nonfinite"))
 
     def finish(self) -> LayerStats:
         count = max(self.count, 1)
@@ -75,6 +78,8 @@ class LayerStats:
                 "mean_norm": self.mean_norm, "n_nonfinite": self.n_nonfinite}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LayerStats:
-        return cls(count=int(data["count"]), mean_d=np.asarray(data["mean_d"]), std_d=np.asarray(data["std_d"]),
-                   mean_norm=float(data["mean_norm"]), n_nonfinite=int(data["n_nonfinite"]))
+    def from_fields(cls, fields: Fields, width: int) -> LayerStats:
+        """Statistics of a ``width``-dim layer, every value checked finite (std and norm not negative)."""
+        return cls(count=fields.integer("count"), mean_d=fields.numbers("mean_d", width),
+                   std_d=fields.numbers("std_d", width, minimum=0.0), mean_norm=fields.number("mean_norm", minimum=0.0),
+                   n_nonfinite=fields.integer("n_nonfinite"))

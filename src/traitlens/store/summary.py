@@ -1,14 +1,20 @@
-"""A human-readable summary of an activation store."""
+"""A human-readable summary of an activation store, after checking every file it is made of."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from traitlens.store.reader import ActivationStore
+from traitlens.store.files import inside_store
+from traitlens.store.reader import ActivationStore, read_patch_labels
 
 
-def _bytes_on_disk(store: ActivationStore, layer: str) -> int:
-    return sum((store.root / file).stat().st_size for file in store.layer(layer).shard_files)
+def _bytes_on_disk(store: ActivationStore, name: str) -> int:
+    """Bytes of the layer's shards, each shard (and its patch labels, one at a time) checked first."""
+    store.shards(name)
+    layer = store.layer(name)
+    for shard in range(len(layer.patch_label_files or ())):
+        read_patch_labels(store.root, layer, shard)
+    return sum(inside_store(store.root, file, "shard file").stat().st_size for file in layer.shard_files)
 
 
 def summarize_store(root: str | Path) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from traitlens.features import LatentFeatures
+from traitlens.features.patch_positives import describe_positives
 from traitlens.features.report_html import latent_file, number_text, page
 from traitlens.store.atomic import atomic_write_bytes
 
@@ -47,17 +48,22 @@ class _LatentLinks:
         return f'<a href="{escape(self.prefix)}/{latent_file(latent)}">{label}</a>'
 
 
-def _discovery(results: dict[str, Any], link: _LatentLinks) -> str:
-    """The best AP of each feature kind per trait, the best of the row in bold, the SAE's latent linked."""
+def _discovery(results: dict[str, Any], features: LatentFeatures, link: _LatentLinks) -> str:
+    """The best AP of each feature kind per trait, the best of the row in bold, the SAE's latent
+    linked, and that latent's AP for the trait on its feature page (over all the images)."""
     kinds = ("sae", "neurons", "pca", "kmeans")
+    label_column = {name: column for column, name in enumerate(features.label_names)}
     rows: list[list[Cell]] = []
     for row in results["discovery"]["rows"]:
         top = max((row[kind] for kind in kinds if row[kind] is not None), default=None)
         cells = [f"<b>{number_text(row[kind])}</b>" if row[kind] is not None and row[kind] == top else number_text(row[kind])
                  for kind in kinds]
         cells[0] += f" (latent {link(row['sae feature'])})"
-        rows.append([escape(row["trait"]), row["positives"], row["chance"], *cells])
-    return _table(["trait", "positive patches", "chance", "SAE latent", "neuron", "PCA direction", "k-means centroid"], rows)
+        latent, column = row["sae feature"], label_column.get(row["trait"])
+        on_all = None if latent is None or column is None else float(features.label_ap[latent, column])
+        rows.append([escape(row["trait"]), row["positives"], row["chance"], *cells, on_all])
+    return _table(["trait", "positive patches", "chance", "SAE latent", "neuron", "PCA direction", "k-means centroid",
+                   "SAE latent, all images"], rows)
 
 
 def _localization(results: dict[str, Any]) -> str:
@@ -90,6 +96,9 @@ def write_demo_report(path: Path, results: dict[str, Any], features: LatentFeatu
     """Write ``path`` (HTML) from the demo's results; returns it."""
     link = _LatentLinks(path, features_index)
     accuracy = results["accuracy"]
+    discovery = results["discovery"]
+    positives = features.manifest["label_positives"]
+    all_images = "n/a" if positives is None else f"{positives['n_images']:,}"
     n_alive = len(features.alive)
     index_href = escape(Path(os.path.relpath(features_index, path.parent)).as_posix())
     body = f"""
@@ -100,9 +109,13 @@ accuracy {accuracy['accuracy']:.1%}. SAE on layer {escape(results['layer'])}: {f
 
 <h2>1. Discover: does a single feature find each trait?</h2>
 <p>Per trait, the patch-level average precision of the best single feature of each kind against the trait's
-ground-truth mask, on held-out images (PCA and k-means were fitted on the others). <i>chance</i> is the
-share of positive patches, the AP of a random feature. Best per row in bold.</p>
-{_discovery(results, link)}
+ground-truth mask, over the {discovery['n_patches']:,} patches of the {discovery['n_images_scored']:,} held-out
+(odd-numbered) images; PCA and k-means were fitted on the other {discovery['n_images_fit']:,}. As everywhere in
+traitlens, {escape(describe_positives(discovery['options']['min_coverage']))}. <i>chance</i> is the
+share of positive patches, the AP of a random feature. Best per row in bold. The last column is the same
+latent's AP for the trait on its feature page, which is over all {all_images} images with a mask, so it
+differs from the held-out number by the images alone.</p>
+{_discovery(results, features, link)}
 
 <h2>2. Localize: do heatmaps land on the trait that tells look-alikes apart?</h2>
 <p>Each image with a look-alike, explained for its species plainly and with Finer-CAM against its

@@ -14,6 +14,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from traitlens.backbones.preprocess import Preprocess
+from traitlens.data import open_image_source
 from traitlens.errors import StoreError, TraitlensError
 from traitlens.features import (
     FeaturesConfig,
@@ -25,6 +27,7 @@ from traitlens.features import (
     write_report,
 )
 from traitlens.features import analysis as analysis_module
+from traitlens.features.patch_positives import describe_positives, patch_coverage, patch_positives
 from traitlens.sae.io import load_sae_with_config, save_sae
 from traitlens.store import ActivationStore
 
@@ -92,24 +95,38 @@ def test_statistics_match_a_dense_computation(features_dir: Path, dense: np.ndar
     np.testing.assert_allclose(features.class_prevalence, np.bincount(labels, minlength=len(class_names)) / N_IMAGES)
 
 
-def test_label_ap_ranks_patch_tokens(features_dir: Path, dense: np.ndarray, specimens_store: Path) -> None:
+def test_label_ap_ranks_the_patches_each_label_covers(features_dir: Path, dense: np.ndarray, specimens_store: Path) -> None:
+    """Label AP is over the patches of every image with a mask, positive as patch_positives says on
+    the source's masks in the model's geometry: a part too small to win any patch's majority vote
+    gets an AP too, and only a label no mask holds has none."""
     features = LatentFeatures(features_dir)
     store = ActivationStore(specimens_store)
-    patch_labels = store.patch_labels(STORE_LAYER)
-    assert patch_labels is not None
-    assert features.label_names == store.manifest["dataset"]["mask_names"][1:]
+    names = store.manifest["dataset"]["mask_names"]
+    assert features.label_names == names[1:]
+    source = open_image_source(store.manifest["dataset"]["path"])
+    index_of = {record.source: index for index, record in enumerate(source.records)}
+    geometry = Preprocess.from_dict(store.manifest["preprocess"]).mask
+    masks = [source.load_mask(index_of[image.source]) for image in store.images]
+    assert all(mask is not None for mask in masks)
+    positives_pl = np.concatenate([
+        patch_positives(patch_coverage(geometry(mask), features.layout.grid_hw, len(names)), range(1, len(names)), 0.1)
+        for mask in masks if mask is not None])
     patches = dense.reshape(N_IMAGES, TOKENS_PER_IMAGE, -1)[:, 1:].reshape(-1, features.width)  # without the CLS token
-    shown = 0
-    for column, label in enumerate(range(1, len(features.label_names) + 1)):
-        positives = patch_labels.reshape(-1) == label
-        if not positives.any():
+    for column in range(len(features.label_names)):
+        if not positives_pl[:, column].any():
             assert np.isnan(features.label_ap[:, column]).all()
             continue
-        shown += 1
-        expected = [average_precision_score(positives, patches[:, latent]) for latent in range(features.width)]
+        expected = [average_precision_score(positives_pl[:, column], patches[:, latent]) for latent in range(features.width)]
         np.testing.assert_allclose(features.label_ap[:, column], expected)
-        assert features.label_prevalence[column] == pytest.approx(positives.mean())
-    assert shown >= 3
+        assert features.label_prevalence[column] == pytest.approx(positives_pl[:, column].mean())
+    majority = store.patch_labels(STORE_LAYER)
+    assert majority is not None
+    never_a_majority = [column for column in range(len(features.label_names)) if not (majority == column + 1).any()]
+    small_parts = [column for column in never_a_majority if positives_pl[:, column].any()]
+    assert small_parts, "the fixture should hold a part that wins no patch's majority"
+    assert not np.isnan(features.label_ap[:, small_parts]).any()
+    assert features.manifest["label_positives"] == {
+        "rule": describe_positives(0.1), "min_coverage": 0.1, "n_images": N_IMAGES, "n_patches": len(positives_pl)}
 
 
 def test_maps_and_summary_rows(features_dir: Path, dense: np.ndarray) -> None:
@@ -287,7 +304,7 @@ def test_errors_are_one_line(specimens_store: Path, relu_sae: Path, tmp_path: Pa
         analyze_features(_config(tmp_path / "missing", specimens_store, tmp_path / "e"))
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    with pytest.raises(FeaturesError, match="not empty and holds no features job"):
+    with pytest.raises(FeaturesError, match="is not empty and holds no traitlens output"):
         analyze_features(_config(relu_sae, specimens_store, tmp_path / "busy"))
     with pytest.raises(FeaturesError, match="no features directory"):
         LatentFeatures(tmp_path / "missing")

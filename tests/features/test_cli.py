@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fuzz.harness import run_cli
 from traitlens.cli import main
 
 
@@ -31,9 +32,9 @@ def test_no_report_and_bad_input(specimens_store: Path, relu_sae: Path, tmp_path
     assert error.count("\n") == 1 and "layer '9' is not in the store" in error
 
 
-@pytest.mark.parametrize("case", ["out_is_a_file", "out_under_a_file", "report_latents_0", "top_k_0"])
+@pytest.mark.parametrize("case", ["out_is_a_file", "out_under_a_file", "report_latents_0", "top_k_0", "min_coverage_2"])
 def test_bad_settings_are_refused_before_any_work(case: str, specimens_store: Path, relu_sae: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from traitlens.features import analysis
 
     def no_work(*args: object, **kwargs: object) -> None:
@@ -44,11 +45,11 @@ def test_bad_settings_are_refused_before_any_work(case: str, specimens_store: Pa
     out, extra, message = {
         "out_is_a_file": (tmp_path / "file", [], "is a file, not a folder"),
         "out_under_a_file": (tmp_path / "file" / "features", [], "cannot be created"),
-        "report_latents_0": (tmp_path / "out", ["--report-latents", "0"], "--report-latents must be at least 1, got 0"),
-        "top_k_0": (tmp_path / "out", ["--top-k", "0"], "must be at least 1"),
+        "report_latents_0": (tmp_path / "out", ["--report-latents", "0"], "--report-latents: an integer of at least 1 expected"),
+        "top_k_0": (tmp_path / "out", ["--top-k", "0"], "--top-k: an integer of at least 1 expected"),
+        "min_coverage_2": (tmp_path / "out", ["--min-coverage", "2"], "min_coverage must be a number in (0, 1], got 2.0"),
     }[case]
-    code = main(["features", "--sae", str(relu_sae), "--acts", str(specimens_store), "--out", str(out), *extra])
-    error = capsys.readouterr().err
+    code, _, error = run_cli(["features", "--sae", str(relu_sae), "--acts", str(specimens_store), "--out", str(out), *extra])
     assert code == 2
-    assert error.startswith("traitlens: error: ") and error.count("\n") == 1 and message in error, error
+    assert "error: " in error and error.count("\n") == 1 and message in error, error
     assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "out").exists()

@@ -9,47 +9,23 @@ import numpy as np
 import pytest
 import torch
 
-from tests.specimens.hand_made_benchmark import D, make_store
+from tests.specimens.hand_made_benchmark import GRID, N_IMAGES, D, make_store
+from traitlens.backbones.layout import TokenLayout
 from traitlens.errors import DataError, LayerError
+from traitlens.features.patch_positives import describe_positives
 from traitlens.sae import SAEConfig, SparseAutoencoder, save_sae
-from traitlens.specimens.baselines import KMeansFeatures, NeuronFeatures, PCAFeatures
+from traitlens.specimens.baselines import FeatureSet, KMeansFeatures, NeuronFeatures, PCAFeatures
 from traitlens.specimens.benchmark import read_benchmark
-from traitlens.specimens.discovery import (
-    DiscoveryOptions,
-    patch_coverage,
-    score_discovery,
-    trait_discovery,
-    trait_positives,
-)
+from traitlens.specimens.discovery import DiscoveryOptions, score_discovery, trait_discovery
 from traitlens.store.arrays import store_from_arrays
 from traitlens.store.reader import ActivationStore
-
-
-def test_patch_coverage_on_a_hand_made_map() -> None:
-    labels = np.zeros((4, 4), np.uint8)
-    labels[0, 0] = 2  # 1 of the 4 pixels of patch 0
-    labels[2:4, 2:4] = 1  # all of patch 3
-    labels[2, 0:2] = 2  # half of patch 2
-    coverage = patch_coverage(labels, (2, 2), 3)
-    assert coverage.tolist() == [[0.75, 0, 0.25], [1, 0, 0], [0.5, 0, 0.5], [0, 1, 0]]
-    # uneven cells: rows 0-2 and 3-4 of a 5-row map
-    assert patch_coverage(np.eye(5, dtype=np.int64), (2, 1), 2)[:, 1].tolist() == pytest.approx([3 / 15, 2 / 10])
-    with pytest.raises(DataError, match="values 0..2"):
-        patch_coverage(labels, (2, 2), 2)
-    with pytest.raises(DataError, match="does not fit"):
-        patch_coverage(labels, (5, 2), 3)
-
-
-def test_a_small_trait_is_positive_on_its_best_patch() -> None:
-    coverage = np.array([[0.5, 0.02], [0.3, 0.05], [0.0, 0.0]])
-    assert trait_positives(coverage, [0, 1], min_coverage=0.1).tolist() == [[True, False], [True, True], [False, False]]
 
 
 @pytest.mark.parametrize("tokens", ["all", "patch"])
 def test_trait_discovery_finds_the_planted_neuron(benchmark: tuple[Path, np.ndarray], tmp_path: Path, tokens: str) -> None:
     data, ring_patch = benchmark
     store = ActivationStore(make_store(tmp_path / "acts", ring_patch, tokens))
-    sets = {"neurons": NeuronFeatures(), "pca": PCAFeatures(n_components=3), "kmeans": KMeansFeatures(n_clusters=4)}
+    sets: dict[str, FeatureSet] = {"neurons": NeuronFeatures(), "pca": PCAFeatures(n_components=3), "kmeans": KMeansFeatures(n_clusters=4)}
     result = trait_discovery(sets, store, "blocks.3", read_benchmark(data))
     assert result.traits == ("eye_ring", "stripe") and result.n_patches == 15 * 9
     assert (result.n_images_fit, result.n_images_scored) == (15, 15) and result.n_positive == (15, 15)
@@ -90,6 +66,7 @@ def test_score_discovery_writes_tables_with_an_sae(benchmark: tuple[Path, np.nda
     table = (tmp_path / "out" / "discovery.md").read_text()
     assert "| trait | positives | chance | sae | neurons | pca | kmeans |" in table
     assert "| eye_ring | 15 | 0.111 | 1.000 | 1.000 |" in table
+    assert "15 scored images (the odd-numbered store images)" in table and describe_positives(0.1) in table
     wrong_width = SparseAutoencoder(SAEConfig(d_in=D + 1, width=5, activation="relu"))
     save_sae(wrong_width, tmp_path / "wide")
     with pytest.raises(LayerError, match="7-dim tokens"):
@@ -97,10 +74,11 @@ def test_score_discovery_writes_tables_with_an_sae(benchmark: tuple[Path, np.nda
 
 
 def test_discovery_refuses_cls_stores_and_folders_without_traits(benchmark: tuple[Path, np.ndarray], tmp_path: Path) -> None:
-    data, ring_patch = benchmark
-    acts = make_store(tmp_path / "acts", ring_patch)
+    data, _ = benchmark
+    acts = store_from_arrays(tmp_path / "acts", {"blocks.3": np.zeros((N_IMAGES, D), np.float32)}, tokens_per_image=1)
     manifest = json.loads((acts / "manifest.json").read_text())
     manifest["tokens"] = "cls"
+    manifest["layers"]["blocks.3"]["layout"] = TokenLayout(1, GRID, True).to_dict()
     (acts / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(LayerError, match="only CLS tokens"):
         trait_discovery({"neurons": NeuronFeatures()}, ActivationStore(acts), "blocks.3", read_benchmark(data))

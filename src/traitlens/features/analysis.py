@@ -11,12 +11,17 @@ The directory ``out`` holds:
   activation = the max over the image's stored tokens) and ``top_tokens_wk``/``top_token_values_wk``
   (padded with -1 and 0); ``class_mean_wc`` and ``class_ap_wc`` (the image activation as a one-vs-rest
   score for each class); ``label_ap_wl`` (patch-token activation as a score for each mask label but
-  background); ``class_prevalence_c`` and ``label_prevalence_l``, the share of labelled images in
-  each class and of masked patches showing each label: the AP a latent unrelated to them gets.
+  background, over the patches of every store image with a mask, positives as
+  :mod:`traitlens.features.patch_positives` defines them from the source's masks);
+  ``class_prevalence_c`` and ``label_prevalence_l``, the share of labelled images in each class and
+  of those patches positive for each label: the AP a latent unrelated to them gets.
 - ``job.json`` (the settings, written first: with the SHA-256 of the SAE's weights and of the
   store's manifest and the device type, so a resume with another SAE, a store extracted again or
   another device is refused), ``columns.json`` (written once the column files are in place) and
   ``features.json``: the manifest, written last.
+
+The folder follows :mod:`traitlens.output_folder`: an unfinished or finished folder of the same job
+is resumed (or returned), one of another job or command refused, ``overwrite`` starts afresh.
 
 The pass writes the nonzeros of each chunk of ``chunk_tokens`` tokens atomically and skips chunks
 already written, so a killed run resumes; everything after it is computed from the files on disk, so
@@ -26,20 +31,18 @@ a resumed run ends with the same bytes as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save
 from tqdm import tqdm
 
 from traitlens.distributed import Workers
 from traitlens.features.association import (
     BlockNonzeros,
-    PatchTargets,
     class_average_precision,
     class_means,
     image_activations,
@@ -48,6 +51,7 @@ from traitlens.features.association import (
     top_images,
     top_tokens,
 )
+from traitlens.features.directory import read_features_manifest, read_statistics
 from traitlens.features.files import (
     COLUMNS_RECORD,
     FORMAT,
@@ -61,19 +65,27 @@ from traitlens.features.files import (
     FeaturesError,
     chunk_path,
 )
+from traitlens.features.labels import LabelTargets, label_targets
+from traitlens.features.patch_positives import (
+    DEFAULT_MIN_COVERAGE,
+    check_min_coverage,
+    describe_positives,
+)
 from traitlens.features.sparse_columns import (
     SparseColumns,
     assemble_columns,
     columns_complete,
+    read_chunk,
+    read_columns_record,
     write_chunk,
 )
 from traitlens.json_config import read_json_config
-from traitlens.output_folder import check_output_folder
+from traitlens.output_folder import claim_output_folder
 from traitlens.sae.io import WEIGHTS, SAELoadError, load_sae_with_config
 from traitlens.sae.layer import stored_sae_layer
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.store import ActivationStore
-from traitlens.store.atomic import atomic_write_json, commit, remove_temp_files, temp_path
+from traitlens.store.atomic import atomic_write_bytes, atomic_write_json, remove_temp_files
 from traitlens.store.files import MANIFEST as STORE_MANIFEST
 from traitlens.store.manifest import StoredLayer
 
@@ -101,7 +113,19 @@ class FeaturesConfig:
     """Tokens per chunk file of the encoding pass (the unit of resumption)."""
     device: str = "cpu"
     """Where the SAE encodes: cpu, cuda, cuda:N or auto."""
+    min_coverage: float = DEFAULT_MIN_COVERAGE
+    """A patch is positive for a mask label from this share of its pixels (see patch_positives)."""
+    overwrite: bool = False
+    """Start afresh in an ``out`` that holds an earlier features job (never another command's folder)."""
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        """The settings that need no file read, so a bad one fails before any work."""
+        for name in ("top_k", "batch_size", "chunk_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise FeaturesError(f"{name} must be an integer of at least 1, got {value!r}")
+        check_min_coverage(self.min_coverage, FeaturesError)
 
 
 def _file_sha256(path: Path) -> str:
@@ -122,41 +146,24 @@ def sae_weights_sha256(sae_dir: str | Path) -> str:
         raise SAELoadError(f"cannot read SAE weights {path}: {error.strerror or error}") from error
 
 
-def _check_config(config: FeaturesConfig) -> None:
-    """The settings that need no file read, so a bad one fails before any work."""
-    if config.top_k < 1 or config.batch_size < 1 or config.chunk_tokens < 1:
-        raise FeaturesError("top_k, batch_size and chunk_tokens must be at least 1")
-    check_output_folder(config.out, FeaturesError)
-
-
-def read_features_manifest(root: Path) -> dict[str, Any]:
-    """The manifest of a finished features directory; one-line errors for anything else."""
-    hint = " (analysis unfinished: run the same command again to resume)" if (root / JOB).is_file() else ""
-    return read_json_config(root / MANIFEST, FORMAT, "features manifest", FeaturesError,
-                            f"no features at {root}: {MANIFEST} missing{hint}", VERSION)
-
-
 def _check_same_job(out: Path, previous: dict[str, Any], job: dict[str, Any]) -> None:
     if previous != job:
         changed = sorted(key for key in set(job) | set(previous) if job.get(key) != previous.get(key))
         raise FeaturesError(f"{out} holds features of another job (different {', '.join(changed)}); "
-                            "choose another --out or delete it")
+                            "choose another --out, or pass --overwrite to replace them")
 
 
-def _claim_directory(out: Path, job: dict[str, Any]) -> None:
-    """Start or resume the job in ``out``; refuse a directory that holds something else."""
-    job_file = out / JOB
-    if job_file.is_file():
-        previous = read_json_config(job_file, FORMAT + ".job", "features job", FeaturesError, f"{job_file} missing")
-        _check_same_job(out, previous, job)
-        return
-    if out.exists() and any(out.iterdir()):
-        raise FeaturesError(f"{out} is not empty and holds no features job; choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise FeaturesError(f"cannot create --out {out}: {error.strerror or error}") from error
-    atomic_write_json(job_file, job)
+def _start_or_resume(out: Path, job: dict[str, Any]) -> bool:
+    """Whether ``out`` holds the finished features of ``job``; refuses another job's. A folder
+    without a job file (new, or killed before writing it) starts ``job``."""
+    if (out / MANIFEST).is_file():
+        _check_same_job(out, read_features_manifest(out)["job"], job)
+        return True
+    if (out / JOB).is_file():
+        _check_same_job(out, read_json_config(out / JOB, FORMAT + ".job", "features job", FeaturesError, f"{out / JOB} missing"), job)
+    else:
+        atomic_write_json(out / JOB, job)
+    return False
 
 
 def _read_rows(shards: list[np.ndarray], bounds: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -199,6 +206,9 @@ def _write_columns(config: FeaturesConfig, sae: SparseAutoencoder, store: Activa
     bounds = np.cumsum((0, *layer.shard_rows))
     starts = range(0, layer.n_tokens, config.chunk_tokens)
     paths = [chunk_path(config.out, index) for index in range(len(starts))]
+    for path in paths:
+        if path.is_file():
+            read_chunk(path, sae.config.width)  # a damaged chunk of a killed run is refused before any work
     progress = tqdm(total=layer.n_tokens, unit="tok", unit_scale=True, desc="encoding", disable=not config.show_progress)
     for path, start in zip(paths, starts, strict=True):
         stop = min(start + config.chunk_tokens, layer.n_tokens)
@@ -215,36 +225,12 @@ def _image_classes(store: ActivationStore) -> np.ndarray:
     return np.array([index_of.get(image.label, -1) if image.label is not None else -1 for image in store.images], dtype=np.int64)
 
 
-def _patch_targets(store: ActivationStore, layer: StoredLayer) -> tuple[PatchTargets | None, list[str]]:
-    """The patch-label targets (None when the store has no patch tokens or no masks) and the
-    names of their labels (every label but background 0)."""
-    kind = store.manifest["tokens"]
-    labels_ip = store.patch_labels(layer.name) if kind != "cls" else None
-    if labels_ip is None:
-        return None, []
-    first = layer.layout.n_prefix if kind == "all" else 0
-    n_patches = layer.layout.n_patches
-    if layer.tokens_per_image - first != n_patches or labels_ip.shape != (store.n_images, n_patches):
-        raise FeaturesError(f"layer {layer.name} of {store.root} stores {layer.tokens_per_image} {kind} tokens per image and "
-                            f"patch labels of shape {labels_ip.shape}, which do not match its layout "
-                            f"({layer.layout.n_prefix} prefix + {n_patches} patches)")
-    names = list(store.manifest["dataset"].get("mask_names") or ["background"])
-    n_labels = max(len(names), int(labels_ip.max(initial=0)) + 1)
-    names += [f"label {label}" for label in range(len(names), n_labels)]
-    masked_i = (labels_ip >= 0).all(axis=1)
-    positives_ql = labels_ip[masked_i].reshape(-1)[:, None] == np.arange(1, n_labels)[None, :]
-    targets = PatchTargets(np.flatnonzero(masked_i).astype(np.int64), positives_ql, store.n_images,
-                           layer.tokens_per_image, first, n_patches)
-    return targets, names[1:]
-
-
-def _statistics(config: FeaturesConfig, store: ActivationStore, layer: StoredLayer) -> dict[str, np.ndarray]:
-    columns = SparseColumns(config.out)
+def _statistics(config: FeaturesConfig, store: ActivationStore, layer: StoredLayer, columns: SparseColumns,
+                labels: LabelTargets) -> dict[str, np.ndarray]:
     width, k, n_images = columns.width, config.top_k, store.n_images
     class_i = _image_classes(store)
     n_classes = len(store.class_names or [])
-    targets, label_names = _patch_targets(store, layer)
-    n_labels = len(label_names)
+    targets, n_labels = labels.targets, len(labels.names)
     arrays: dict[str, np.ndarray] = {
         "count_w": np.zeros(width, np.int64), "sum_w": np.zeros(width, np.float64), "max_activation_w": np.zeros(width, np.float32),
         "top_images_wk": np.zeros((width, k), np.int64), "top_image_values_wk": np.zeros((width, k), np.float32),
@@ -283,7 +269,8 @@ def analyze_features(config: FeaturesConfig) -> Path:
     """Encode every stored token of the layer with the SAE and write the latents' activations and
     statistics to ``config.out`` (see the module docstring); returns ``config.out``. A finished
     directory of the same job is returned as it is."""
-    _check_config(config)
+    claim_output_folder(config.out, "features", overwrite=config.overwrite, resumable=True, own_files=(JOB, MANIFEST),
+                        error=FeaturesError)
     device = Workers(0, 1).device(config.device)
     sae, saved = load_sae_with_config(config.sae, device=device)
     sae.eval()
@@ -296,39 +283,46 @@ def analyze_features(config: FeaturesConfig) -> Path:
     job = {"format": FORMAT + ".job", "sae": str(config.sae.resolve()), "sae_sha256": sae_weights_sha256(config.sae),
            "acts": str(config.acts.resolve()), "acts_manifest_sha256": _file_sha256(store.root / STORE_MANIFEST),
            "layer": layer.name, "device": device.type, "top_k": config.top_k,
-           "batch_size": config.batch_size, "chunk_tokens": config.chunk_tokens}
-    if (config.out / MANIFEST).is_file():
-        _check_same_job(config.out, read_features_manifest(config.out).get("job") or {}, job)
+           "batch_size": config.batch_size, "chunk_tokens": config.chunk_tokens, "min_coverage": config.min_coverage}
+    if _start_or_resume(config.out, job):
         return config.out
-    _claim_directory(config.out, job)
     remove_temp_files(config.out)
     if not columns_complete(config.out):
         _write_columns(config, sae, store, layer)
+    columns = SparseColumns(config.out, layer.n_tokens)
+    if columns.width != sae.config.width:
+        raise FeaturesError(f"the latent columns in {config.out} hold {columns.width} latents, the SAE {sae.config.width}; "
+                            "run again with --overwrite")
+    labels = label_targets(store, layer, config.min_coverage)
+    manifest = _manifest(config, job, sae, store, layer, columns.counts_w, labels)
     statistics_path = config.out / STATISTICS
-    if not statistics_path.is_file():
-        arrays = _statistics(config, store, layer)
-        temp = temp_path(statistics_path)
-        save_file({name: np.ascontiguousarray(array) for name, array in sorted(arrays.items())}, str(temp))
-        commit(temp, statistics_path)
-    _write_manifest(config, job, sae, store, layer)
+    if statistics_path.is_file():
+        read_statistics(statistics_path, manifest, columns.counts_w)  # kept from a killed run: refused if damaged
+    else:
+        arrays = _statistics(config, store, layer, columns, labels)
+        atomic_write_bytes(statistics_path, save({name: np.ascontiguousarray(array) for name, array in sorted(arrays.items())}))
+    atomic_write_json(config.out / MANIFEST, manifest)
     return config.out
 
 
-def _write_manifest(config: FeaturesConfig, job: dict[str, Any], sae: SparseAutoencoder, store: ActivationStore,
-                    layer: StoredLayer) -> None:
-    record = json.loads((config.out / COLUMNS_RECORD).read_text())
-    counts_w = load_file(str(config.out / STATISTICS))["count_w"]
-    _, label_names = _patch_targets(store, layer)
-    manifest = {
+def _manifest(config: FeaturesConfig, job: dict[str, Any], sae: SparseAutoencoder, store: ActivationStore,
+              layer: StoredLayer, counts_w: np.ndarray, labels: LabelTargets) -> dict[str, Any]:
+    record = read_columns_record(config.out)
+    if record["nnz"] != int(counts_w.sum()):
+        raise FeaturesError(f"damaged features file {config.out / COLUMNS_RECORD} ({record['nnz']} nonzeros, the columns hold "
+                            f"{int(counts_w.sum())}); run again with --overwrite")
+    positives = None if labels.targets is None else {
+        "rule": describe_positives(config.min_coverage), "min_coverage": config.min_coverage,
+        "n_images": len(labels.targets.images_m), "n_patches": len(labels.targets.positives_ql)}
+    return {
         "format": FORMAT, "version": VERSION, "job": job,
         "sae": job["sae"], "acts": job["acts"], "layer": layer.name, "sae_architecture": sae.config.to_dict(),
         "width": sae.config.width, "d_in": sae.config.d_in,
         "n_tokens": layer.n_tokens, "n_images": store.n_images, "tokens_per_image": layer.tokens_per_image,
         "tokens": store.manifest["tokens"], "layout": layer.layout.to_dict(),
         "class_names": store.class_names, "mask_names": store.manifest["dataset"].get("mask_names"),
-        "label_names": label_names, "top_k": config.top_k,
+        "label_names": labels.names, "label_positives": positives, "label_note": labels.note, "top_k": config.top_k,
         "files": {"indptr": INDPTR, "rows": ROWS, "values": VALUES, "statistics": STATISTICS},
         "summary": {"nnz": record["nnz"], "alive": int((counts_w > 0).sum()), "dead": int((counts_w == 0).sum()),
                     "mean_l0": record["nnz"] / layer.n_tokens, "n_nonfinite_tokens": record["n_nonfinite"]},
     }
-    atomic_write_json(config.out / MANIFEST, manifest)

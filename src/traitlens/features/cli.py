@@ -7,17 +7,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from traitlens.cli_args import add_overwrite_arg, positive_float, positive_int
+from traitlens.features.patch_positives import DEFAULT_MIN_COVERAGE
+
 
 def _run_features(args: argparse.Namespace) -> int:
     from traitlens.features.analysis import FeaturesConfig, analyze_features
-    from traitlens.features.files import FeaturesError
     from traitlens.features.latents import LatentFeatures
     from traitlens.features.report import write_report
 
-    if args.report_latents is not None and args.report_latents < 1:  # before the analysis, not after it
-        raise FeaturesError(f"--report-latents must be at least 1, got {args.report_latents}")
     out = analyze_features(FeaturesConfig(sae=args.sae, acts=args.acts, out=args.out, layer=args.layer, top_k=args.top_k,
-                                          batch_size=args.batch_size, device=args.device))
+                                          batch_size=args.batch_size, chunk_tokens=args.chunk_tokens, device=args.device,
+                                          min_coverage=args.min_coverage, overwrite=args.overwrite))
     features = LatentFeatures(out)
     manifest = features.manifest
     summary = manifest["summary"]
@@ -26,6 +27,8 @@ def _run_features(args: argparse.Namespace) -> int:
           f"L0 {summary['mean_l0']:.2f}")
     if summary["n_nonfinite_tokens"]:
         print(f"  skipped {summary['n_nonfinite_tokens']:,} NaN/Inf tokens")
+    if manifest["label_note"]:
+        print(f"  {manifest['label_note']}")
     print(f"  features in {out}")
     if not args.no_report:
         index = write_report(out, max_latents=args.report_latents, images_per_latent=min(args.top_k, 8))
@@ -41,10 +44,16 @@ def add_features_command(commands: Any) -> None:
     features.add_argument("--acts", required=True, type=Path, help="activation store directory")
     features.add_argument("--out", required=True, type=Path, help="features directory (an unfinished one is resumed)")
     features.add_argument("--layer", help="stored layer (default: the one the SAE was trained on)")
-    features.add_argument("--top-k", type=int, default=16, help="top images and tokens kept per latent (default 16)")
-    features.add_argument("--batch-size", type=int, default=4096, help="tokens encoded at once (default 4096)")
-    features.add_argument("--report-latents", type=int, metavar="N",
+    features.add_argument("--top-k", type=positive_int, default=16, help="top images and tokens kept per latent (default 16)")
+    features.add_argument("--batch-size", type=positive_int, default=4096, help="tokens encoded at once (default 4096)")
+    features.add_argument("--chunk-tokens", type=positive_int, default=1 << 18,
+                          help="tokens per chunk file of the encoding pass, the unit a killed run resumes from (default 262144)")
+    features.add_argument("--min-coverage", type=positive_float, default=DEFAULT_MIN_COVERAGE,
+                          help="share of a patch's pixels (at most 1) that makes it positive for a mask label; the image's "
+                               f"patch with the most of a label is positive too (default {DEFAULT_MIN_COVERAGE})")
+    features.add_argument("--report-latents", type=positive_int, metavar="N",
                           help="report only the N most frequent alive latents (default: all alive latents)")
     features.add_argument("--no-report", action="store_true", help="skip the HTML report")
     features.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    add_overwrite_arg(features)
     features.set_defaults(run=_run_features)

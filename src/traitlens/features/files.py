@@ -8,7 +8,7 @@ from pathlib import Path
 from traitlens.errors import TraitlensError
 
 FORMAT = "traitlens.features"
-VERSION = 1
+VERSION = 2
 
 MANIFEST = "features.json"
 JOB = "job.json"

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file
 
 from traitlens.backbones.layout import TokenLayout
-from traitlens.features.analysis import read_features_manifest
 from traitlens.features.association import BlockNonzeros, image_activations
-from traitlens.features.files import STATISTICS, FeaturesError
+from traitlens.features.directory import member, read_features_manifest, read_statistics
+from traitlens.features.files import FeaturesError
 from traitlens.features.sparse_columns import FloatArray, IntArray, SparseColumns
 
 
@@ -35,13 +34,11 @@ class LatentFeatures:
         if not self.root.is_dir():
             raise FeaturesError(f"no features directory at {self.root}")
         self.manifest: dict[str, Any] = read_features_manifest(self.root)
-        self.columns = SparseColumns(self.root)
-        try:
-            self._statistics = load_file(str(self.root / STATISTICS))
-        except Exception as error:  # safetensors raises several types for truncated or foreign files
-            raise FeaturesError(f"cannot read {self.root / STATISTICS}: {str(error).splitlines()[0][:200]}") from error
-        if self.columns.width != self.width or len(self._statistics["count_w"]) != self.width:
-            raise FeaturesError(f"the files in {self.root} disagree with its manifest about the width ({self.width})")
+        indptr, rows, values = (member(self.root, self.manifest, role) for role in ("indptr", "rows", "values"))
+        self.columns = SparseColumns(self.root, self.manifest["n_tokens"], (indptr, rows, values))
+        if self.columns.width != self.width:
+            raise FeaturesError(f"the latent columns in {self.root} hold {self.columns.width} latents, its manifest {self.width}")
+        self._statistics = read_statistics(member(self.root, self.manifest, "statistics"), self.manifest, self.columns.counts_w)
 
     @property
     def width(self) -> int:

@@ -13,21 +13,22 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from traitlens.backbones.preprocess import Preprocess
-from traitlens.data import ImageSource, UnreadableImageError, open_image_source
+from traitlens.data import ImageSource, UnreadableImageError
 from traitlens.errors import TraitlensError
 from traitlens.explain.overlay import MAX_OPACITY, colorize
 from traitlens.features.files import FeaturesError
 from traitlens.features.latents import LatentFeatures
 from traitlens.features.report_html import Figure, index_page, latent_file, latent_page
+from traitlens.features.store_images import open_store_source, source_indices
 from traitlens.store import ActivationStore
-from traitlens.store.atomic import TEMP_SUFFIX
+from traitlens.store.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -36,38 +37,19 @@ MAX_IMAGE_SIDE = 160
 TOP_CLASSES = 10
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write beside ``path`` and rename: a reader never sees half a file (not fsynced: a report is
-    cheap to write again)."""
-    temp = path.with_name(path.name + TEMP_SUFFIX)
-    temp.write_bytes(data)
-    os.replace(temp, path)
-
-
-def _dataset_root(store: ActivationStore) -> Path | None:
-    """The store's image source. A relative path is tried from the working directory, then from
-    the store's parent folders (the extraction ran in one of them)."""
-    if store.manifest["dataset"].get("path") is None:
-        return None
-    recorded = Path(store.manifest["dataset"]["path"])
-    candidates = [recorded] if recorded.is_absolute() else [recorded, *(parent / recorded for parent in store.root.resolve().parents)]
-    return next((path for path in candidates if path.exists()), None)
-
-
 class _ModelViews:
     """The images of a store as its model saw them (after resize and crop), as RGB PIL images."""
 
     def __init__(self, store: ActivationStore, source: ImageSource) -> None:
         self.store, self.source = store, source
-        self.index_of = {record.source: index for index, record in enumerate(source.records)}
+        self.index_of = source_indices(store, source)
         settings = store.manifest.get("preprocess")
         self.preprocess = Preprocess.from_dict(settings) if settings is not None else None
 
     def image(self, image: int) -> Image.Image:
-        record = self.store.images[image].source
-        if record not in self.index_of:
-            raise UnreadableImageError(f"image {record} of the store is no longer in {self.source.root}")
-        loaded = self.source.load_image(self.index_of[record]).convert("RGB")
+        if image not in self.index_of:
+            raise UnreadableImageError(f"image {self.store.images[image].source} of the store is no longer in {self.source.root}")
+        loaded = self.source.load_image(self.index_of[image]).convert("RGB")
         if self.preprocess is not None:
             pre = self.preprocess
             normalized_hwc = pre.image(loaded).permute(1, 2, 0).numpy()
@@ -86,15 +68,10 @@ def _open_views(features: LatentFeatures) -> tuple[_ModelViews | None, Activatio
         store = ActivationStore(acts)
     except TraitlensError:
         return None, None, f"The activation store at {acts} is gone, so its images are not shown."
-    root = _dataset_root(store)
-    if root is None:
-        recorded = store.manifest["dataset"].get("path")
-        why = "The store records no image source" if recorded is None else f"The store's images at {recorded} are gone"
-        return None, store, f"{why}, so they are not shown."
-    try:
-        return _ModelViews(store, open_image_source(root)), store, None
-    except TraitlensError as error:
-        return None, store, f"The store's images cannot be read ({error}), so they are not shown."
+    source = open_store_source(store)
+    if isinstance(source, str):
+        return None, store, f"{source[0].upper()}{source[1:]}, so they are not shown."
+    return _ModelViews(store, source), store, None
 
 
 def _heat_layer(features: LatentFeatures, latent: int, image: int) -> str | None:
@@ -125,9 +102,20 @@ def _draw_views(views: _ModelViews, images: list[int], images_dir: Path) -> dict
             continue
         buffer = io.BytesIO()
         view.save(buffer, format="PNG")
-        _write_bytes(images_dir / f"{image}.png", buffer.getvalue())
+        atomic_write_bytes(images_dir / f"{image}.png", buffer.getvalue())
         sizes[image] = view.size
     return sizes
+
+
+def label_ap_definition(manifest: dict[str, Any]) -> str | None:
+    """What a features directory's label AP is over, and what a positive patch is, as a sentence;
+    why there is none when the store's masks could not be read; None without masks."""
+    positives = manifest["label_positives"]
+    if positives is not None:
+        return (f"Label AP is over the {positives['n_patches']:,} patches of the {positives['n_images']:,} store images "
+                f"with a mask, where {positives['rule']}.")
+    note = manifest["label_note"]
+    return f"{note[0].upper()}{note[1:]}." if note else None
 
 
 def _best_first(ap_c: np.ndarray, prevalence_c: np.ndarray) -> list[int]:
@@ -176,6 +164,7 @@ def write_report(features_dir: str | Path, out: str | Path | None = None, max_la
             image_note = f"{n_missing} of the store's images could not be read, so they are not shown."
 
     classes, labels = features.class_names, features.label_names
+    label_definition = label_ap_definition(features.manifest)
     for position, latent in enumerate(latents):
         figures = []
         for image, value in tops[latent]:
@@ -189,12 +178,12 @@ def write_report(features_dir: str | Path, out: str | Path | None = None, max_la
         class_ap_c, class_mean_c, label_ap_l = features.class_ap[latent], features.class_mean[latent], features.label_ap[latent]
         class_chance_c, label_chance_l = features.class_prevalence, features.label_prevalence
         neighbours = (latents[position - 1] if position > 0 else None, latents[position + 1] if position + 1 < len(latents) else None)
-        page = latent_page(rows[latent], int(features.count[latent]), figures, image_note,
+        page = latent_page(rows[latent], int(features.count[latent]), figures, image_note, label_definition,
                            [(classes[c], float(class_mean_c[c]), float(class_ap_c[c]), float(class_chance_c[c]))
                             for c in _best_first(class_ap_c, class_chance_c)[:TOP_CLASSES]],
                            [(labels[c], float(label_ap_l[c]), float(label_chance_l[c])) for c in _best_first(label_ap_l, label_chance_l)],
                            neighbours)
-        _write_bytes(root / latent_file(latent), page.encode())
+        atomic_write_bytes(root / latent_file(latent), page.encode())
 
     manifest = features.manifest
     summary = manifest["summary"]
@@ -203,9 +192,10 @@ def write_report(features_dir: str | Path, out: str | Path | None = None, max_la
             f"{manifest['n_tokens']:,} {manifest['tokens']} tokens of {manifest['n_images']:,} images; "
             f"{summary['alive']:,} of {manifest['width']:,} latents fire ({summary['dead']:,} dead), "
             f"{summary['mean_l0']:.1f} per token on average; listing {shown}.",
-            "Class AP: how well the latent's image activation (its max over the image's tokens) ranks the class's images. "
-            "Label AP: how well its patch activations rank the patches of a mask label. The top class and best label are "
-            "those furthest above chance (their prevalence, the AP of an unrelated latent)."]
+            "Class AP: how well the latent's image activation (its max over the image's tokens) ranks the class's images "
+            "among the store's images with a class. Label AP: how well its patch activations rank the patches positive for a "
+            "mask label. The top class and best label are those furthest above chance (their prevalence, the AP of an "
+            "unrelated latent).", *([label_definition] if label_definition else [])]
     index = root / "index.html"
-    _write_bytes(index, index_page([rows[latent] for latent in latents], f"SAE latents of {manifest['layer']}", meta).encode())
+    atomic_write_bytes(index, index_page([rows[latent] for latent in latents], f"SAE latents of {manifest['layer']}", meta).encode())
     return index

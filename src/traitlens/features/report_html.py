@@ -178,13 +178,14 @@ def _shown_size(size_wh: tuple[int, int]) -> tuple[int, int]:
     return width * scale, height * scale
 
 
-def latent_page(row: dict[str, Any], count: int, figures: Sequence[Figure], image_note: str | None,
+def latent_page(row: dict[str, Any], count: int, figures: Sequence[Figure], image_note: str | None, label_definition: str | None,
                 classes: Sequence[tuple[str, float, float, float]], labels: Sequence[tuple[str, float, float]],
                 neighbours: tuple[int | None, int | None]) -> str:
     """One latent's page: statistics, top images, class and patch-label tables, navigation.
 
     ``classes`` holds (name, mean image activation, AP, chance AP) and ``labels`` (name, AP,
-    chance AP), best first.
+    chance AP), best first; ``label_definition`` says what the label APs are over (or why there
+    are none).
     """
     latent = row["latent"]
     previous, following = neighbours
@@ -221,8 +222,11 @@ def latent_page(row: dict[str, Any], count: int, figures: Sequence[Figure], imag
                              f'<td class="num">{number_text(chance)}</td></tr>' for name, mean, ap, chance in classes)
         parts.append('<table><thead><tr><th>class</th><th class="num">mean image activation</th>'
                      f'<th class="num">AP</th><th class="num">chance</th></tr></thead><tbody>{table_rows}</tbody></table>')
-    if labels:
+    if labels or label_definition:
         parts.append("<h2>Patch labels</h2>")
+    if label_definition:
+        parts.append(f'<p class="meta">{escape(label_definition)}</p>')
+    if labels:
         table_rows = "".join(f'<tr><td>{escape(name)}</td><td class="num">{number_text(ap)}</td><td class="num">{number_text(chance)}</td></tr>'
                              for name, ap, chance in labels)
         parts.append('<table><thead><tr><th>label</th><th class="num">AP</th><th class="num">chance</th></tr></thead>'

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
-from traitlens.backbones.preprocess import Preprocess
-from traitlens.errors import DataError, LayerError, StoreError
+from traitlens.errors import LayerError, StoreError
+from traitlens.features.patch_positives import (
+    DEFAULT_MIN_COVERAGE,
+    check_min_coverage,
+    describe_positives,
+    mask_geometry,
+    patch_coverage,
+    patch_positives,
+)
 from traitlens.sae.io import load_sae_with_config
 from traitlens.specimens.average_precision import average_precision_by_target
 from traitlens.specimens.baselines import (
@@ -31,48 +37,13 @@ from traitlens.store.reader import ActivationStore
 _FEATURE_CHUNK_ELEMENTS = 1 << 24  # feature scores are computed this many elements (rows x features) at a time
 
 
-def patch_coverage(labels_hw: np.ndarray, grid_hw: tuple[int, int], n_labels: int) -> npt.NDArray[np.float64]:
-    """Fraction of each patch's pixels holding each label, (grid_h * grid_w, n_labels), rows in
-    row-major patch order as the store's patch tokens.
-
-    Pixel row ``y`` of an ``H``-row map falls in patch row ``floor(y * grid_h / H)`` (columns
-    alike), as in :func:`traitlens.data.patch_labels.patch_labels`.
-    """
-    if labels_hw.ndim != 2 or not np.issubdtype(labels_hw.dtype, np.integer):
-        raise DataError(f"expected an (h, w) integer label map, got {labels_hw.dtype} {labels_hw.shape}")
-    height, width = labels_hw.shape
-    grid_h, grid_w = grid_hw
-    if not (0 < grid_h <= height and 0 < grid_w <= width):
-        raise DataError(f"a {grid_h}x{grid_w} patch grid does not fit a {height}x{width} label map")
-    labels = labels_hw.astype(np.int64)
-    if labels.min() < 0 or labels.max() >= n_labels:
-        raise DataError(f"label map holds values {labels.min()}..{labels.max()}, expected 0..{n_labels - 1}")
-    cell_hw = (np.arange(height) * grid_h // height)[:, None] * grid_w + (np.arange(width) * grid_w // width)[None, :]
-    counts_pl = np.bincount((cell_hw * n_labels + labels).ravel(), minlength=grid_h * grid_w * n_labels)
-    counts_pl = counts_pl.reshape(grid_h * grid_w, n_labels)
-    return counts_pl / counts_pl.sum(1, keepdims=True)
-
-
-def trait_positives(coverage_pl: np.ndarray, trait_labels: Sequence[int], min_coverage: float) -> npt.NDArray[np.bool_]:
-    """Which patches of one image count as showing each trait, (n_patches, n_traits).
-
-    A patch is positive for a trait when at least ``min_coverage`` of its pixels show it, or when it
-    is the patch with the most of that trait in the image. The second rule gives every image where a
-    trait is visible at least one positive patch, so small traits (an eye ring a few pixels wide
-    that never fills a tenth of a 12x12 patch) are still scored, on their best patch.
-    """
-    coverage_pt = coverage_pl[:, list(trait_labels)]
-    largest_t = coverage_pt.max(0)
-    return (coverage_pt >= min_coverage) | ((coverage_pt == largest_t) & (coverage_pt > 0))
-
-
-
 @dataclass(frozen=True)
 class DiscoveryOptions:
     """How :func:`trait_discovery` and :func:`score_discovery` score feature sets."""
 
-    min_coverage: float = 0.1
-    """A patch is positive for a trait from this fraction of trait pixels (see trait_positives)."""
+    min_coverage: float = DEFAULT_MIN_COVERAGE
+    """A patch is positive for a trait from this share of its pixels, or as the image's patch with
+    the most of it (:mod:`traitlens.features.patch_positives`, shared with the feature report)."""
     pca_components: int = 64
     """Principal directions of the PCA baseline (each scored in both signs)."""
     kmeans_clusters: int = 64
@@ -88,8 +59,7 @@ class DiscoveryOptions:
     """Where features and average precisions are computed."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.min_coverage <= 1:
-            raise ScoringError(f"min_coverage must be in (0, 1], got {self.min_coverage}")
+        check_min_coverage(self.min_coverage, ScoringError)
         if self.max_score_elements < 1:
             raise ScoringError(f"max_score_elements must be positive, got {self.max_score_elements}")
 
@@ -132,15 +102,6 @@ def _patch_token_slice(store: ActivationStore, stored: StoredLayer) -> slice:
         raise StoreError(f"layer {stored.name} stores {stored.tokens_per_image} {kind} tokens per image, which does not "
                          f"match its layout ({stored.layout.n_prefix} prefix + {stored.layout.n_patches} patches)")
     return slice(first, first + stored.layout.n_patches)
-
-
-def _mask_geometry(store: ActivationStore) -> Callable[[np.ndarray], np.ndarray]:
-    """Label map -> the model's input geometry, so masks line up with the patch grid. A store
-    without preprocessing (made from arrays) saw images at their own size."""
-    settings = store.manifest.get("preprocess")
-    if settings is None:
-        return lambda labels_hw: labels_hw
-    return Preprocess.from_dict(settings).mask
 
 
 def _ap_blocks(feature_set: FeatureSet, acts_nd: torch.Tensor, positives_nt: torch.Tensor,
@@ -193,7 +154,7 @@ def _scored_patches(store: ActivationStore, stored: StoredLayer, benchmark: Benc
     if store.n_images < 2:
         raise ScoringError(f"trait discovery needs at least 2 images (one to fit, one to score); the store has {store.n_images}")
     sources = [benchmark.resolve(image.source) for image in store.images]
-    geometry = _mask_geometry(store)
+    geometry = mask_geometry(store.manifest.get("preprocess"))
     trait_labels = list(benchmark.trait_labels.values())
     n_labels = max(trait_labels, default=1) + 1
     fit_parts, score_parts, positive_parts = [], [], []
@@ -204,7 +165,7 @@ def _scored_patches(store: ActivationStore, stored: StoredLayer, benchmark: Benc
         score_parts.append(patches_bpd[scored_b].flatten(0, 1))
         for image in indices_b[indices_b % 2 == 1]:
             coverage_pl = patch_coverage(geometry(benchmark.annotation(sources[image])), stored.layout.grid_hw, n_labels)
-            positive_parts.append(torch.from_numpy(trait_positives(coverage_pl, trait_labels, options.min_coverage)))
+            positive_parts.append(torch.from_numpy(patch_positives(coverage_pl, trait_labels, options.min_coverage)))
     device = torch.device(options.device)
     return _ScoredPatches(torch.cat(fit_parts).to(device), torch.cat(score_parts).to(device), torch.cat(positive_parts).to(device))
 
@@ -218,8 +179,8 @@ def trait_discovery(feature_sets: Mapping[str, FeatureSet], store: ActivationSto
     the feature sets that learn from data (PCA, k-means), odd-numbered ones are scored, for every
     set alike, so no baseline is scored on the tokens it was fitted to. (An SAE trained on the whole
     store has seen the scored images; the baselines have not.) Targets come from each scored image's
-    annotation, moved through the store's preprocessing onto the patch grid (:func:`patch_coverage`,
-    :func:`trait_positives`).
+    annotation, moved through the store's preprocessing onto the patch grid, by the definition the
+    feature report's label APs use too (:mod:`traitlens.features.patch_positives`).
     """
     stored = store.layer(layer)
     scored = _scored_patches(store, stored, benchmark, options)
@@ -285,9 +246,10 @@ def score_discovery(acts: Path, data: Path, layer: str | None, sae: Path | None,
     atomic_write_json(out / "discovery.json", result)
     write_text(out / "discovery.md", "\n".join([
         "# Trait discovery", "",
-        f"Layer `{stored.name}` of `{acts}`: {discovery.n_patches} patches of {discovery.n_images_scored} scored images; "
-        f"PCA and k-means fitted on the other {discovery.n_images_fit}. Each cell is the patch-level average precision "
-        "of the set's best single feature for the trait; `chance` is the trait's positive rate, the AP of a random feature.", "",
+        f"Layer `{stored.name}` of `{acts}`: {discovery.n_patches} patches of the {discovery.n_images_scored} scored images "
+        f"(the odd-numbered store images); PCA and k-means fitted on the other {discovery.n_images_fit}. Each cell is the "
+        "patch-level average precision of the set's best single feature for the trait, where "
+        f"{describe_positives(options.min_coverage)}; `chance` is the trait's positive rate, the AP of a random feature.", "",
         markdown_table(rows, ["trait", "positives", "chance", *feature_sets]),
     ]))
     return result

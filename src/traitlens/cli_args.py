@@ -26,6 +26,13 @@ class OneLineParser(argparse.ArgumentParser):
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         sys.exit(EXIT_USER_ERROR)
 
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        # argparse drops a "--" value (``--n=--``) and hands the option an empty list, skipping its
+        # type check; an option that takes one value must get one
+        if arg_strings == ["--"] and action.nargs is None and action.option_strings:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one value")
+        return super()._get_values(action, arg_strings)
+
 
 def _number(kind: Callable[[str], T], text: str, what: str) -> T:
     try:
@@ -74,6 +81,14 @@ def fraction(text: str) -> float:
     value = _number(float, text, "a number in [0, 1)")
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"a number in [0, 1) expected, got {text!r}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """A finite number in (0, 1] (shares such as a minimum coverage)."""
+    value = _number(float, text, "a number in (0, 1]")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a number in (0, 1] expected, got {text!r}")
     return value
 
 

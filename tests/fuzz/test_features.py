@@ -73,8 +73,6 @@ def test_bad_counts_are_refused_before_any_work(job: tuple[list[str], Path], fla
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="argparse drops '--' from '--flag=--' and passes [] without calling the type "
-                                       "(cli_args.OneLineParser should refuse it for every command)")
 def test_a_count_of_two_dashes_is_refused(job: tuple[list[str], Path], tmp_path: Path) -> None:
     command, finished = job
     out = tmp_path / "never written"

@@ -108,6 +108,15 @@ def find_lookalikes(species: tuple[Species, ...]) -> tuple[Lookalike, ...]:
 LOOKALIKES: tuple[Lookalike, ...] = find_lookalikes(SPECIES)
 
 
+def lookalike_of(species: Species) -> tuple[Species, str]:
+    """The species that differs from ``species`` only by one trait, and that trait's name."""
+    for pair in LOOKALIKES:
+        if species.name in (pair.a, pair.b):
+            other = pair.b if species.name == pair.a else pair.a
+            return next(candidate for candidate in SPECIES if candidate.name == other), pair.trait
+    raise KeyError(f"{species.name} has no look-alike")
+
+
 def trait_label(trait_index: int) -> int:
     """The label-map value of the trait at ``trait_index`` in :data:`TRAITS`."""
     return FIRST_TRAIT_LABEL + trait_index

@@ -31,8 +31,11 @@ from traitlens.specimens.catalog import (
     TRAITS,
     Plan,
     Species,
+    lookalike_of,
     trait_label,
 )
+
+_TRAIT_INDEX = {trait.name: index for index, trait in enumerate(TRAITS)}
 
 SUPERSAMPLE = 2
 MAX_ROTATION_DEG = 35.0
@@ -452,17 +455,17 @@ def _occluder(rng: np.random.Generator, center: np.ndarray, size: int, shrink: f
     return _ellipse(center, radius, radius * aspect, angle, n=24), _jitter(rng, colors, 12)
 
 
-def _place_occluder(rng: np.random.Generator, regions_hw: np.ndarray, n_body_pixels: int,
+def _place_occluder(rng: np.random.Generator, organism: np.ndarray, regions_hw: np.ndarray, n_shared_pixels: int,
                     ) -> tuple[Points, Color, np.ndarray] | None:
     """An occluder over the organism that hides little of it and of every trait region, or None.
 
-    ``regions_hw`` labels what any value of every trait could cover, so the choice is the same for
-    every species of the plan; hiding at most ``MAX_OCCLUDED_FRACTION`` of the bare body's
-    ``n_body_pixels`` of it bounds what it hides of every species' organism. Returns the polygon
+    ``organism`` is the species and its look-alike drawn together and ``n_shared_pixels`` the size
+    of what they share, so the choice is the same for both twins, and hiding at most
+    ``MAX_OCCLUDED_FRACTION`` of the shared pixels bounds what it hides of either organism.
+    ``regions_hw`` labels what any value of every trait could cover. Returns the polygon
     (final-image pixels), its colour and its (h, w) boolean mask.
     """
     size = regions_hw.shape[0]
-    organism = regions_hw > 0
     organism_pixels = np.flatnonzero(organism)
     row, column = np.unravel_index(organism_pixels[rng.integers(len(organism_pixels))], organism.shape)
     center = np.array([column, row], float)
@@ -475,7 +478,7 @@ def _place_occluder(rng: np.random.Generator, regions_hw: np.ndarray, n_body_pix
         ImageDraw.Draw(canvas).polygon(points.ravel().tolist(), fill=1)
         mask = np.asarray(canvas)
         hidden = np.bincount(regions_hw[mask], minlength=256)
-        if (np.count_nonzero(mask & organism) <= MAX_OCCLUDED_FRACTION * n_body_pixels
+        if (np.count_nonzero(mask & organism) <= MAX_OCCLUDED_FRACTION * n_shared_pixels
                 and np.all(hidden[region_labels] <= MAX_REGION_OCCLUSION * region_sizes[region_labels])):
             return points, color, mask
         shrink *= 0.7
@@ -500,14 +503,17 @@ def render_specimen(species: Species, size: int, rng: np.random.Generator) -> Sp
     """Draw one specimen of ``species`` in a ``size`` x ``size`` scene; every random choice comes
     from ``rng``, so the result is a function of the generator's state.
 
-    No random choice depends on the species: the pose is fitted to, and the occluder placed on,
-    the region every value of every trait could cover, and contrast pivots on the empty scene. So
-    two species drawn from generators in the same state are the same organism in the same scene,
-    and their images differ only where their trait values are drawn (counterfactual twins).
+    No random choice tells a species from its look-alike: the pose is fitted to, and the occluder
+    placed on, the two drawn together, and contrast pivots on the empty scene. So the two drawn
+    from generators in the same state are the same organism in the same scene, and their images
+    differ only inside the footprint of the trait that separates them (counterfactual twins).
     """
     shapes = _organism(species.plan, tuple((value,) for value in species.values))
     regions = _organism(species.plan, tuple(trait.values for trait in TRAITS))
-    transform = _pose(regions, size, rng)
+    lookalike, separating = lookalike_of(species)
+    # the species and its look-alike together: what the pose and the occluder are fitted to
+    both = _organism(species.plan, tuple(tuple(dict.fromkeys(pair)) for pair in zip(species.values, lookalike.values, strict=True)))
+    transform = _pose(both, size, rng)
     palette = _palette(rng)
     side = size * SUPERSAMPLE
     canvas = _ground(rng, side)
@@ -523,9 +529,9 @@ def render_specimen(species: Species, size: int, rng: np.random.Generator) -> Sp
                                for index in range(len(TRAITS))])
     occluded_fraction = 0.0
     if rng.random() < OCCLUDER_PROBABILITY:
-        bare_body = [shape for shape in regions if shape.label == BODY_LABEL]
-        placed = _place_occluder(rng, _draw_labels(regions, transform, size),
-                                 np.count_nonzero(_draw_labels(bare_body, transform, size)))
+        shared = [shape for shape in shapes if shape.label != trait_label(_TRAIT_INDEX[separating])]
+        placed = _place_occluder(rng, _draw_labels(both, transform, size) > 0, _draw_labels(regions, transform, size),
+                                 np.count_nonzero(_draw_labels(shared, transform, size)))
         if placed is not None:
             points, color, mask_hw = placed
             occluded_fraction = float(np.count_nonzero(mask_hw & (labels_hw > 0)) / np.count_nonzero(labels_hw))

@@ -70,7 +70,8 @@ def test_bad_data_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path
 
 
 def test_pretrained_weights_without_a_hub_say_what_to_do(capsys: pytest.CaptureFixture[str], images: Path, tmp_path: Path) -> None:
-    code, _, err = _run(capsys, "layers", "--model", "timm:vit_tiny_patch16_224")
+    code, _, err = _run(capsys, "explain", "--model", "timm:vit_tiny_patch16_224", "--images", str(images),
+                        "--method", "grad-cam", "--out", str(tmp_path / "maps"))
     _assert_one_line_error(code, err, "timm:vit_tiny_patch16_224", "--weights PATH", "--random-init")
 
 

@@ -70,9 +70,13 @@ def claim_output_folder(out: Path, command: str, *, overwrite: bool = False, res
     from traitlens.store.atomic import atomic_write_json
 
     try:
-        occupied = out.is_dir() and any(out.iterdir())
+        # a folder holding nothing but this command's own mark is a run that failed before its
+        # first result (a misspelled class found once the model loaded): as good as empty
+        occupied = out.is_dir() and any(child.name != OWNER_FILE for child in out.iterdir())
     except OSError as cause:
         raise error(f"cannot read {option} {out}: {cause.strerror or cause}") from cause
+    if not occupied and out.is_dir() and output_owner(out) not in (None, command):
+        occupied = True
     if occupied:
         owner = output_owner(out)
         if owner is None and any((out / name).exists() for name in own_files):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
+import torch
 
+from tests.backbones.builders import CodeRunningPayload
 from traitlens.backbones import Backbone, LoadRequest, ModelSpec, load_backbone
-from traitlens.backbones.spec import PROVIDERS, register_provider
+from traitlens.backbones.spec import COUNT, PROVIDERS, Provider, register_provider
 from traitlens.errors import SpecError
 
 
@@ -15,7 +18,7 @@ from traitlens.errors import SpecError
 def seen(monkeypatch: pytest.MonkeyPatch) -> list[LoadRequest]:
     """Registers a ``toy`` provider that records its requests, for this test only."""
     requests: list[LoadRequest] = []
-    monkeypatch.setitem(PROVIDERS, "toy", requests.append)
+    monkeypatch.setitem(PROVIDERS, "toy", Provider(requests.append, {"depth": COUNT}))
     return requests
 
 
@@ -34,11 +37,11 @@ def test_register_provider_adds_a_prefix(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr("traitlens.backbones.spec.PROVIDERS", PROVIDERS.copy())
     from traitlens.backbones import spec as spec_module
 
-    @register_provider("plugin")
+    @register_provider("plugin", {"depth": COUNT})
     def load_plugin(request: LoadRequest) -> str:
         return f"built {request.spec.name}"
 
-    assert spec_module.PROVIDERS["plugin"] is load_plugin
+    assert spec_module.PROVIDERS["plugin"] == Provider(load_plugin, {"depth": COUNT})
     assert "plugin" not in PROVIDERS
 
 
@@ -46,6 +49,30 @@ def test_unknown_provider_is_a_spec_error_before_anything_loads(seen: list[LoadR
     with pytest.raises(SpecError, match="unknown model provider 'tim'"):
         load_backbone("tim:vit_tiny_patch16_224")
     assert seen == []
+
+
+def test_an_option_the_provider_does_not_declare_never_reaches_it(seen: list[LoadRequest]) -> None:
+    with pytest.raises(SpecError, match=r"toy models take no option 'weights_only' \(allowed: depth\)"):
+        load_backbone("toy:model?depth=2&weights_only=false")
+    assert seen == []
+
+
+def test_no_file_is_unpickled_while_a_provider_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Whatever a library passes to ``torch.load`` while it builds a model, the file is read as
+    tensors only: a pickle that would run code is refused and runs nothing."""
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pt"
+    torch.save({"weight": CodeRunningPayload(marker)}, evil)
+
+    def load_like_a_library(_request: LoadRequest) -> object:
+        return torch.load(evil, weights_only=False)  # as torchvision's download cache reader does
+
+    monkeypatch.setitem(PROVIDERS, "unsafe", Provider(load_like_a_library, {}))
+    with pytest.raises(pickle.UnpicklingError):
+        load_backbone("unsafe:model")
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # outside a load the caller's choice holds again
+    assert marker.exists()
 
 
 def test_the_backbone_keeps_its_spec_text() -> None:

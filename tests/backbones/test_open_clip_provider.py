@@ -154,8 +154,7 @@ def test_weights_file_round_trip(tmp_path: Path, tiny: Backbone, suffix: str) ->
 def test_a_weights_file_for_a_tag_gets_the_tags_preprocessing(tmp_path: Path) -> None:
     # A SigLIP tag trained with mean = std = 0.5 and squashed resizing; open_clip applies that only
     # when it downloads the weights itself. The tower is shrunk to a timm ViT-Tiny for speed.
-    vision = {"image_size": 32, "timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
-              "timm_pool": "map", "timm_proj": "none"}
+    vision = {"image_size": 32, "timm_model_name": "vit_tiny_patch16_224", "timm_pool": "map", "timm_proj": "none"}
     text = {"context_length": 8, "vocab_size": 100, "width": 192, "heads": 2, "layers": 1}
     spec = (f"open_clip:ViT-B-16-SigLIP/webli?force_image_size=32&embed_dim=192"
             f"&vision_cfg={compact_json(vision)}&text_cfg={compact_json(text)}")

@@ -3,6 +3,8 @@ the resize and crop that :meth:`Preprocess.image` and :meth:`Preprocess.mask` ap
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from traitlens.backbones import Preprocess
 SHORTEST = Preprocess(size_hw=(16, 16), resize=18)
 PADDING = Preprocess(size_hw=(16, 16), resize=12)
 SQUASH = Preprocess(size_hw=(16, 24), resize=16, resize_mode="squash")
+PAD = Preprocess(size_hw=(16, 24), resize=16, resize_mode="pad")
 
 
 def _source_pixels(preprocess: Preprocess, image_hw: tuple[int, int]) -> np.ndarray:
@@ -21,8 +24,11 @@ def _source_pixels(preprocess: Preprocess, image_hw: tuple[int, int]) -> np.ndar
     return preprocess.mask(index_hw)
 
 
-@pytest.mark.parametrize("preprocess", [SHORTEST, PADDING, SQUASH])
-@pytest.mark.parametrize("image_hw", [(100, 50), (40, 90), (16, 16), (33, 33)])
+@pytest.mark.parametrize(
+    ("preprocess", "image_hw"),
+    [*itertools.product([SHORTEST, PADDING, SQUASH, PAD], [(100, 50), (40, 90), (16, 16), (33, 33)]),
+     (PAD, (10, 15))],  # a letterbox also enlarges small images
+)
 def test_unmap_inverts_the_geometry_of_mask(preprocess: Preprocess, image_hw: tuple[int, int]) -> None:
     crop_h, crop_w = preprocess.size_hw
     # A map whose value is the input row (then column) coordinate, read back at image resolution.
@@ -66,3 +72,37 @@ def test_squash_keeps_every_pixel_and_any_map_size() -> None:
     assert back_hw.shape == (30, 50)
     assert bool((back_hw > 0).all())
     assert float(back_hw.min()) >= float(half_hw.min()) and float(back_hw.max()) <= float(half_hw.max())
+
+
+@pytest.mark.parametrize("image_hw", [(100, 50), (40, 90), (16, 24), (7, 3)])
+def test_pad_keeps_every_pixel_and_letterboxes_evenly(image_hw: tuple[int, int]) -> None:
+    source = _source_pixels(PAD, image_hw)
+
+    # every image pixel reaches the input (no crop), and only the letterbox bars are padding
+    assert set(np.unique(source[source > 0])) <= set(range(1, image_hw[0] * image_hw[1] + 1))
+    assert torch.allclose(PAD.unmap(torch.ones(PAD.size_hw), image_hw), torch.ones(image_hw))
+    bars_h, bars_w = (source == 0).all(axis=1), (source == 0).all(axis=0)
+    assert (source == 0).sum() == bars_h.sum() * source.shape[1] + bars_w.sum() * source.shape[0] - bars_h.sum() * bars_w.sum()
+    for bars in (bars_h, bars_w):  # the bars sit at both ends, differing by at most one pixel
+        first, last = int(np.argmin(bars)), int(np.argmin(bars[::-1]))
+        assert abs(first - last) <= 1 and not bars[first:len(bars) - last].any()
+
+
+def test_pad_fills_the_bars_with_the_mean_colour_and_label_zero() -> None:
+    from PIL import Image
+
+    image = Image.new("RGB", (40, 10), (255, 255, 255))  # wide: bars above and below
+
+    pixels_chw = PAD.image(image)
+    labels_hw = PAD.mask(np.full((10, 40), 7))
+
+    assert pixels_chw.shape == (3, 16, 24)
+    assert bool((pixels_chw[:, :5] == 0).all()) and bool((pixels_chw[:, -5:] == 0).all())
+    assert bool((pixels_chw[:, 5:11] > 0).all())
+    assert (labels_hw[:5] == 0).all() and (labels_hw[-5:] == 0).all() and (labels_hw[5:11] == 7).all()
+
+
+def test_fitted_switches_only_the_geometry() -> None:
+    assert SHORTEST.fitted("squash") == Preprocess(size_hw=(16, 16), resize=18, resize_mode="squash")
+    assert SHORTEST.fitted("pad").resize_mode == "pad" and SQUASH.fitted("crop").resize_mode == "shortest"
+    assert SHORTEST.fitted("crop") == SHORTEST

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -257,11 +258,38 @@ def test_a_weights_file_with_pickled_code_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_an_unreachable_hub_fails_fast_in_one_line_without_retrying(monkeypatch: pytest.MonkeyPatch,
+                                                                    capfd: pytest.CaptureFixture[str]) -> None:
+    """Not declared offline, but nothing answers: the hub is read from its cache only, at once."""
+    from huggingface_hub import constants
+
+    with socket.socket() as probe:  # a port nobody listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as caught:
+        load_backbone("timm:vit_tiny_patch16_224.augreg_in21k")
+
+    assert time.monotonic() - start < 10
+    assert "the hub is offline (HF_HUB_OFFLINE) or cannot be reached" in str(caught.value)
+    assert "retry" not in capfd.readouterr().err.lower()
+    assert constants.HF_HUB_OFFLINE is False  # switched on for the load only
+
+
 def test_unknown_model_is_a_spec_error() -> None:
     with pytest.raises(SpecError, match="timm has no model 'vit_gigantic_patch3'"):
         load_backbone("timm:vit_gigantic_patch3", pretrained=False)
 
 
+@pytest.mark.parametrize("name", ["hf-hub:timm/vit_tiny_patch16_224.augreg_in21k", "hf_hub:timm/x", "local-dir:/tmp"])
+def test_hub_and_local_dir_names_are_refused(name: str) -> None:
+    """timm would read these itself; local weights go through --weights, our own reader."""
+    with pytest.raises(SpecError, match="--weights PATH"):
+        load_backbone(f"timm:{name}", pretrained=False)
+
+
 def test_options_the_model_rejects_are_a_spec_error() -> None:
-    with pytest.raises(SpecError, match="depthh"):
-        load_backbone("timm:vit_tiny_patch16_224?img_size=32&depthh=2", pretrained=False)
+    with pytest.raises(SpecError, match="unexpected keyword argument 'embed_dim'"):
+        load_backbone("timm:resnet18?embed_dim=32", pretrained=False)

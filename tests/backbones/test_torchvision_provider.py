@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -169,3 +170,50 @@ def test_unknown_model_and_rejected_options_are_spec_errors() -> None:
         load_backbone("torchvision:resnet19", pretrained=False)
     with pytest.raises(SpecError, match="widthh"):
         load_backbone("torchvision:mobilenet_v2?widthh=2", pretrained=False)
+    with pytest.raises(SpecError, match="unexpected keyword argument 'width_mult'"):
+        load_backbone("torchvision:resnet18?width_mult=2", pretrained=False)
+
+
+@pytest.fixture
+def torch_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torchvision download cache (``$TORCH_HOME/hub/checkpoints``), with no network:
+    nothing may be downloaded."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr("traitlens.backbones.torchvision_provider.reachable", lambda _url: False)
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    return cache
+
+
+def test_pretrained_weights_come_from_torchvisions_cache(torch_cache: Path) -> None:
+    shutil.copyfile(mobilenet_checkpoint(), torch_cache / "mobilenet_v2-b0353104.pth")
+
+    cached = load_backbone("torchvision:mobilenet_v2")
+    from_file = load_backbone("torchvision:mobilenet_v2", weights=mobilenet_checkpoint())
+
+    assert cached.weights_fingerprint() == from_file.weights_fingerprint()
+    # the cached file is IMAGENET1K_V1 (the default is V2): V1's preprocessing and class names
+    assert cached.preprocess == from_file.preprocess and cached.preprocess.resize == 256
+    assert cached.class_names == from_file.class_names and cached.class_names is not None
+
+
+def test_pretrained_weights_missing_from_the_cache_are_one_line(torch_cache: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as caught:
+        load_backbone("torchvision:mobilenet_v2")
+
+    message = str(caught.value)
+    assert f"not in its cache ({torch_cache / 'mobilenet_v2-7ebf99e0.pth'})" in message and "cannot be reached" in message
+    assert "--weights" in message and "\n" not in message
+    assert time.monotonic() - start < 10
+
+
+def test_a_damaged_cached_file_is_one_line(torch_cache: Path) -> None:
+    damaged = torch_cache / "mobilenet_v2-b0353104.pth"
+    damaged.write_bytes(mobilenet_checkpoint().read_bytes()[:-10])
+
+    with pytest.raises(WeightsUnavailableError, match="SHA-256 does not start with b0353104") as caught:
+        load_backbone("torchvision:mobilenet_v2")
+
+    assert "IMAGENET1K_V1" in str(caught.value) and str(damaged) in str(caught.value)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+import socket
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,15 @@ from torch import nn
 
 from tests.backbones.builders import CodeRunningPayload, save_state_dict
 from traitlens.backbones.spec import LoadRequest, parse_spec
-from traitlens.backbones.weights import build_model, fixed_seed, load_into, read_state_dict
+from traitlens.backbones.weights import (
+    build_model,
+    fixed_seed,
+    hub_offline_when_unreachable,
+    load_into,
+    reachable,
+    read_state_dict,
+    weights_only_loads,
+)
 from traitlens.errors import LayerError, SpecError, WeightsUnavailableError
 
 
@@ -172,10 +183,10 @@ def test_hub_failures_become_one_line_with_the_ways_out() -> None:
 
 def test_options_a_constructor_rejects_are_spec_errors() -> None:
     def create(_pretrained: bool) -> nn.Module:
-        raise TypeError("__init__() got an unexpected keyword argument 'depthh'")
+        raise TypeError("__init__() got an unexpected keyword argument 'depth'")
 
-    with pytest.raises(SpecError, match="depthh"):
-        build_model(_request("timm:toy?depthh=2"), "nothing", create)
+    with pytest.raises(SpecError, match="unexpected keyword argument 'depth'"):
+        build_model(_request("timm:toy?depth=2"), "nothing", create)
     with pytest.raises(WeightsUnavailableError):
         build_model(_request("timm:toy"), "nothing", create)
 
@@ -190,3 +201,37 @@ def test_traitlens_errors_pass_through_unchanged() -> None:
         build_model(_request("timm:toy"), "nothing", create)
 
     assert caught.value is error
+
+
+def test_weights_only_loads_overrides_the_callers_choice_and_the_users_opposite_setting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"payload": CodeRunningPayload(marker)}, path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # a user's environment may say the opposite
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
+
+    with weights_only_loads(), pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=False)
+
+    assert not marker.exists()
+    assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1" and "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+
+
+def test_a_port_nobody_listens_on_is_unreachable_and_the_hub_offline_only_inside(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert reachable(f"http://127.0.0.1:{server.getsockname()[1]}")
+    assert not reachable(f"http://127.0.0.1:{port}")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    with hub_offline_when_unreachable() as offline:
+        assert offline and constants.HF_HUB_OFFLINE
+    assert constants.HF_HUB_OFFLINE is False

@@ -40,7 +40,10 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["explain", *argv])
+    try:
+        code = main(["explain", *argv])
+    except SystemExit as stop:  # argparse refuses a flag's value by exiting
+        code = int(stop.code or 0)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -66,9 +69,49 @@ def test_explain_writes_maps_overlays_and_a_summary(capsys: pytest.CaptureFixtur
         assert record["target"] is None and len(record["reference_indices"]) == 2 == len(record["reference_scores"])
         # auto references: the highest other scores, below the predicted target's
         assert record["target_score"] >= record["reference_scores"][0] >= record["reference_scores"][1]
-    # The model saw a centre crop: the wide photo's left and right edges get no heat.
-    chelsea = np.load(out / "cats" / "chelsea.npy")
-    assert chelsea[:, :80].max() == 0 and chelsea[:, -80:].max() == 0 and chelsea[:, 100:-100].max() > 0
+
+
+@pytest.mark.parametrize(("fit", "covers_the_ends"), [("squash", True), ("pad", True), ("crop", False)])
+def test_fit_decides_whether_the_map_covers_a_wide_photo(fit: str, covers_the_ends: bool, capsys: pytest.CaptureFixture[str],
+                                                         folder: Path, tmp_path: Path) -> None:
+    fit_args = [] if fit == "squash" else ["--fit", fit]  # squash is the default
+    code, _, err = _run(capsys, "--model", "torchvision:mobilenet_v2", "--weights", str(mobilenet_checkpoint()),
+                        "--images", str(folder / "cats"), "--method", "grad-cam", *fit_args, "--out", str(tmp_path / fit))
+
+    assert code == 0, err
+    chelsea = np.load(tmp_path / fit / "chelsea.npy")  # 300 x 451: its centre square is columns 75..375
+    assert chelsea.shape == (300, 451) and chelsea[:, 75:-75].max() > 0
+    # squash and pad see the whole photo, so the map reaches both ends; crop cuts them away, and
+    # the map is exactly 0 there
+    for end in (chelsea[:, :75], chelsea[:, -75:]):
+        assert (end.max() > 0.1) if covers_the_ends else (end.max() == 0)
+    assert json.loads((tmp_path / fit / "summary.json").read_text())["config"]["fit"] == fit
+
+
+def test_a_single_image_file(capsys: pytest.CaptureFixture[str], folder: Path, tmp_path: Path) -> None:
+    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--images", str(folder / "cups" / "coffee.png"),
+                        "--method", "grad-cam", "--out", str(tmp_path / "one"))
+
+    assert code == 0, err
+    (record,) = json.loads((tmp_path / "one" / "summary.json").read_text())["images"]
+    assert (record["map"], record["overlay"]) == ("coffee.npy", "coffee.png")
+    assert np.load(tmp_path / "one" / "coffee.npy").shape == (100, 150)
+
+
+def test_an_earlier_result_is_replaced_only_with_overwrite(capsys: pytest.CaptureFixture[str], folder: Path,
+                                                          tmp_path: Path) -> None:
+    common = ["--model", TINY_VIT, "--random-init", "--method", "grad-cam", "--out", str(tmp_path / "maps")]
+    assert _run(capsys, *common, "--images", str(folder))[0] == 0
+    first = sorted(path.relative_to(tmp_path) for path in (tmp_path / "maps").rglob("*.npy"))
+
+    code, _, err = _run(capsys, *common, "--images", str(folder / "cats"))
+    _assert_one_line_error(code, err, ["already holds a traitlens explain result", "--overwrite"])
+    assert sorted(path.relative_to(tmp_path) for path in (tmp_path / "maps").rglob("*.npy")) == first
+
+    assert _run(capsys, *common, "--images", str(folder / "cats"), "--overwrite")[0] == 0
+    # the earlier maps are gone with the earlier summary: the folder is this run's alone
+    assert [path.name for path in (tmp_path / "maps").rglob("*.npy")] == ["chelsea.npy"]
+    assert len(json.loads((tmp_path / "maps" / "summary.json").read_text())["images"]) == 1
 
 
 def test_named_classes_and_gamma_zero_through_the_command_line(capsys: pytest.CaptureFixture[str], folder: Path,
@@ -142,7 +185,9 @@ def test_text_heads_refuse_what_they_cannot_do(argv: list[str], fragments: list[
     ("argv", "fragments"),
     [
         (["--method", "gradcam"], ["unknown method 'gradcam'; choose one of cam, grad-cam"]),
-        (["--method", "grad-cam", "--refs", "auto", "--gamma", "-1"], ["gamma must be a finite number >= 0"]),
+        (["--method", "grad-cam", "--refs", "auto", "--gamma", "-1"], ["--gamma", "a finite number of at least 0"]),
+        (["--method", "grad-cam", "--refs", "auto", "--n-refs", "3"], ["3 reference classes asked for", "only 2"]),
+        (["--method", "grad-cam", "--refs", "1", "--n-refs", "1"], ["applies only to automatic references"]),
         (["--method", "grad-cam", "--target", "7"], ["target class 7 is out of range: the head has 3 classes (0..2)"]),
         (["--method", "grad-cam", "--target", "tabby"], ["target class 'tabby' is not a class index, and the model has no class names"]),
         (["--method", "grad-cam", "--refs", "1,1"], ["reference classes repeat: 1, 1"]),
@@ -161,7 +206,7 @@ def test_unknown_class_names_and_unreadable_images_are_one_line(capsys: pytest.C
                                                                 tmp_path: Path) -> None:
     code, _, err = _run(capsys, "--model", "torchvision:mobilenet_v2", "--weights", str(mobilenet_checkpoint()),
                         "--images", str(folder / "cats"), "--method", "cam", "--target", "Egyptian kat",
-                        "--out", str(tmp_path / "out"))
+                        "--out", str(tmp_path / "kat"))
     _assert_one_line_error(code, err, ["unknown target class 'Egyptian kat'", "did you mean 'Egyptian cat'"])
 
     broken = tmp_path / "broken"
@@ -176,6 +221,7 @@ def test_unknown_class_names_and_unreadable_images_are_one_line(capsys: pytest.C
 def _assert_one_line_error(code: int, err: str, fragments: list[str]) -> None:
     lines = [line for line in err.splitlines() if line.strip() and "it/s]" not in line and "img/s]" not in line]
     assert code == 2
-    assert len(lines) == 1 and lines[0].startswith("traitlens: error: "), err
+    # "traitlens: error: ..." from the command, "traitlens explain: error: ..." from its parser
+    assert len(lines) == 1 and lines[0].startswith("traitlens") and ": error: " in lines[0], err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]

@@ -28,11 +28,15 @@ def test_gamma_zero_gives_exactly_one_hot_coefficients() -> None:
     assert not torch.signbit(coef_bc).any()
 
 
-def test_auto_references_skip_the_target_and_cap_at_the_other_classes() -> None:
+def test_auto_references_skip_the_target_and_refuse_more_than_the_other_classes() -> None:
     logits_bc = torch.tensor([[0.1, 0.9, 0.5], [3.0, 1.0, 2.0]])
 
     assert auto_references(logits_bc, torch.tensor([1, 2]), n_refs=1).tolist() == [[2], [0]]
-    assert auto_references(logits_bc, torch.tensor([1, 2]), n_refs=5).tolist() == [[2, 0], [0, 1]]
+    assert auto_references(logits_bc, torch.tensor([1, 2]), n_refs=2).tolist() == [[2, 0], [0, 1]]
+    # the default takes up to DEFAULT_N_REFS (3) and fits a head with fewer other classes
+    assert auto_references(logits_bc, torch.tensor([1, 2])).tolist() == [[2, 0], [0, 1]]
+    with pytest.raises(ExplainError, match="3 reference classes asked for, but the head has only 2 classes"):
+        auto_references(logits_bc, torch.tensor([1, 2]), n_refs=3)
 
 
 @pytest.mark.parametrize(

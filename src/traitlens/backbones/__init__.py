@@ -19,6 +19,7 @@ from traitlens.backbones.backbone import Backbone, Layer, TokenEdit
 from traitlens.backbones.layout import TOKEN_SELECTIONS, TokenLayout, TokenSelection
 from traitlens.backbones.preprocess import Preprocess
 from traitlens.backbones.spec import PROVIDERS, LoadRequest, ModelSpec, parse_spec
+from traitlens.backbones.weights import weights_only_loads
 
 # Importing the provider modules registers them; named here so linters see the use.
 _PROVIDER_MODULES = (hf_provider, open_clip_provider, timm_provider, torchvision_provider, traitlens_provider)
@@ -28,11 +29,13 @@ def load_backbone(spec: str, weights: str | Path | None = None, pretrained: bool
     """Load a model by spec, with pretrained weights, a local weights file, or random init.
 
     ``weights`` (safetensors, or a torch file read with ``weights_only=True``) wins over
-    ``pretrained``; ``pretrained=False`` gives reproducible random weights (seed 0).
+    ``pretrained``; ``pretrained=False`` gives reproducible random weights (seed 0). No file is
+    unpickled on the way, whichever library reads it.
     """
     parsed = parse_spec(spec)
     request = LoadRequest(parsed, Path(weights) if weights is not None else None, pretrained)
-    return PROVIDERS[parsed.provider](request)
+    with weights_only_loads():
+        return PROVIDERS[parsed.provider].load(request)
 
 
 __all__ = [

@@ -2,11 +2,14 @@
 without registers), ViT, and their image-classification variants.
 
 Spec options update the config of the model that is built (the vision config of a CLIP or SigLIP
-checkpoint), with random init and pretrained weights alike.
+checkpoint), with random init and pretrained weights alike; only the size fields in
+:data:`HF_OPTIONS` may be set. Remote code is never run (``trust_remote_code=False``).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,8 +26,15 @@ from traitlens.backbones.preprocess import (
     Preprocess,
 )
 from traitlens.backbones.probe import SequenceHint, probe_layers
-from traitlens.backbones.spec import LoadRequest, register_provider
-from traitlens.backbones.weights import build_model
+from traitlens.backbones.spec import (
+    COUNT,
+    POSITIVE,
+    LoadRequest,
+    OptionType,
+    register_provider,
+    shorten,
+)
+from traitlens.backbones.weights import build_model, hub_offline_when_unreachable
 from traitlens.errors import SpecError
 
 _PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic", 1: "lanczos"}
@@ -33,6 +43,15 @@ _NO_CLS_TYPES = ("siglip",)
 _CLIP_TYPES = ("clip", "clip_vision_model")
 _SIGLIP_TYPES = ("siglip", "siglip_vision_model")
 _BLOCK_LIST_NAMES = ("layer", "layers", "blocks")
+
+HF_OPTIONS: dict[str, OptionType] = {
+    "image_size": POSITIVE, "patch_size": POSITIVE, "hidden_size": POSITIVE, "num_hidden_layers": POSITIVE,
+    "num_attention_heads": POSITIVE, "intermediate_size": POSITIVE, "num_register_tokens": COUNT, "num_labels": POSITIVE,
+}
+"""Config fields ``hf:REPO?...`` may set: the architecture's sizes. Other config fields name code
+(``auto_map``) or change how weights are read."""
+# never run a repository's own Python code (custom architectures); transformers would otherwise ask
+_NO_REMOTE_CODE = {"trust_remote_code": False}
 
 
 def _model_class(config: Any) -> tuple[Any, Any]:
@@ -70,7 +89,7 @@ def hf_preprocess(repo: str, config: Any) -> Preprocess:
     import transformers
 
     try:
-        processor = transformers.AutoImageProcessor.from_pretrained(repo)
+        processor = transformers.AutoImageProcessor.from_pretrained(repo, **_NO_REMOTE_CODE)
     except Exception:  # a config-only directory or no hub: fall back to the family defaults
         return _default_preprocess(config)
     size, crop = processor.size, getattr(processor, "crop_size", None)
@@ -118,20 +137,26 @@ def _head_output(model: nn.Module) -> Any:
     return forward
 
 
-@register_provider("hf")
+@register_provider("hf", HF_OPTIONS)
 def load_hf(request: LoadRequest) -> Backbone:
+    # a hub repo's config and image processor are read from the hub even for random init
+    with nullcontext() if Path(request.spec.name).is_dir() else hub_offline_when_unreachable():
+        return _load_hf(request)
+
+
+def _load_hf(request: LoadRequest) -> Backbone:
     import transformers
 
     repo = request.spec.name
 
     def create(pretrained: bool) -> nn.Module:
-        model_class, build_config = _model_class(transformers.AutoConfig.from_pretrained(repo))
+        model_class, build_config = _model_class(transformers.AutoConfig.from_pretrained(repo, **_NO_REMOTE_CODE))
         unknown = sorted(key for key in request.spec.options if not hasattr(build_config, key))
         if unknown:
-            raise SpecError(f"model spec {request.spec.text!r}: {type(build_config).__name__} has no fields {unknown}")
+            raise SpecError(f"model spec {shorten(request.spec.text)!r}: {type(build_config).__name__} has no fields {unknown}")
         build_config.update(request.spec.options)
         if pretrained:
-            model = model_class.from_pretrained(repo, config=build_config)
+            model = model_class.from_pretrained(repo, config=build_config, **_NO_REMOTE_CODE)
         elif hasattr(model_class, "from_config"):
             model = model_class.from_config(build_config)
         else:

@@ -3,11 +3,14 @@ CLIP-style models (BioCLIP too).
 
 The whole CLIP model is kept, text tower included, so zero-shot heads can be built from prompts;
 ``forward`` returns the image embedding. Spec options go to ``open_clip.create_model`` (for
-example ``force_image_size=224``, or whole ``vision_cfg`` / ``text_cfg`` dicts as JSON).
+example ``force_image_size=224``, or whole ``vision_cfg`` / ``text_cfg`` dicts as JSON), allow-listed
+in :data:`OPEN_CLIP_OPTIONS`. PRETRAINED must be one of open_clip's tags for ARCH: open_clip would
+also take a file path there, and local weights go through ``--weights``.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from torch import nn
@@ -15,9 +18,22 @@ from torch import nn
 from traitlens.backbones.backbone import Backbone
 from traitlens.backbones.preprocess import Preprocess
 from traitlens.backbones.probe import SequenceHint, probe_layers
-from traitlens.backbones.spec import LoadRequest, register_provider
+from traitlens.backbones.spec import (
+    BOOLEAN,
+    COUNT,
+    COUNTS,
+    NAME,
+    NUMBER,
+    POSITIVE,
+    SIZE,
+    LoadRequest,
+    OptionType,
+    json_object,
+    one_of,
+    register_provider,
+)
 from traitlens.backbones.timm_provider import timm_layers_and_hint
-from traitlens.backbones.weights import build_model
+from traitlens.backbones.weights import build_model, hub_offline_when_unreachable
 from traitlens.errors import SpecError
 
 HF_HUB = "hf-hub:"
@@ -25,15 +41,42 @@ LOCAL_DIR = "local-dir:"
 _SCHEMAS = (HF_HUB, LOCAL_DIR)
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
+# Architecture fields of open_clip's CLIPVisionCfg / CLIPTextCfg. Left out on purpose: fields that
+# fetch weights or code by name (``timm_model_pretrained``, ``hf_model_name``, ``hf_tokenizer_name``).
+_VISION_CFG = json_object(
+    layers=COUNTS, width=POSITIVE, head_width=POSITIVE, mlp_ratio=NUMBER, patch_size=POSITIVE, image_size=SIZE,
+    ls_init_value=NUMBER, patch_dropout=NUMBER, attentional_pool=BOOLEAN, no_ln_pre=BOOLEAN,
+    final_ln_after_pool=BOOLEAN, pool_type=one_of("tok", "avg", "none"), timm_model_name=NAME,
+    timm_pool=one_of("", "avg", "max", "avgmax", "token", "map"), timm_proj=one_of("", "linear", "mlp", "none"),
+    timm_proj_bias=BOOLEAN, timm_drop=NUMBER, timm_drop_path=NUMBER,
+)
+_TEXT_CFG = json_object(
+    context_length=POSITIVE, vocab_size=POSITIVE, width=POSITIVE, heads=POSITIVE, layers=COUNT, mlp_ratio=NUMBER,
+    ls_init_value=NUMBER, embed_cls=BOOLEAN, pad_id=COUNT, no_causal_mask=BOOLEAN, final_ln_after_pool=BOOLEAN,
+    pool_type=one_of("first", "last", "argmax", "none"), proj_bias=BOOLEAN,
+)
+OPEN_CLIP_OPTIONS: dict[str, OptionType] = {
+    "embed_dim": POSITIVE, "force_image_size": SIZE, "force_quick_gelu": BOOLEAN, "force_patch_dropout": NUMBER,
+    "force_context_length": POSITIVE, "vision_cfg": _VISION_CFG, "text_cfg": _TEXT_CFG,
+}
+"""What ``open_clip:NAME?...`` may set. ``create_model``'s other arguments load files or code
+(``pretrained_image_path``, ``cache_dir``, ``jit``) or turn safe loading off (``weights_only``)."""
+
 
 def split_open_clip_name(name: str, pretrained: bool) -> tuple[str, str | None]:
     """``ViT-B-16/openai`` -> (``ViT-B-16``, ``openai``); ``hf-hub:org/repo`` and
     ``local-dir:path`` name the architecture and the weights at once."""
     if name.startswith(_SCHEMAS):
         return name, None
+    import open_clip
+
     arch, _, tag = name.partition("/")
     if pretrained and not tag:
         raise SpecError(f"open_clip spec needs ARCH/PRETRAINED (e.g. open_clip:ViT-B-16/openai), got {name!r}")
+    if tag and not open_clip.get_pretrained_cfg(arch, tag):
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        raise SpecError(f"open_clip has no pretrained tag {tag!r} for {arch!r} (known: {known}); "
+                        "pass a local weights file with --weights PATH")
     return arch, tag or None
 
 
@@ -74,26 +117,29 @@ def _visual_layers(visual: Any) -> tuple[list[tuple[str, nn.Module]], SequenceHi
     return [(f"visual.{name}", module) for name, module in visual.named_children() if name.startswith("layer")], None
 
 
-@register_provider("open_clip")
+@register_provider("open_clip", OPEN_CLIP_OPTIONS)
 def load_open_clip(request: LoadRequest) -> Backbone:
     import open_clip
 
-    arch, tag = split_open_clip_name(request.spec.name, request.pretrained and request.weights is None)
-    if not arch.startswith(_SCHEMAS) and arch not in open_clip.list_models():
-        raise SpecError(f"open_clip has no architecture {arch!r} (see open_clip.list_models())")
+    name = request.spec.name
+    if not name.startswith(_SCHEMAS) and name.partition("/")[0] not in open_clip.list_models():
+        raise SpecError(f"open_clip has no architecture {name.partition('/')[0]!r} (see open_clip.list_models())")
+    arch, tag = split_open_clip_name(name, request.pretrained and request.weights is None)
 
     def create(pretrained: bool) -> nn.Module:
         options = dict(request.spec.options)
         if pretrained:
             return open_clip.create_model(arch, pretrained=tag, **options)
         if arch.startswith(_SCHEMAS):  # these load the weights they find unless told not to
-            options.setdefault("load_weights", False)
+            options["load_weights"] = False
         tag_preprocess = _tag_preprocess(arch, tag)
         if tag_preprocess:
-            options["force_preprocess_cfg"] = {**tag_preprocess, **options.get("force_preprocess_cfg", {})}
+            options["force_preprocess_cfg"] = tag_preprocess
         return open_clip.create_model(arch, pretrained=None, **options)
 
-    model: Any = build_model(request, f"open_clip pretrained {tag or arch!r}", create)
+    # a hub architecture is read from the hub even for random init
+    with hub_offline_when_unreachable() if arch.startswith(HF_HUB) else nullcontext():
+        model: Any = build_model(request, f"open_clip pretrained {tag or arch!r}", create)
     preprocess = open_clip_preprocess(model.visual)
     candidates, hint = _visual_layers(model.visual)
     layers = probe_layers(candidates, model.encode_image, preprocess.size_hw, hint)

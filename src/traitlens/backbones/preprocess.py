@@ -6,8 +6,8 @@ resize and crop to a segmentation mask is what lets patch labels line up with pa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -17,7 +17,13 @@ from torchvision.transforms.v2 import functional as tvf
 
 from traitlens.errors import DataError
 
-ResizeMode = Literal["shortest", "squash"]
+ResizeMode = Literal["shortest", "squash", "pad"]
+Fit = Literal["squash", "pad", "crop"]
+"""How an image of any shape meets the model's input: ``squash`` resizes the whole image to it
+(aspect ratio not kept), ``pad`` letterboxes the whole image into it, ``crop`` is the model's own
+resize and centre crop, which cuts away the long side's ends."""
+FITS: tuple[Fit, ...] = get_args(Fit)
+_FIT_MODES: dict[Fit, ResizeMode] = {"squash": "squash", "pad": "pad", "crop": "shortest"}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,7 +38,9 @@ class Preprocess:
     """Resize, center-crop, scale to [0, 1] and normalize.
 
     ``resize_mode="shortest"`` scales the shorter side to ``resize`` then crops ``size``;
-    ``"squash"`` resizes straight to ``size`` (aspect ratio not kept), as SigLIP does.
+    ``"squash"`` resizes straight to ``size`` (aspect ratio not kept), as SigLIP does; ``"pad"``
+    scales the longer side to fit ``size`` and pads the shorter one evenly (letterbox). Where a
+    crop or the letterbox pads, pixels get the mean colour (0 after normalization).
     """
 
     size_hw: tuple[int, int]
@@ -42,47 +50,57 @@ class Preprocess:
     interpolation: str = "bicubic"
     resize_mode: ResizeMode = "shortest"
 
-    def _geometry(self, image_chw: torch.Tensor, interpolation: InterpolationMode) -> torch.Tensor:
+    def _resized_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """The image's size after the resize, by torchvision's rules for ``shortest`` (the short side
+        becomes ``resize``, the long side is truncated to an integer)."""
+        height, width = image_hw
         if self.resize_mode == "squash":
-            return tvf.resize(image_chw, list(self.size_hw), interpolation=interpolation, antialias=True)
-        resized = tvf.resize(image_chw, [self.resize], interpolation=interpolation, antialias=True)
-        return tvf.center_crop(resized, list(self.size_hw))
+            return self.size_hw
+        if self.resize_mode == "pad":
+            scale = min(self.size_hw[0] / height, self.size_hw[1] / width)
+            return (min(self.size_hw[0], max(1, round(height * scale))),
+                    min(self.size_hw[1], max(1, round(width * scale))))
+        new_long = int(self.resize * max(height, width) / min(height, width))
+        return (new_long, self.resize) if width <= height else (self.resize, new_long)
+
+    def _resize(self, image_chw: torch.Tensor, interpolation: InterpolationMode) -> torch.Tensor:
+        size_hw = self._resized_hw((image_chw.shape[-2], image_chw.shape[-1]))
+        return tvf.resize(image_chw, list(size_hw), interpolation=interpolation, antialias=True)
+
+    def _crop(self, image_chw: torch.Tensor) -> torch.Tensor:
+        """The centre ``size_hw``, padded with 0 where the resized image is smaller."""
+        return tvf.center_crop(image_chw, list(self.size_hw))
 
     def image(self, image: Image.Image) -> torch.Tensor:
         """A PIL image -> normalized float32 (3, h, w)."""
         uint8_chw = tvf.pil_to_tensor(image.convert("RGB"))
-        resized = self._geometry(uint8_chw, InterpolationMode(self.interpolation))
+        resized = self._resize(uint8_chw, InterpolationMode(self.interpolation))
         scaled = resized.to(torch.float32).div_(255.0)
-        return tvf.normalize(scaled, list(self.mean), list(self.std))
+        # cropped after normalizing, so padding is 0 there: the mean colour, not black
+        return self._crop(tvf.normalize(scaled, list(self.mean), list(self.std)))
 
     def mask(self, labels_hw: np.ndarray) -> np.ndarray:
         """A label map (h, w) -> the same geometry as :meth:`image`, nearest-neighbour, int64.
 
         Label values are kept exactly: the geometry moves pixel indices (exact in float64, which
         torchvision resizes without a cast) and labels are gathered by index, because resizing
-        labels directly goes through float32 and corrupts values above 2**24. Pixels a crop pads
-        in get label 0, as the image gets black.
+        labels directly goes through float32 and corrupts values above 2**24. Pixels a crop or the
+        letterbox pads in get label 0.
         """
         labels = np.asarray(labels_hw, dtype=np.int64)
         if labels.ndim != 2:
             raise DataError(f"a mask must be a 2-d label map (h, w), got shape {labels.shape}")
         height, width = labels.shape
         index_1hw = torch.arange(1, height * width + 1, dtype=torch.float64).reshape(1, height, width)
-        moved_hw = self._geometry(index_1hw, InterpolationMode.NEAREST_EXACT)[0].round().to(torch.int64)
+        moved_hw = self._crop(self._resize(index_1hw, InterpolationMode.NEAREST_EXACT))[0].round().to(torch.int64)
         padded_flat = np.concatenate([np.zeros(1, dtype=np.int64), labels.reshape(-1)])
         return padded_flat[moved_hw.numpy()]
 
     def _crop_window(self, image_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
         """Size (h, w) of the image after the resize, and the crop's top-left corner in it (negative
-        where the crop pads), by torchvision's rules: the short side becomes ``resize``, the long
-        side is truncated to an integer; the crop anchor is rounded (padding is floored)."""
-        height, width = image_hw
+        where the crop pads), by torchvision's rules: the crop anchor is rounded, padding floored."""
+        resized_h, resized_w = self._resized_hw(image_hw)
         crop_h, crop_w = self.size_hw
-        if self.resize_mode == "squash":
-            return (crop_h, crop_w), (0, 0)
-        short, long = min(height, width), max(height, width)
-        new_long = int(self.resize * long / short)
-        resized_h, resized_w = (new_long, self.resize) if width <= height else (self.resize, new_long)
 
         def anchor(size: int, crop: int) -> int:
             return -((crop - size) // 2) if crop > size else round((size - crop) / 2.0)
@@ -110,6 +128,11 @@ class Preprocess:
         )[0, 0]
         inside_hw = ((rows >= 0) & (rows < 1))[:, None] & ((cols >= 0) & (cols < 1))[None, :]
         return sampled_hw * inside_hw
+
+    def fitted(self, fit: Fit) -> Preprocess:
+        """This preprocessing with the geometry ``fit`` asks for (see :data:`Fit`); ``crop`` is the
+        shortest-side resize to ``resize`` and centre crop."""
+        return replace(self, resize_mode=_FIT_MODES[fit])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,9 +1,17 @@
-"""Model spec strings: ``PROVIDER:NAME[?key=value&...]`` and the registry of providers."""
+"""Model spec strings: ``PROVIDER:NAME[?key=value&...]`` and the registry of providers.
+
+Options are allow-listed per provider: each provider declares the option names it accepts and what
+values each takes (:class:`OptionType`), and :func:`parse_spec` refuses anything else. Options
+reach a model library's constructor as keyword arguments, and those constructors also take
+arguments that load files (``checkpoint_path``, ``pretrained_cfg_overlay``, ``cache_dir``) or turn
+safe loading off (``weights_only=False``, ``trust_remote_code``): no spec may name those.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +36,74 @@ class LoadRequest:
     pretrained: bool
 
 
+@dataclass(frozen=True)
+class OptionType:
+    """The values one spec option accepts: ``describe`` says which in errors; ``fields`` makes it a
+    JSON object whose keys are allow-listed too (open_clip's ``vision_cfg``)."""
+
+    describe: str
+    accepts: Callable[[Any], bool] = lambda _value: False
+    fields: Mapping[str, OptionType] | None = None
+
+
+# Larger numbers are no model's size; the cap also keeps huge JSON integers from overflowing floats.
+_MAX_NUMBER = 2**20
+
+
+def _is_int(value: Any, low: int) -> bool:
+    # JSON ``true`` is not the number 1
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= _MAX_NUMBER
+
+
+COUNT = OptionType(f"an integer from 0 to {_MAX_NUMBER}", lambda value: _is_int(value, 0))
+POSITIVE = OptionType(f"an integer from 1 to {_MAX_NUMBER}", lambda value: _is_int(value, 1))
+NUMBER = OptionType(f"a number from 0 to {_MAX_NUMBER}",
+                    lambda value: _is_int(value, 0) or (isinstance(value, float) and 0 <= value <= _MAX_NUMBER))
+BOOLEAN = OptionType("true or false", lambda value: isinstance(value, bool))
+SIZE = OptionType("an image size: an integer or [height, width]", lambda value: POSITIVE.accepts(value) or (
+    isinstance(value, list) and len(value) == 2 and all(POSITIVE.accepts(item) for item in value)))
+COUNTS = OptionType("an integer or a list of integers", lambda value: COUNT.accepts(value) or (
+    isinstance(value, list) and 0 < len(value) <= 16 and all(COUNT.accepts(item) for item in value)))
+# A registry name (a timm model, an activation): never a path, a URL or a ``hf-hub:`` schema.
+NAME = OptionType("a name of letters, digits, '_', '.' or '-'",
+                  lambda value: isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", value) is not None)
+
+
+def one_of(*choices: str) -> OptionType:
+    return OptionType(f"one of {', '.join(repr(choice) for choice in choices)}", lambda value: value in choices)
+
+
+def json_object(**fields: OptionType) -> OptionType:
+    return OptionType("a JSON object", fields=fields)
+
+
+def shorten(text: str, limit: int = 100) -> str:
+    """``text`` cut to ``limit`` characters for an error line (a spec can be a page of JSON)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _option_problem(name: str, value: Any, kind: OptionType) -> str | None:
+    """What is wrong with ``name=value`` for ``kind``, in words; None when it is fine."""
+    if kind.fields is None and kind.accepts(value):
+        return None
+    if kind.fields is None or not isinstance(value, dict):
+        return f"option {name} must be {kind.describe}, got {shorten(_json_text(value), 40)}"
+    for key, item in value.items():
+        if key not in kind.fields:
+            return f"option {name} has no field {shorten(key, 40)!r} (allowed: {', '.join(sorted(kind.fields))})"
+        problem = _option_problem(f"{name}.{key}", item, kind.fields[key])
+        if problem is not None:
+            return problem
+    return None
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except RecursionError:
+        return "deeply nested JSON"
+
+
 # Python spellings of the JSON literals: left as text, ``False`` would be a truthy string.
 _PYTHON_LITERALS: dict[str, Any] = {"True": True, "False": False, "None": None}
 
@@ -39,34 +115,57 @@ def _option_value(text: str) -> Any:
         return _PYTHON_LITERALS[text]
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: thousands of nested brackets
         return text
 
 
 def parse_spec(text: str) -> ModelSpec:
+    """Parse ``text`` and check its options against the provider's allow-list (one-line SpecError)."""
     provider, sep, rest = text.partition(":")
+    shown = repr(shorten(text))
     if not sep or not provider or not rest:
-        raise SpecError(f"model spec {text!r} is not PROVIDER:NAME; providers: {', '.join(sorted(PROVIDERS))}")
+        raise SpecError(f"model spec {shown} is not PROVIDER:NAME; providers: {', '.join(sorted(PROVIDERS))}")
     if provider not in PROVIDERS:
-        raise SpecError(f"unknown model provider {provider!r} in {text!r}; providers: {', '.join(sorted(PROVIDERS))}")
+        raise SpecError(f"unknown model provider {shorten(provider, 40)!r} in {shown}; "
+                        f"providers: {', '.join(sorted(PROVIDERS))}")
     name, _, query = rest.partition("?")
+    allowed = PROVIDERS[provider].options
     options: dict[str, Any] = {}
     for pair in filter(None, query.split("&")):
         key, eq, value = pair.partition("=")
         if not eq or not key:
-            raise SpecError(f"model spec option {pair!r} in {text!r} is not key=value")
+            raise SpecError(f"model spec option {shorten(pair, 40)!r} in {shown} is not key=value")
+        if key in options:
+            raise SpecError(f"model spec {shown} gives option {key!r} twice")
+        if key not in allowed:
+            choices = f"allowed: {', '.join(sorted(allowed))}" if allowed else "they take none"
+            raise SpecError(f"model spec {shown}: {provider} models take no option {shorten(key, 40)!r} ({choices})")
         options[key] = _option_value(value)
+        problem = _option_problem(key, options[key], allowed[key])
+        if problem is not None:
+            raise SpecError(f"model spec {shown}: {problem}")
     return ModelSpec(provider=provider, name=name, options=options, text=text)
 
 
-# Providers register themselves on import (see ``traitlens.backbones.__init__``); each maps a
-# request to a Backbone. Kept as a plain dict so a plug-in can add one.
-PROVIDERS: dict[str, Callable[[LoadRequest], Any]] = {}
+@dataclass(frozen=True)
+class Provider:
+    """How a provider builds a Backbone from a request, and the spec options it accepts."""
+
+    load: Callable[[LoadRequest], Any]
+    options: Mapping[str, OptionType]
 
 
-def register_provider(prefix: str) -> Callable[[Callable[[LoadRequest], Any]], Callable[[LoadRequest], Any]]:
+# Providers register themselves on import (see ``traitlens.backbones.__init__``). Kept as a plain
+# dict so a plug-in can add one.
+PROVIDERS: dict[str, Provider] = {}
+
+
+def register_provider(prefix: str, options: Mapping[str, OptionType] | None = None,
+                      ) -> Callable[[Callable[[LoadRequest], Any]], Callable[[LoadRequest], Any]]:
+    """Register the decorated loader for ``prefix:`` specs, accepting only ``options``."""
+
     def decorate(loader: Callable[[LoadRequest], Any]) -> Callable[[LoadRequest], Any]:
-        PROVIDERS[prefix] = loader
+        PROVIDERS[prefix] = Provider(loader, dict(options or {}))
         return loader
 
     return decorate

@@ -1,4 +1,8 @@
-"""``timm:NAME[?kwargs]`` — any timm model: ViTs (CLS, registers) and CNNs."""
+"""``timm:NAME[?options]`` — any timm model: ViTs (CLS, registers) and CNNs.
+
+NAME is a name in timm's registry (with an optional pretrained tag), never a ``hf-hub:`` or
+``local-dir:`` source; options are architecture settings only (:data:`TIMM_OPTIONS`).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,31 @@ from torch import nn
 from traitlens.backbones.backbone import Backbone
 from traitlens.backbones.preprocess import Preprocess
 from traitlens.backbones.probe import SequenceHint, probe_layers
-from traitlens.backbones.spec import LoadRequest, register_provider
+from traitlens.backbones.spec import (
+    BOOLEAN,
+    COUNT,
+    NAME,
+    NUMBER,
+    POSITIVE,
+    SIZE,
+    LoadRequest,
+    OptionType,
+    one_of,
+    register_provider,
+)
 from traitlens.backbones.weights import build_model
 from traitlens.errors import SpecError
+
+TIMM_OPTIONS: dict[str, OptionType] = {
+    "img_size": SIZE, "patch_size": POSITIVE, "depth": COUNT, "embed_dim": POSITIVE, "num_heads": POSITIVE,
+    "mlp_ratio": NUMBER, "num_classes": COUNT, "class_token": BOOLEAN, "reg_tokens": COUNT,
+    "no_embed_class": BOOLEAN, "global_pool": one_of("", "avg", "max", "avgmax", "catavgmax", "token", "map"),
+    "qkv_bias": BOOLEAN, "init_values": NUMBER, "act_layer": NAME, "dynamic_img_size": BOOLEAN,
+    "drop_rate": NUMBER, "drop_path_rate": NUMBER, "output_stride": POSITIVE,
+}
+"""What ``timm:NAME?...`` may set: keyword arguments of timm's model classes that shape the
+architecture. ``create_model``'s own arguments load files (``checkpoint_path``,
+``pretrained_cfg_overlay``, ``cache_dir``) and are never passed."""
 
 
 def timm_preprocess(model: nn.Module) -> Preprocess:
@@ -64,13 +90,14 @@ def imagenet_class_names(model: nn.Module) -> list[str] | None:
     return [info.index_to_description(i) for i in range(info.num_classes())]
 
 
-@register_provider("timm")
+@register_provider("timm", TIMM_OPTIONS)
 def load_timm(request: LoadRequest) -> Backbone:
     import timm
 
     name = request.spec.name
     if not timm.is_model(name):
-        raise SpecError(f"timm has no model {name!r} (see timm.list_models())")
+        # also refuses ``hf-hub:`` and ``local-dir:`` names: weights from a local file go through --weights
+        raise SpecError(f"timm has no model {name!r} (see timm.list_models(); local weights: --weights PATH)")
 
     def create(pretrained: bool) -> nn.Module:
         return timm.create_model(name, pretrained=pretrained, **request.spec.options)

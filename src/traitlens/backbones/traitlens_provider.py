@@ -21,7 +21,10 @@ def model_directory(name: str) -> Path:
     """The directory behind ``traitlens:NAME``: an embedded model, or a path."""
     if name in EMBEDDED:
         return Path(str(resources.files("traitlens") / EMBEDDED[name]))
-    directory = Path(name).expanduser()
+    try:
+        directory = Path(name).expanduser()
+    except RuntimeError:  # ``~someone`` without a home directory
+        directory = Path(name)
     if not directory.is_dir():
         raise SpecError(f"traitlens has no embedded model {name!r} ({', '.join(EMBEDDED)}) and {name} is not a model directory")
     return directory
@@ -31,8 +34,6 @@ def model_directory(name: str) -> Path:
 def load_traitlens(request: LoadRequest) -> Backbone:
     from traitlens.specimens.model_dir import WEIGHTS, read_model_dir
 
-    if request.spec.options:
-        raise SpecError(f"model spec {request.spec.text!r}: traitlens models take no options")
     directory = model_directory(request.spec.name)
     saved = read_model_dir(directory)
 

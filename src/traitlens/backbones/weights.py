@@ -1,16 +1,27 @@
-"""Loading weights from local files, and turning hub failures into one helpful line."""
+"""Loading weights from local files, and turning hub failures into one helpful line.
+
+No file is ever unpickled: our own reader uses safetensors or ``torch.load(weights_only=True)``,
+and while a model library builds a model every ``torch.load`` it makes is forced to do the same
+(:func:`weights_only_loads`). When the Hugging Face hub cannot be reached, libraries read their
+cache only (:func:`hub_offline_when_unreachable`) instead of retrying for a minute.
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from functools import cache
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
 
-from traitlens.backbones.spec import LoadRequest
+from traitlens.backbones.spec import LoadRequest, shorten
 from traitlens.errors import SpecError, TraitlensError, WeightsUnavailableError
 
 T = TypeVar("T")
@@ -78,16 +89,84 @@ def fixed_seed(seed: int = 0) -> Iterator[None]:
         yield
 
 
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Inside, every ``torch.load`` reads tensors only, whatever its caller passes: torch honours
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` over an explicit ``weights_only=False`` (which torchvision's
+    download cache reader passes), so no file a library opens (a cache, a local directory) runs code."""
+    saved = {name: os.environ.get(name) for name in (_FORCE_WEIGHTS_ONLY, _FORCE_NO_WEIGHTS_ONLY)}
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    os.environ.pop(_FORCE_NO_WEIGHTS_ONLY, None)  # torch refuses to load when both are set
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+PROBE_TIMEOUT_S = 3.0
+
+
+@cache
+def _connects(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def reachable(url: str) -> bool:
+    """Whether a connection to ``url``'s host (or to the HTTPS proxy, when one is set) opens within
+    a few seconds; asked once per host and process."""
+    proxy = urllib.request.getproxies().get("https")
+    target = urlsplit(proxy or url)
+    if not target.hostname:
+        return True  # nothing to probe: let the library try
+    return _connects(target.hostname, target.port or (443 if target.scheme == "https" else 80))
+
+
+@contextmanager
+def hub_offline_when_unreachable() -> Iterator[bool]:
+    """Inside, huggingface_hub (so timm, open_clip and transformers) reads its cache only when the
+    hub cannot be reached: its requests would otherwise retry with back-off for about a minute and
+    print a warning per try. Yields whether the hub is offline (``HF_HUB_OFFLINE`` or unreachable)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        yield True
+        return
+    if reachable(constants.ENDPOINT):
+        yield False
+        return
+    constants.HF_HUB_OFFLINE = True  # read at each request, so this switches every library at once
+    try:
+        yield True
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:200]
 
 
-def build_model(request: LoadRequest, tried: str, create: Callable[[bool], T]) -> T:
+def build_model(request: LoadRequest, tried: str, create: Callable[[bool], T], hub: bool = True) -> T:
     """Build through ``create(pretrained)``: from a local file, the provider's pretrained source,
     or random init with a fixed seed. Failures to obtain weights or configs (no hub) become one
     line naming the spec, what was tried, and what the user can do instead; a constructor that
-    rejects the spec's options is a :class:`SpecError`. The model is returned in eval mode."""
+    rejects the spec's options is a :class:`SpecError`. The model is returned in eval mode.
+
+    ``hub``: pretrained weights come from the Hugging Face hub, so they are read from its cache
+    only when it cannot be reached (see :func:`hub_offline_when_unreachable`)."""
+    offline = False
     try:
         if request.weights is not None:
             with fixed_seed():
@@ -95,7 +174,8 @@ def build_model(request: LoadRequest, tried: str, create: Callable[[bool], T]) -
             assert isinstance(model, nn.Module)
             load_into(model, read_state_dict(request.weights), request.weights, request.spec.text)
         elif request.pretrained:
-            model = create(True)
+            with hub_offline_when_unreachable() if hub else nullcontext(False) as offline:
+                model = create(True)
         else:
             with fixed_seed():
                 model = create(False)
@@ -104,12 +184,12 @@ def build_model(request: LoadRequest, tried: str, create: Callable[[bool], T]) -
     except TypeError as error:
         if request.spec.options:  # e.g. "unexpected keyword argument": the options are at fault
             raise SpecError(
-                f"model spec {request.spec.text!r}: building the model with options "
+                f"model spec {shorten(request.spec.text)!r}: building the model with options "
                 f"{sorted(request.spec.options)} failed ({_first_line(error)})"
             ) from error
-        raise _unavailable(request, tried, error) from error
+        raise _unavailable(request, tried, error, offline) from error
     except Exception as error:
-        raise _unavailable(request, tried, error) from error
+        raise _unavailable(request, tried, error, offline) from error
     # Built models come in training mode; one probing forward in it would move BatchNorm
     # statistics away from the loaded weights and apply dropout.
     assert isinstance(model, nn.Module)
@@ -117,9 +197,25 @@ def build_model(request: LoadRequest, tried: str, create: Callable[[bool], T]) -
     return model
 
 
-def _unavailable(request: LoadRequest, tried: str, error: Exception) -> WeightsUnavailableError:
+def _is_cache_miss(error: BaseException | None) -> bool:
+    """Whether ``error``, or an error it was raised from, is huggingface_hub's "not in the cache"."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, LocalEntryNotFoundError | OfflineModeIsEnabled):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _unavailable(request: LoadRequest, tried: str, error: Exception, offline: bool = False) -> WeightsUnavailableError:
     what = "pretrained weights" if request.pretrained and request.weights is None else "the model"
+    # offline, the libraries' own words for a cache miss ("set HF_HUB_OFFLINE=0") mislead
+    detail = ("the hub is offline (HF_HUB_OFFLINE) or cannot be reached, and its local cache does not hold them"
+              if offline and _is_cache_miss(error) else _first_line(error))
     return WeightsUnavailableError(
-        f"could not load {what} for {request.spec.text!r} (tried {tried}: {_first_line(error)}); "
+        f"could not load {what} for {shorten(request.spec.text)!r} (tried {tried}: {detail}); "
         "pass --weights PATH to load a local file, or --random-init for random weights"
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from traitlens.backbones.preprocess import FITS, Fit
 from traitlens.errors import TraitlensError
 
 DEFAULT_GAMMA = 0.6
@@ -26,9 +27,13 @@ class ExplainConfig:
     ``target`` is the explained class (default: each image's predicted class). ``refs`` turns the
     method into its Finer-CAM variant: the target score becomes
     ``y_target - gamma * mean(y_ref for ref in refs)``, with ``"auto"`` taking each image's
-    ``n_refs`` highest-scoring other classes, or the given classes; ``None`` explains the target
-    alone. ``layer`` defaults to :func:`traitlens.explain.maps.default_layer`. ``head`` is a head
-    directory (a linear probe, zero-shot prompts, ...) whose classes replace the model's own.
+    ``n_refs`` highest-scoring other classes (default :data:`DEFAULT_N_REFS`, or all other classes
+    when the head has fewer), or the given classes; ``None`` explains the target alone. ``layer``
+    defaults to :func:`traitlens.explain.maps.default_layer`. ``head`` is a head directory (a
+    linear probe, zero-shot prompts, ...) whose classes replace the model's own. ``fit`` is how
+    each image meets the model's input (:data:`traitlens.backbones.preprocess.Fit`): by default
+    the whole image is squashed into it, so the map covers the whole image. ``overwrite`` replaces
+    an earlier explain output in ``out`` (never another folder).
     """
 
     model: str
@@ -41,7 +46,7 @@ class ExplainConfig:
     target: ClassKey | None = None
     refs: tuple[ClassKey, ...] | Literal["auto"] | None = None
     gamma: float = DEFAULT_GAMMA
-    n_refs: int = DEFAULT_N_REFS
+    n_refs: int | None = None
     layer: str | int | None = None
     batch_size: int = 8
     device: str = "auto"
@@ -52,16 +57,24 @@ class ExplainConfig:
     """CLIP-style models: explain this text concept (the target); with ``reference``, the concept
     against that prompt (Finer-CAM with the reference as the one reference class)."""
     reference: str | None = None
+    fit: Fit = "squash"
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         from traitlens.explain.methods import method_by_name
 
-        method_by_name(self.method)
+        method = method_by_name(self.method)
         check_contrast(self.gamma, self.n_refs)
+        if self.explained_refs is not None and not method.uses_classes:
+            raise ExplainError(f"{method.name} does not depend on the class, so reference classes do not apply")
         if self.batch_size < 1:
             raise ExplainError(f"batch size must be at least 1, got {self.batch_size}")
         if isinstance(self.refs, tuple) and not self.refs:
             raise ExplainError("an explicit list of reference classes must name at least one class")
+        if self.n_refs is not None and self.refs != "auto":
+            raise ExplainError("a number of reference classes applies only to automatic references (refs 'auto')")
+        if self.fit not in FITS:
+            raise ExplainError(f"unknown fit {self.fit!r}; choose one of {', '.join(FITS)}")
         heads = [name for name, value in (("a head directory", self.head), ("zero-shot classes", self.zero_shot),
                                           ("a text concept", self.concept)) if value is not None]
         if len(heads) > 1:
@@ -92,13 +105,13 @@ class ExplainConfig:
             "refs": list(self.refs) if isinstance(self.refs, tuple) else self.refs, "gamma": self.gamma,
             "n_refs": self.n_refs, "layer": self.layer, "batch_size": self.batch_size, "device": self.device,
             "zero_shot": None if self.zero_shot is None else list(self.zero_shot), "template": self.template,
-            "concept": self.concept, "reference": self.reference,
+            "concept": self.concept, "reference": self.reference, "fit": self.fit,
         }
 
 
-def check_contrast(gamma: float, n_refs: int) -> None:
+def check_contrast(gamma: float, n_refs: int | None) -> None:
     """Refuse a negative or non-finite gamma (it would add the references' evidence) and n_refs < 1."""
     if not gamma >= 0 or gamma == float("inf"):
         raise ExplainError(f"gamma must be a finite number >= 0 (0 gives the base method), got {gamma}")
-    if n_refs < 1:
+    if n_refs is not None and n_refs < 1:
         raise ExplainError(f"the number of reference classes must be at least 1, got {n_refs}")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from traitlens.explain.config import ClassKey, ExplainError
+from traitlens.explain.config import DEFAULT_N_REFS, ClassKey, ExplainError
 
 
 def resolve_class(key: ClassKey, class_names: Sequence[str] | None, what: str = "class") -> int:
@@ -38,13 +38,23 @@ def check_class_indices(indices: torch.Tensor, n_classes: int, what: str) -> Non
         raise ExplainError(f"{what} {bad} is out of range: the head has {n_classes} classes (0..{n_classes - 1})")
 
 
-def auto_references(logits_bc: torch.Tensor, targets_b: torch.Tensor, n_refs: int) -> torch.Tensor:
-    """Each image's ``n_refs`` highest-scoring classes other than its target, (b, k) int64 with
-    ``k = min(n_refs, classes - 1)``: the classes the model finds closest to the target."""
+def check_n_refs(n_refs: int | None, n_classes: int) -> None:
+    """Refuse asking for more automatic references than the head has classes besides the target."""
+    if n_refs is not None and n_refs > n_classes - 1:
+        raise ExplainError(f"{n_refs} reference classes asked for, but the head has only {n_classes - 1} classes "
+                           "besides the target; ask for fewer")
+
+
+def auto_references(logits_bc: torch.Tensor, targets_b: torch.Tensor, n_refs: int | None = None) -> torch.Tensor:
+    """Each image's ``n_refs`` highest-scoring classes other than its target, (b, n_refs) int64:
+    the classes the model finds closest to the target. ``None`` takes :data:`DEFAULT_N_REFS`, or
+    every other class of a head with fewer; asking for more than there are is an error (clamping
+    would quietly explain something else than asked)."""
+    others = logits_bc.shape[1] - 1
+    check_n_refs(n_refs, logits_bc.shape[1])
     masked_bc = logits_bc.detach().clone()
     masked_bc.scatter_(1, targets_b[:, None], float("-inf"))
-    k = min(n_refs, logits_bc.shape[1] - 1)
-    return masked_bc.topk(k, dim=1).indices
+    return masked_bc.topk(min(DEFAULT_N_REFS, others) if n_refs is None else n_refs, dim=1).indices
 
 
 def kept_references(refs_bk: torch.Tensor, targets_b: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Per image ``<relative path without suffix>.npy`` (float32 (H, W) in [0, 1] at the image's own
 resolution) and ``.png`` (the map over the image), then ``summary.json``, written last, so its
-presence marks a finished run. Every file is written atomically.
+presence marks a finished run. Every file is written atomically, into a folder claimed for
+explain before any work (:func:`traitlens.output_folder.claim_output_folder`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ from traitlens.data import ImageSource, open_image_source
 from traitlens.data.batches import pixel_batches
 from traitlens.distributed import Workers
 from traitlens.explain.config import ExplainConfig, ExplainError
-from traitlens.explain.contrast import kept_references, resolve_class
+from traitlens.explain.contrast import (
+    check_class_indices,
+    check_n_refs,
+    kept_references,
+    resolve_class,
+)
 from traitlens.explain.maps import CamResult, compute_cams, default_layer
 from traitlens.explain.methods import method_by_name
 from traitlens.explain.overlay import overlay
-from traitlens.output_folder import check_output_folder
+from traitlens.output_folder import claim_output_folder
 from traitlens.store.atomic import atomic_save_npy, atomic_save_png, atomic_write_json
 
 FORMAT = "traitlens.explain"
@@ -53,6 +59,8 @@ def output_stems(source: ImageSource) -> list[PurePosixPath]:
     owners: dict[PurePosixPath, str] = {}
     for record in source.records:
         parts = [part for part in PurePosixPath(record.source).parts if part not in ("/", ".", "..")]
+        if not parts:
+            raise ExplainError(f"image {record.source!r} has no file name to write its map under")
         stem = PurePosixPath(*parts).with_suffix("")
         if stem in owners:
             raise ExplainError(f"images {owners[stem]} and {record.source} would both be written as {stem}.npy")
@@ -69,6 +77,22 @@ def _resolve_refs(config: ExplainConfig, class_names: list[str] | None) -> list[
     if len(set(indices)) != len(indices):
         raise ExplainError(f"reference classes repeat: {', '.join(str(key) for key in refs)}")
     return indices
+
+
+def _check_classes(backbone: Backbone, size_hw: tuple[int, int], target: int | None,
+                   refs: list[int] | Literal["auto"] | None, n_refs: int | None) -> None:
+    """Refuse classes the head does not have before the first image, not after a progress bar:
+    one forward of a blank image tells how many classes the head scores."""
+    with torch.no_grad():
+        logits = backbone.forward(torch.zeros(1, 3, *size_hw, device=backbone.device))
+    if logits.ndim != 2:
+        raise ExplainError(f"the head must give one score per class (b, classes), got shape {tuple(logits.shape)}")
+    n_classes = logits.shape[1]
+    check_class_indices(torch.tensor([] if target is None else [target]), n_classes, "target class")
+    if isinstance(refs, list):
+        check_class_indices(torch.tensor(refs), n_classes, "reference class")
+    elif refs == "auto":
+        check_n_refs(n_refs, n_classes)
 
 
 def _class_name(class_names: list[str] | None, index: int) -> str | None:
@@ -101,20 +125,21 @@ def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progre
     ``backbone`` replaces loading ``config.model`` (and ``config.head``); only its ``forward``
     (one score per class) and ``class_names`` are explained, so any head plugs in.
     """
-    check_output_folder(config.out, ExplainError)
+    claim_output_folder(config.out, "explain", overwrite=config.overwrite, error=ExplainError)
     if backbone is None:
         backbone = load_explained_backbone(config)
     backbone.to(Workers(0, 1).device(config.device))
+    preprocess = backbone.preprocess.fitted(config.fit)
     source = open_image_source(config.images)
     stems = output_stems(source)
     layer = backbone.resolve_layer(config.layer) if config.layer is not None else default_layer(backbone)
     class_names = backbone.class_names
     target = None if config.explained_target is None else resolve_class(config.explained_target, class_names, "target class")
     refs = _resolve_refs(config, class_names)
-    (config.out / SUMMARY).unlink(missing_ok=True)
+    _check_classes(backbone, preprocess.size_hw, target, refs, config.n_refs)
     images: list[dict[str, Any]] = []
     with tqdm(total=len(source), unit="img", desc=f"explain ({config.method})", disable=not show_progress) as progress:
-        for batch in pixel_batches(source, backbone.preprocess, config.batch_size):
+        for batch in pixel_batches(source, preprocess, config.batch_size):
             count = len(batch.indices)
             device = backbone.device
             targets_b = None if target is None else torch.full((count,), target, device=device)
@@ -123,7 +148,7 @@ def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progre
                                   config.n_refs, layer, chunk_size=config.batch_size)
             for row, (index, image) in enumerate(zip(batch.indices, batch.images, strict=True)):
                 image_hw = (image.height, image.width)
-                map_hw = backbone.preprocess.unmap(result.maps_bhw[row], image_hw)
+                map_hw = preprocess.unmap(result.maps_bhw[row], image_hw)
                 _write_image_outputs(config.out, stems[index], image, map_hw)
                 images.append(_image_record(config, result, row, source.records[index].source, stems[index],
                                             image_hw, class_names))

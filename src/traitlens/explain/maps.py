@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from traitlens.backbones import Backbone, TokenLayout
 from traitlens.explain.classifier import classifier_weights
-from traitlens.explain.config import DEFAULT_GAMMA, DEFAULT_N_REFS, ExplainError, check_contrast
+from traitlens.explain.config import DEFAULT_GAMMA, ExplainError, check_contrast
 from traitlens.explain.contrast import auto_references, check_class_indices, class_coefficients
 from traitlens.explain.methods import CamMethod, method_by_name
 
@@ -70,7 +70,7 @@ def compute_cams(
     targets_b: torch.Tensor | None = None,
     refs_bk: References = None,
     gamma: float = DEFAULT_GAMMA,
-    n_refs: int = DEFAULT_N_REFS,
+    n_refs: int | None = None,
     layer: str | int | None = None,
     chunk_size: int = 32,
 ) -> CamResult:
@@ -78,7 +78,8 @@ def compute_cams(
 
     ``targets_b`` (b,) are class indices (default: the predicted classes). With ``refs_bk`` the
     explained score is Finer-CAM's ``y_target - gamma * mean(y_refs)`` (``n_refs`` applies to
-    ``"auto"``); ``gamma = 0`` gives the base method exactly. ``chunk_size`` bounds the masked
+    ``"auto"``, see :func:`~traitlens.explain.contrast.auto_references`); ``gamma = 0`` gives the
+    base method exactly. ``chunk_size`` bounds the masked
     images per forward pass of Score-CAM.
     """
     cam_method = method_by_name(method)
@@ -121,13 +122,13 @@ def cam_maps(
     refs_bk: References = None,
     gamma: float = DEFAULT_GAMMA,
     layer: str | int | None = None,
-    n_refs: int = DEFAULT_N_REFS,
+    n_refs: int | None = None,
 ) -> torch.Tensor:
     """(b, H, W) float32 maps in [0, 1] at the model input's size; see :func:`compute_cams`."""
     return compute_cams(backbone, pixels_bchw, method, targets_b, refs_bk, gamma, n_refs, layer).maps_bhw
 
 
-def _references(refs_bk: References, logits_bc: torch.Tensor, targets_b: torch.Tensor, n_refs: int,
+def _references(refs_bk: References, logits_bc: torch.Tensor, targets_b: torch.Tensor, n_refs: int | None,
                 n_classes: int) -> torch.Tensor:
     if refs_bk is None:
         return torch.zeros(len(targets_b), 0, dtype=torch.int64, device=logits_bc.device)

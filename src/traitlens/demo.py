@@ -24,15 +24,18 @@ from typing import Any
 from traitlens.backbones import load_backbone
 from traitlens.data import open_image_source
 from traitlens.demo_report import write_demo_report
+from traitlens.errors import TraitlensError
 from traitlens.features import FeaturesConfig, LatentFeatures, analyze_features
 from traitlens.features.report import write_report
 from traitlens.interventions.setup import load_sae_on_model
-from traitlens.output_folder import check_output_folder
+from traitlens.output_folder import claim_output_folder
 from traitlens.sae import RunConfig, SAEConfig, TrainConfig, train
 from traitlens.specimens.benchmark import read_benchmark
 from traitlens.specimens.cam_localization import LOCALIZATION_COLUMNS, lookalike_localization
+from traitlens.specimens.catalog import SPECIES
+from traitlens.specimens.checks import check_int
 from traitlens.specimens.discovery import DiscoveryOptions, score_discovery
-from traitlens.specimens.generate import GenerateConfig, generate
+from traitlens.specimens.generate import JOB_FILE, GenerateConfig, generate
 from traitlens.specimens.model_accuracy import AccuracyConfig, model_accuracy
 from traitlens.specimens.pair_attribution import lookalike_attribution
 from traitlens.specimens.suppression import (
@@ -68,6 +71,16 @@ class DemoConfig:
     """Latents suppressed per trait: one latent rarely holds a whole trait (see docs/results.md)."""
     n_random: int = 5
     """Draws of the matched random control."""
+    overwrite: bool = False
+    """Start ``out`` again from scratch instead of resuming it."""
+
+    def __post_init__(self) -> None:
+        check_int(self.n_images, "--images (one image per species at least)", TraitlensError, minimum=len(SPECIES))
+        check_int(self.seed, "--seed", TraitlensError, minimum=0)
+        for name in ("sae_expansion", "sae_k", "sae_epochs", "trait_latents", "n_random"):
+            check_int(getattr(self, name), name, TraitlensError)
+        if not isinstance(self.layer, str) or not self.layer:
+            raise TraitlensError(f"--layer must name a block of {DEMO_MODEL}, got {self.layer!r}")
 
     @property
     def data(self) -> Path:
@@ -121,7 +134,10 @@ def _causal_tests(config: DemoConfig, sae_dir: Path) -> dict[str, Any]:
 
 def run_demo(config: DemoConfig = DemoConfig()) -> str:
     """Run every step under ``config.out`` (resuming finished ones) and return what to print."""
-    check_output_folder(config.out)
+    # each step claims its own subfolder too; a demo from before the owner file is known by its
+    # specimens job or its results
+    claim_output_folder(config.out, "demo", overwrite=config.overwrite, resumable=True,
+                        own_files=(f"specimens/{JOB_FILE}", "scores/demo.json"))
     _step(1, f"specimens: {config.n_images} images of seed {config.seed}, and the model's accuracy on them")
     data = generate(GenerateConfig(config.data, n=config.n_images, seed=config.seed))
     accuracy = model_accuracy(AccuracyConfig(model=DEMO_MODEL, data=data / "images"))

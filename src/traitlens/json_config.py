@@ -31,6 +31,7 @@ def read_json_config(path: Path, format_name: str, what: str, error: type[Traitl
         raise error(f"damaged {what} {path}: {cause}") from cause
     if not isinstance(data, dict) or data.get("format") != format_name:
         raise error(f"{path} is not a traitlens {what}")
-    if version is not None and data.get("version") != version:
-        raise error(f"{path} has {what} version {data.get('version')}; this traitlens reads version {version}")
+    found = data.get("version")
+    if version is not None and (type(found) is not int or found != version):  # True == 1 is no version
+        raise error(f"{path} has {what} version {found!r}; this traitlens reads version {version}")
     return data

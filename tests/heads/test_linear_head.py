@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -34,18 +35,24 @@ def _damage(directory: Path, **changes: object) -> None:
 
 
 def test_damaged_heads_are_one_line_errors(tmp_path: Path) -> None:
-    for name in ("json", "classes", "pooling", "format", "weights", "width"):
+    damage = {"classes": {"class_names": ["ant", "bee"]}, "pooling": {"pooling": "max"}, "format": {"format": "traitlens.sae"},
+              "width": {"width": None}, "bool_width": {"width": True}, "layer": {"layer": ["blocks.1"]},
+              "twice": {"class_names": ["ant", "ant", "cat"]}, "model": {"model": "timm:x"}}
+    for name in ("json", "weights", *damage):
         save_head(tmp_path / name, _head())
+    for name, changes in damage.items():
+        _damage(tmp_path / name, **changes)
     (tmp_path / "json" / "head.json").write_text("{not json")
-    _damage(tmp_path / "classes", class_names=["ant", "bee"])
-    _damage(tmp_path / "pooling", pooling="max")
-    _damage(tmp_path / "format", format="traitlens.sae")
     (tmp_path / "weights" / "head.safetensors").write_bytes(b"\x00" * 10)
-    _damage(tmp_path / "width", width=None)
-    cases = {"json": "damaged head config", "classes": "do not fit 2 classes of width 5", "pooling": "unknown pooling 'max'",
-             "format": "is not a traitlens head config", "weights": "cannot read head weights",
-             "width": "missing or malformed", "nowhere": "head.json missing"}
+    nan_head = _head()
+    nan_head.weight_cd[0, 0] = float("nan")
+    save_head(tmp_path / "nan", nan_head)
+    cases = {"json": "damaged head config", "classes": "must hold float weight (2, 5) and bias (2,)",
+             "pooling": "pooling must be one of cls, mean, got 'max'", "format": "is not a traitlens head config",
+             "weights": "cannot read head weights", "width": "width must be an integer", "bool_width": "width must be an integer",
+             "layer": "layer must be a layer name", "twice": "distinct", "model": "model must be an object",
+             "nan": "NaN or infinite weights", "nowhere": "head.json missing"}
     for name, message in cases.items():
-        with pytest.raises(HeadError, match=message) as caught:
+        with pytest.raises(HeadError, match=re.escape(message)) as caught:
             load_head(tmp_path / name)
         assert "\n" not in str(caught.value)

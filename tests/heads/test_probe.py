@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.fuzz.harness import assert_refused
 from traitlens.cli import main
 from traitlens.heads import HeadError, ProbeConfig, load_head, train_probe
 from traitlens.heads.pooling import pool_tokens
@@ -17,13 +18,6 @@ from traitlens.heads.probe import pooled_store_features
 from traitlens.store import ActivationStore, store_from_arrays
 
 from .conftest import PER_CLASS
-
-
-def _one_error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    return err
 
 
 def test_probe_cli_learns_separable_classes_deterministically(capsys: pytest.CaptureFixture[str], colour_store: Path,
@@ -77,8 +71,7 @@ def test_pooling_reads_the_cls_token_or_the_patch_mean(colour_store: Path, patch
     assert torch.allclose(from_patches_nd, from_all_nd, atol=1e-2, rtol=1e-2)
 
 
-def test_bad_inputs_are_one_line_errors(capsys: pytest.CaptureFixture[str], colour_store: Path, patch_store: Path,
-                                        tmp_path: Path) -> None:
+def test_bad_inputs_are_one_line_errors(colour_store: Path, patch_store: Path, tmp_path: Path) -> None:
     store_from_arrays(tmp_path / "unlabelled", {"layer": np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)})
     shutil.copytree(colour_store, tmp_path / "nan")
     shard = tmp_path / "nan" / ActivationStore(colour_store).layer("blocks.1").shard_files[0]
@@ -90,14 +83,31 @@ def test_bad_inputs_are_one_line_errors(capsys: pytest.CaptureFixture[str], colo
         "is not in the store": ["--acts", str(colour_store), "--layer", "blocks.7"],
         "have no labels": ["--acts", str(tmp_path / "unlabelled")],
         "CLS pooling needs a store extracted with --tokens cls or all": ["--acts", str(patch_store), "--pooling", "cls"],
-        "already holds a head": ["--acts", str(colour_store), "--out", str(tmp_path / "taken")],
-        "--val-fraction must be in [0, 1)": ["--acts", str(colour_store), "--val-fraction", "1.5"],
+        "already holds a traitlens probe result; pass --overwrite": ["--acts", str(colour_store), "--out", str(tmp_path / "taken")],
+        "argument --val-fraction: a number in [0, 1) expected": ["--acts", str(colour_store), "--val-fraction", "1.5"],
         "no activation store": ["--acts", str(tmp_path / "nowhere")],
-        "1 images have NaN/Inf tokens at layer blocks.1": ["--acts", str(tmp_path / "nan"), "--pooling", "mean"],
     }
     for message, args in cases.items():
         argv = ["probe", *args] if "--out" in args else ["probe", *args, "--out", str(tmp_path / "new")]
-        assert message in _one_error_line(capsys, argv)
+        assert_refused(argv, colour_store, tmp_path / "taken", says=message)
+    # refused for its inputs, before it claimed the folder: the corrected command needs no --overwrite
     assert not (tmp_path / "new").exists()
+    assert_refused(["probe", "--acts", str(tmp_path / "nan"), "--pooling", "mean", "--out", str(tmp_path / "nan-probe")],
+                   tmp_path / "nan", says="1 images have NaN/Inf tokens at layer blocks.1")
+    assert not (tmp_path / "nan-probe" / "head.json").exists()
     with pytest.raises(HeadError, match="has no CLS token"):
         train_probe(ProbeConfig(acts=tmp_path / "unlabelled", out=tmp_path / "new", pooling="cls"))
+    for bad in ({"val_fraction": 1.0}, {"l2": -1.0}, {"max_iter": 0}, {"seed": -1}, {"pooling": "max"}, {"l2": float("nan")}):
+        with pytest.raises(HeadError):
+            ProbeConfig(acts=colour_store, out=tmp_path / "new", **bad)
+
+
+def test_probe_never_touches_another_folder_and_overwrites_only_its_own(colour_store: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "head.safetensors").write_bytes(b"the user's own file")
+    assert_refused(["probe", "--acts", str(colour_store), "--out", str(mine), "--overwrite"], mine, says="not empty")
+    first = train_probe(ProbeConfig(acts=colour_store, out=tmp_path / "probe", val_fraction=0.5))
+    again = train_probe(ProbeConfig(acts=colour_store, out=tmp_path / "probe", overwrite=True))
+    assert first.info["metrics"]["n_val"] != again.info["metrics"]["n_val"]
+    assert load_head(tmp_path / "probe").info["metrics"] == again.info["metrics"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.fuzz.harness import assert_refused
 from tests.store.conftest import TINY_VIT
 from traitlens.backbones import Backbone, Preprocess, load_backbone
 from traitlens.backbones.probe import probe_layers
@@ -212,17 +213,16 @@ def test_a_head_without_class_names_reports_class_indices(capsys: pytest.Capture
     (("--edit", "3=zero", "--target", "sp99"), "unknown target class"),
     (("--edit", "3=zero", "--patches", "0,64"), "patch 64 is out of range"),
     (("--edit", "3=zero", "--layer", "blocks.9"), "blocks.9"),
-    (("--edit", "3=zero", "--max-images", "0"), "--max-images must be at least 1"),
-    (("--edit", "3=zero", "--max-images", "-1"), "--max-images must be at least 1"),
+    (("--edit", "3=1e999"), "finite number"),
+    (("--edit", "3=zero", "--max-images", "0"), "--max-images: an integer of at least 1"),
+    (("--edit", "3=zero", "--max-images", "-1"), "--max-images: an integer of at least 1"),
     (("--edit", "3=zero", "--out", __file__), "is a file"),
     (("--edit", "3=zero", "--out", __file__ + "/inside"), "cannot be created"),
 ])
-def test_bad_steering_requests_get_one_line(capsys: pytest.CaptureFixture[str], specimens_with_sae: tuple[Path, Path],
-                                            extra: tuple[str, ...], fragment: str) -> None:
+def test_bad_steering_requests_get_one_line(specimens_with_sae: tuple[Path, Path], extra: tuple[str, ...], fragment: str) -> None:
     data, sae = specimens_with_sae
-    code, _, err = _steer(capsys, data, sae, *extra)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("traitlens: error: ") and fragment in lines[0], err
+    assert_refused(["steer", "--model", "traitlens:specimens-vit", "--sae", str(sae), "--data", str(data), *extra], data, sae,
+                   says=fragment)
 
 
 def test_a_patch_probe_reports_patch_predictions_that_move_with_the_edit(capsys: pytest.CaptureFixture[str],

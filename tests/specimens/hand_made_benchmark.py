@@ -15,6 +15,7 @@ from traitlens.store.arrays import store_from_arrays
 N_IMAGES, D = 30, 6
 GRID, PATCH, CROP = (3, 3), 8, 6  # 24x36 annotations, center-cropped to 24x24 by the model
 SPECIES = ("finch", "sparrow")
+TRAIT_VALUES = {"finch": {"eye_ring": "ring", "stripe": "stripe"}, "sparrow": {"eye_ring": "none", "stripe": "stripe"}}
 
 
 def make_benchmark(root: Path) -> tuple[Path, np.ndarray]:
@@ -36,10 +37,12 @@ def make_benchmark(root: Path) -> tuple[Path, np.ndarray]:
         path = root / "annotations" / species / f"{i:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(labels).save(path)
-        images.append({"source": f"images/{species}/{i:03d}.png", "species": species, "traits": {}})
-    traits = [{"name": "eye_ring", "kind": "presence", "values": [True, False], "part": "head", "label": 2},
-              {"name": "stripe", "kind": "presence", "values": [True, False], "part": "wing", "label": 3}]
-    description = {"traits": traits, "species": [{"name": name, "traits": {}} for name in SPECIES],
+        images.append({"source": f"images/{species}/{i:03d}.png", "species": species, "traits": TRAIT_VALUES[species],
+                       "occluded_fraction": 0.0})
+    traits = [{"name": "eye_ring", "kind": "presence", "values": ["none", "ring"], "part": "head", "label": 2},
+              {"name": "stripe", "kind": "presence", "values": ["none", "stripe"], "part": "wing", "label": 3}]
+    description = {"format": "traitlens.specimens", "version": 1, "seed": 0, "size": 24, "n": N_IMAGES, "traits": traits,
+                   "species": [{"name": name, "plan": "butterfly", "traits": TRAIT_VALUES[name]} for name in SPECIES],
                    "lookalikes": [{"a": "finch", "b": "sparrow", "trait": "eye_ring"}], "images": images}
     (root / "traits.json").write_text(json.dumps(description))
     return root, ring_patch

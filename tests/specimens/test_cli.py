@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.fuzz.harness import assert_refused
 from traitlens.cli import main
 from traitlens.specimens.benchmark import read_benchmark
 
@@ -92,6 +93,19 @@ def test_finer_cam_maps_of_the_embedded_model_are_scored_against_the_trait_masks
     assert 0 <= overall["mass_inside"] <= 1 and 0 <= overall["pointing_game"] <= 1
 
 
+def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["source", "before", "after"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_predictions(bench: Path, path: Path) -> None:
+    """Every image predicted right, before and after."""
+    _write_rows(path, [{"source": source, "before": species, "after": species}
+                       for source, species in read_benchmark(bench).image_species.items()])
+
+
 def test_score_flips_of_a_hand_made_edit(bench: Path, tmp_path: Path) -> None:
     """Every other image turned into its look-alike, one into an unrelated species, one wrong before."""
     benchmark = read_benchmark(bench)
@@ -104,35 +118,36 @@ def test_score_flips_of_a_hand_made_edit(bench: Path, tmp_path: Path) -> None:
         if i == 2:
             before = partner[species]
         rows.append({"source": source, "before": before, "after": after})
-    with (tmp_path / "predictions.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["source", "before", "after"])
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_rows(tmp_path / "predictions.csv", rows)
     assert main(["specimens", "score", "flips", "--predictions", str(tmp_path / "predictions.csv"), "--data", str(bench),
                  "--out", str(tmp_path / "flips")]) == 0
     overall = json.loads((tmp_path / "flips" / "flips.json").read_text())["rows"][-1]
     assert overall["n_eligible"] == 63 and overall["n_flipped"] == 32 and overall["n_changed"] == 33
 
 
-def test_bad_input_is_one_line_and_exit_2(bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "file").write_text("x")
-    (tmp_path / "bad.csv").write_text("source,before\nimages/sp00/00000000.png,sp00\n")
-    (tmp_path / "unknown.csv").write_text(f"source,before,after\n{read_benchmark(bench).resolve('sp00/00000000.png')},sp00,dog\n")
+def test_bad_input_is_one_line_and_exit_2(bench: Path, tmp_path: Path) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    (inputs / "file").write_text("x")
+    (inputs / "bad.csv").write_text("source,before\nimages/sp00/00000000.png,sp00\n")
+    (inputs / "unknown.csv").write_text(f"source,before,after\n{read_benchmark(bench).resolve('sp00/00000000.png')},sp00,dog\n")
     cases = [
-        (["specimens", "generate", "--out", str(tmp_path / "file"), "--n", "4", "--seed", "1"], "is a file"),
-        (["specimens", "generate", "--out", str(tmp_path / "g"), "--n", "4", "--seed", "-1"], "non-negative"),
-        (["specimens", "score", "discovery", "--acts", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o")],
+        (["specimens", "generate", "--out", str(inputs / "file"), "--n", "4", "--seed", "1"], "is a file"),
+        (["specimens", "generate", "--out", str(out / "g"), "--n", "4", "--seed", "-1"], "--seed: an integer of at least 0"),
+        (["specimens", "score", "discovery", "--acts", str(inputs), "--data", str(inputs), "--out", str(out / "d")],
          "no activation store"),
-        (["specimens", "score", "localization", "--heatmaps", str(tmp_path), "--data", str(bench), "--out", str(tmp_path / "o")],
+        (["specimens", "score", "localization", "--heatmaps", str(inputs), "--data", str(bench), "--out", str(out / "l")],
          "no heatmaps"),
-        (["specimens", "score", "flips", "--predictions", str(tmp_path / "bad.csv"), "--data", str(bench),
-          "--out", str(tmp_path / "o")], "lack the column(s) after"),
-        (["specimens", "score", "flips", "--predictions", str(tmp_path / "unknown.csv"), "--data", str(bench),
-          "--out", str(tmp_path / "o")], "not species of the benchmark: dog"),
-        (["specimens", "score", "flips", "--predictions", str(tmp_path / "none.csv"), "--data", str(bench),
-          "--out", str(tmp_path / "o")], "cannot read predictions"),
+        (["specimens", "score", "flips", "--predictions", str(inputs / "bad.csv"), "--data", str(bench),
+          "--out", str(out / "f")], "lack the column(s) after"),
+        (["specimens", "score", "flips", "--predictions", str(inputs / "unknown.csv"), "--data", str(bench),
+          "--out", str(out / "f")], "not species of the benchmark: 'dog'"),
+        (["specimens", "score", "flips", "--predictions", str(inputs / "none.csv"), "--data", str(bench),
+          "--out", str(out / "f")], "cannot read predictions"),
     ]
     for argv, message in cases:
-        assert main(argv) == 2, argv
-        err = capsys.readouterr().err
-        assert message in err and err.count("\n") == 1, err
+        assert_refused(argv, inputs, bench, says=message)
+    # the scores refused above wrote no result, so the corrected command needs no --overwrite
+    _write_predictions(bench, inputs / "good.csv")
+    assert main(["specimens", "score", "flips", "--predictions", str(inputs / "good.csv"), "--data", str(bench),
+                 "--out", str(out / "f")]) == 0

@@ -181,6 +181,34 @@ def test_scoring_reads_the_benchmark(bench: Path, description: dict) -> None:
     assert benchmark.annotation(source).shape == (96, 96)
 
 
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda d: d["species"][3].update(plan="beetle"), "species 3: unknown plan 'beetle'"),
+    (lambda d: d["traits"][0].update(kind="texture"), "trait 0: unknown kind 'texture'"),
+    (lambda d: d["traits"][2].update(label=1), "label 1 is outside 2..255"),
+    (lambda d: d["traits"][2].update(label=d["traits"][1]["label"]), "trait label 3 is listed twice"),
+    (lambda d: d["species"][0]["traits"].update(crest="huge"), "species 0: trait crest has unknown value 'huge'"),
+    (lambda d: d["lookalikes"][0].update(trait="wings"), "look-alike pair 0: unknown trait 'wings'"),
+    (lambda d: d["lookalikes"][0].update(b=d["lookalikes"][0]["a"]), "pairs sp00 with itself"),
+    (lambda d: d["images"][1].update(source="images/../../secret.png"), "image 1: source 'images/../../secret.png' is not"),
+    (lambda d: d["images"][1].update(source="/etc/passwd"), "is not a path images/... inside the benchmark"),
+    (lambda d: d["images"][1].update(source=d["images"][0]["source"]), "is listed twice"),
+    (lambda d: d["images"][1].update(species="sp99"), "image 1: unknown species 'sp99'"),
+    (lambda d: d["images"][1].update(occluded_fraction=2.0), "occluded_fraction must be in [0, 1]"),
+    (lambda d: d.update(n=d["n"] + 1), "images are listed"),
+    (lambda d: d.update(version=True), "version True is not int"),
+    (lambda d: d.update(format="traitlens.store"), "not a traitlens specimens description"),
+])
+def test_a_damaged_description_is_one_line(bench: Path, description: dict, tmp_path: Path, damage: object, message: str) -> None:
+    from traitlens.specimens.benchmark import read_benchmark
+
+    damaged = json.loads(json.dumps(description))
+    damage(damaged)  # type: ignore[operator]
+    (tmp_path / "traits.json").write_text(json.dumps(damaged))
+    with pytest.raises(DataError, match="damaged benchmark description") as caught:
+        read_benchmark(tmp_path)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
 # -- determinism, resuming, bad input --------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.fuzz.harness import assert_refused
 from traitlens.backbones import Backbone, load_backbone
 from traitlens.cli import main
 from traitlens.data import ImageSource, open_image_source
@@ -16,7 +17,7 @@ from traitlens.interventions import LatentEdit, latent_edit, steer_source
 from traitlens.sae.io import load_sae_with_config
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.specimens.baselines import SAEFeatures
-from traitlens.specimens.benchmark import read_benchmark
+from traitlens.specimens.benchmark import ScoringError, read_benchmark
 from traitlens.specimens.discovery import trait_feature_ap
 from traitlens.specimens.flips import lookalike_flip_rate
 from traitlens.specimens.generate import GenerateConfig, generate
@@ -102,12 +103,10 @@ def test_the_score_command_picks_trait_latents_on_the_store_and_writes_the_table
     ap_tw, _ = trait_feature_ap(SAEFeatures(sae), ActivationStore(acts), "blocks.1", benchmark)
     assert result["trait_latents"] == top_trait_latents(ap_tw, list(benchmark.trait_labels), 2)
     assert [row["pair"] for row in result["rows"]][-1] == "all"
-    code = main(["specimens", "score", "suppression", "--model", "traitlens:specimens-vit", "--sae", str(sae_dir),
-                 "--acts", str(acts), "--data", str(data), "--out", str(tmp_path / "bad"), "--n-latents", "0"])
-    err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "at least 1" in err
+    score = ["specimens", "score", "suppression", "--model", "traitlens:specimens-vit", "--sae", str(sae_dir), "--acts", str(acts)]
+    assert_refused([*score, "--data", str(data), "--out", str(tmp_path / "bad"), "--n-latents", "0"], acts, says="at least 1")
     other = generate(GenerateConfig(tmp_path / "other", n=16, seed=6), show_progress=False)
-    code = main(["specimens", "score", "suppression", "--model", "traitlens:specimens-vit", "--sae", str(sae_dir),
-                 "--acts", str(acts), "--data", str(other), "--out", str(tmp_path / "bad")])
-    err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "not from the benchmark at" in err
+    assert_refused([*score, "--data", str(other), "--out", str(tmp_path / "bad")], acts, other, says="not from the benchmark at")
+    for bad in ({"n_latents": 0}, {"n_random": 1.5}, {"seed": -1}, {"batch_size": True}):
+        with pytest.raises(ScoringError):
+            SuppressionOptions(**bad)

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from traitlens.backbones import load_backbone
 from traitlens.cli import main
+from traitlens.errors import SpecError
 from traitlens.specimens.model_dir import ViTShape
 from traitlens.specimens.training import ModelTrainingError, TrainModelConfig, train_model
 
@@ -75,9 +76,23 @@ def test_a_killed_run_resumes_to_the_same_weights(colors: Path, tmp_path: Path) 
 
 
 def test_bad_inputs(colors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    train_model(_config(colors, tmp_path / "done", epochs=1), show_progress=False)
-    with pytest.raises(ModelTrainingError, match="already holds a trained model"):
-        train_model(_config(colors, tmp_path / "done", epochs=1), show_progress=False)
+    done = train_model(_config(colors, tmp_path / "done", epochs=1), show_progress=False)
+    weights = (done / "model.safetensors").read_bytes()
+    # the same training again is already done; other settings are refused; --overwrite trains again
+    assert train_model(_config(colors, done, epochs=1), show_progress=False) == done
+    with pytest.raises(ModelTrainingError, match="already holds a model trained with other settings"):
+        train_model(_config(colors, done, epochs=2), show_progress=False)
+    assert (done / "model.safetensors").read_bytes() == weights
+    train_model(_config(colors, done, epochs=2, overwrite=True), show_progress=False)
+    assert (done / "model.safetensors").read_bytes() != weights
+    for bad in ({"epochs": 0}, {"lr": float("inf")}, {"batch_size": 2.5}, {"val_fraction": 1.0}, {"seed": -1},
+                {"label_smoothing": 1.0}):
+        with pytest.raises(ModelTrainingError):
+            _config(colors, tmp_path / "never", **bad)
+    assert not (tmp_path / "never").exists()
+    for shape in ({"embed_dim": 30, "num_heads": 4}, {"img_size": 30, "patch_size": 8}, {"depth": 0}, {"mlp_ratio": float("nan")}):
+        with pytest.raises(SpecError):
+            ViTShape(**shape)
     (tmp_path / "flat").mkdir()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "flat" / "a.png")
     assert main(["specimens", "train-model", "--data", str(tmp_path / "flat"), "--out", str(tmp_path / "x")]) == 2

@@ -22,7 +22,7 @@ def resolve_class(key: ClassKey, class_names: Sequence[str] | None, what: str = 
     if isinstance(key, str) and class_names is not None and key in class_names:
         return list(class_names).index(key)
     text = str(key).strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     if class_names is None:
         raise ExplainError(f"{what} {key!r} is not a class index, and the model has no class names; give an index")

@@ -6,6 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from traitlens.cli_args import (
+    add_overwrite_arg,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
+
 
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
@@ -15,7 +23,8 @@ def _run_probe(args: argparse.Namespace) -> int:
     from traitlens.heads.probe import ProbeConfig, train_probe
 
     head = train_probe(ProbeConfig(acts=args.acts, out=args.out, layer=args.layer, pooling=args.pooling,
-                                   val_fraction=args.val_fraction, seed=args.seed, l2=args.l2, max_iter=args.max_iter))
+                                   val_fraction=args.val_fraction, seed=args.seed, l2=args.l2, max_iter=args.max_iter,
+                                   overwrite=args.overwrite))
     metrics = head.info["metrics"]
     print(f"saved probe {args.out}: layer {head.layer} ({head.pooling} pooling), {len(head.class_names)} classes, "
           f"train accuracy {_percent(metrics['train_accuracy'])} ({metrics['n_train']} images), "
@@ -34,9 +43,10 @@ def add_probe_command(commands: Any) -> None:
     probe.add_argument("--pooling", choices=POOLINGS,
                        help="one vector per image: the CLS token, or the mean of the patch tokens "
                             "(default: cls when the store holds the CLS token, else mean)")
-    probe.add_argument("--val-fraction", type=float, default=0.2, help="share of images held out for validation (default 0.2)")
-    probe.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
-    probe.add_argument("--l2", type=float, default=1e-3, help="L2 penalty on standardized features (default 1e-3)")
-    probe.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations at most (default 500)")
+    probe.add_argument("--val-fraction", type=fraction, default=0.2, help="share of images held out for validation (default 0.2)")
+    probe.add_argument("--seed", type=non_negative_int, default=0, help="seed of the train/validation split")
+    probe.add_argument("--l2", type=non_negative_float, default=1e-3, help="L2 penalty on standardized features (default 1e-3)")
+    probe.add_argument("--max-iter", type=positive_int, default=500, help="L-BFGS iterations at most (default 500)")
     probe.add_argument("--out", required=True, type=Path, help="new head directory (head.safetensors + head.json)")
+    add_overwrite_arg(probe)
     probe.set_defaults(run=_run_probe)

@@ -19,6 +19,7 @@ from traitlens.heads.errors import HeadError
 from traitlens.heads.pooling import POOLINGS, Pooling
 from traitlens.json_config import read_json_config
 from traitlens.sae.io import save_tensors
+from traitlens.specimens.checks import saved_class_names
 from traitlens.store.atomic import atomic_write_json
 
 WEIGHTS = "head.safetensors"
@@ -60,27 +61,44 @@ def save_head(directory: Path, head: LinearHead) -> None:
     atomic_write_json(directory / CONFIG, head.to_json())
 
 
-def load_head(directory: str | Path) -> LinearHead:
-    """The head saved in ``directory``, checked for consistent shapes."""
-    directory = Path(directory)
+def _read_head_json(directory: Path) -> dict[str, Any]:
+    """``head.json`` with every field checked for type and range."""
     data = read_json_config(directory / CONFIG, FORMAT, "head config", HeadError,
                             f"no head at {directory}: {CONFIG} missing (train one with traitlens probe)", VERSION)
+    try:
+        if not isinstance(data.get("layer"), str) or not data["layer"]:
+            raise ValueError("layer must be a layer name")
+        width = data.get("width")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be an integer of at least 1, got {width!r}")
+        if data.get("pooling") not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {data.get('pooling')!r}")
+        saved_class_names(data.get("class_names"))
+        model = data.get("model")
+        if not isinstance(model, dict) or not all(isinstance(model.get(key, ""), str) for key in ("spec", "weights_fingerprint")):
+            raise ValueError("model must be an object with a spec and a weights_fingerprint")
+    except ValueError as error:
+        raise HeadError(f"damaged head {directory}: {error}") from error
+    return data
+
+
+def load_head(directory: str | Path) -> LinearHead:
+    """The head saved in ``directory``, checked for consistent types, shapes and finite weights."""
+    directory = Path(directory)
+    data = _read_head_json(directory)
     try:
         tensors = load_file(str(directory / WEIGHTS))
     except Exception as error:  # safetensors raises several types for missing, truncated or foreign files
         raise HeadError(f"cannot read head weights {directory / WEIGHTS}: {str(error).splitlines()[0][:200]}") from error
-    try:
-        known = {"format", "version", "layer", "width", "pooling", "class_names", "model"}
-        width = int(data["width"])
-        head = LinearHead(tensors["weight"], tensors["bias"], str(data["layer"]), data["pooling"],
-                          tuple(str(name) for name in data["class_names"]), dict(data["model"]),
-                          {key: value for key, value in data.items() if key not in known})
-    except (KeyError, TypeError, ValueError) as error:
-        raise HeadError(f"damaged head {directory}: missing or malformed {error}") from error
-    n_classes = len(head.class_names)
-    if head.pooling not in POOLINGS:
-        raise HeadError(f"damaged head {directory}: unknown pooling {head.pooling!r}")
-    if head.weight_cd.shape != (n_classes, width) or head.bias_c.shape != (n_classes,):
-        raise HeadError(f"damaged head {directory}: weight {tuple(head.weight_cd.shape)} and bias {tuple(head.bias_c.shape)} "
-                        f"do not fit {n_classes} classes of width {width}")
-    return head
+    weight_cd, bias_c = tensors.get("weight"), tensors.get("bias")
+    class_names = saved_class_names(data["class_names"])
+    shape = (len(class_names), data["width"])
+    if weight_cd is None or bias_c is None or weight_cd.shape != shape or bias_c.shape != shape[:1] \
+            or not weight_cd.is_floating_point() or not bias_c.is_floating_point():
+        raise HeadError(f"damaged head {directory}: {WEIGHTS} must hold float weight {shape} and bias {shape[:1]} "
+                        f"for {len(class_names)} classes of width {data['width']}")
+    if not bool(torch.isfinite(weight_cd).all()) or not bool(torch.isfinite(bias_c).all()):
+        raise HeadError(f"damaged head {directory}: {WEIGHTS} holds NaN or infinite weights")
+    known = {"format", "version", "layer", "width", "pooling", "class_names", "model"}
+    return LinearHead(weight_cd.float(), bias_c.float(), data["layer"], data["pooling"], class_names, dict(data["model"]),
+                      {key: value for key, value in data.items() if key not in known})

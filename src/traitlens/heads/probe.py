@@ -18,10 +18,11 @@ import torch
 
 from traitlens.backbones.layout import TokenSelection
 from traitlens.heads.errors import HeadError
-from traitlens.heads.linear_head import CONFIG, LinearHead, save_head
+from traitlens.heads.linear_head import LinearHead, save_head
 from traitlens.heads.logistic import fit_logistic_regression
-from traitlens.heads.pooling import Pooling, check_pooling, pool_tokens
-from traitlens.output_folder import check_output_folder
+from traitlens.heads.pooling import POOLINGS, Pooling, check_pooling, pool_tokens
+from traitlens.output_folder import check_output_folder, claim_output_folder
+from traitlens.specimens.checks import check_float, check_int
 from traitlens.specimens.training import split
 from traitlens.store import ActivationStore
 from traitlens.store.manifest import StoredLayer
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 class ProbeConfig:
     """What to train. ``layer`` defaults to the store's last layer; ``pooling`` to ``cls`` when the
     store holds the layer's CLS token, else ``mean``. ``l2`` weighs ||W||²/2 against the mean
-    cross-entropy on standardized features."""
+    cross-entropy on standardized features. ``overwrite`` replaces an earlier probe in ``out``."""
 
     acts: Path
     out: Path
@@ -43,11 +44,20 @@ class ProbeConfig:
     seed: int = 0
     l2: float = 1e-3
     max_iter: int = 500
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise HeadError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
+        check_float(self.val_fraction, "--val-fraction", HeadError, below=1)
+        check_int(self.seed, "--seed", HeadError, minimum=0)
+        check_float(self.l2, "--l2", HeadError)
+        check_int(self.max_iter, "--max-iter", HeadError)
 
     def to_dict(self) -> dict[str, Any]:
-        # ``out`` is left out: the same probe written to two places is the same bytes
+        # ``out`` and ``overwrite`` are left out: the same probe written to two places is the same bytes
         data = asdict(self)
-        del data["out"]
+        del data["out"], data["overwrite"]
         data["acts"] = str(self.acts)
         return data
 
@@ -91,36 +101,28 @@ def _accuracy(head: LinearHead, features_nd: torch.Tensor, labels_n: torch.Tenso
     return float((head.logits(features_nd).argmax(-1) == labels_n).double().mean()) if len(labels_n) else None
 
 
-def _check(config: ProbeConfig) -> None:
-    if not 0 <= config.val_fraction < 1:
-        raise HeadError("--val-fraction must be in [0, 1)")
-    if config.l2 < 0 or config.max_iter < 1:
-        raise HeadError("--l2 must be non-negative and --max-iter positive")
-    check_output_folder(config.out, HeadError)
-    if (config.out / CONFIG).exists():
-        raise HeadError(f"{config.out} already holds a head; choose another --out")
-
-
 def train_probe(config: ProbeConfig) -> LinearHead:
     """Fit the probe, save it to ``config.out`` (atomically, JSON last) and return it."""
-    _check(config)
+    check_output_folder(config.out, HeadError)
     store = ActivationStore(config.acts)
     layer = store.layer(config.layer if config.layer is not None else -1)
     selection: TokenSelection = store.manifest["tokens"]
     pooling = config.pooling or default_pooling(layer, selection)
     _check_store_pooling(store, layer, pooling)  # before reading any shard
     labels_n, class_names = _labels(store)
-    features_nd = pooled_store_features(store, layer, pooling)
     labelled_n = (labels_n >= 0).nonzero().squeeze(1)
+    train_n, val_n = (labelled_n[part] for part in split(len(labelled_n), config.val_fraction, config.seed))
+    if len(train_n) < len(class_names):
+        raise HeadError(f"{len(train_n)} labelled training images for {len(class_names)} classes in {config.acts}; "
+                        "a probe needs more (or a smaller --val-fraction)")
+    # claimed once the request is checked: --overwrite clears an earlier probe only for one that can run
+    claim_output_folder(config.out, "probe", overwrite=config.overwrite, error=HeadError)
+    features_nd = pooled_store_features(store, layer, pooling)
     n_nonfinite = int((~torch.isfinite(features_nd[labelled_n]).all(1)).sum())
     if n_nonfinite:
         raise HeadError(f"{n_nonfinite} images have NaN/Inf tokens at layer {layer.name} of {config.acts}; a probe needs finite features")
     if len(labelled_n) < len(labels_n):
         log.warning("%d of %d stored images have no label and are left out", len(labels_n) - len(labelled_n), len(labels_n))
-    train_n, val_n = (labelled_n[part] for part in split(len(labelled_n), config.val_fraction, config.seed))
-    if len(train_n) < len(class_names):
-        raise HeadError(f"{len(train_n)} labelled training images for {len(class_names)} classes in {config.acts}; "
-                        "a probe needs more (or a smaller --val-fraction)")
     fit = fit_logistic_regression(features_nd[train_n], labels_n[train_n], len(class_names), config.l2, config.max_iter)
     model = {key: store.manifest["model"][key] for key in ("spec", "weights", "pretrained", "weights_fingerprint")}
     head = LinearHead(fit.weight_cd, fit.bias_c, layer.name, pooling, class_names, model)

@@ -7,6 +7,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from traitlens.cli_args import non_negative_float, positive_int
+
 _SHOWN_LATENTS = 10  # printed each way; the files hold the whole ranking
 
 
@@ -43,7 +45,7 @@ def _run_attribute(args: argparse.Namespace) -> int:
                                refs=tuple(ref.strip() for ref in args.refs.split(",") if ref.strip()), gamma=args.gamma,
                                layer=args.layer, tokens=args.tokens, images=args.images, batch_size=args.batch_size,
                                max_images=args.max_images, top=args.top, out=args.out, weights=args.weights,
-                               pretrained=not args.random_init, device=args.device)
+                               pretrained=not args.random_init, device=args.device, overwrite=args.overwrite)
     print(format_attribution(comparative_attribution(config)))
     if args.out is not None:
         print(f"all latents: {args.out / RESULT}, report: {args.out / REPORT}")
@@ -60,8 +62,8 @@ def add_attribute_command(commands: Any, add_model_args: Callable[[argparse.Argu
     add_sae_run_args(attribute, 16, "write attribution.json and attribution.md here")
     attribute.add_argument("--target", required=True, help="class A (name or index)")
     attribute.add_argument("--refs", required=True, help="look-alike classes B[,C...] (names or indices)")
-    attribute.add_argument("--gamma", type=float, default=1.0, help="score y_A - gamma * mean(y_refs) (default 1; 0: A alone)")
+    attribute.add_argument("--gamma", type=non_negative_float, default=1.0, help="score y_A - gamma * mean(y_refs) (default 1; 0: A alone)")
     attribute.add_argument("--images", choices=IMAGE_CHOICES, default="target",
                            help="average over the images labelled with the target class (default) or all images")
-    attribute.add_argument("--top", type=int, default=20, help="latents ranked each way (default 20)")
+    attribute.add_argument("--top", type=positive_int, default=20, help="latents ranked each way (default 20)")
     attribute.set_defaults(run=_run_attribute)

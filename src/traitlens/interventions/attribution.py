@@ -28,18 +28,20 @@ import traitlens
 from traitlens.backbones import Backbone, TokenSelection
 from traitlens.data import ImageSource, open_image_source
 from traitlens.data.batches import pixel_batches
-from traitlens.explain.config import ClassKey, ExplainError, check_contrast
+from traitlens.explain.config import ClassKey, ExplainError
 from traitlens.explain.contrast import check_class_indices, class_coefficients
 from traitlens.interventions.edits import InterventionError
 from traitlens.interventions.setup import (
     check_counts,
     check_out_dir,
+    claim_out_dir,
     config_dict,
     load_sae_on_model,
     resolve_classes,
 )
 from traitlens.sae.evaluation import splice
 from traitlens.sae.model import SparseAutoencoder
+from traitlens.specimens.checks import check_float
 from traitlens.specimens.tables import markdown_table, write_text
 from traitlens.store.atomic import atomic_write_json
 
@@ -129,7 +131,8 @@ class AttributionConfig:
     """Which latents of the SAE at ``sae`` separate class ``target`` from ``refs`` in the model's
     eyes, averaged over ``images``: ``"target"`` (the images labelled with the target class) or
     ``"all"``; the first ``max_images`` of them. ``layer`` and ``tokens`` default to those the SAE
-    was trained on; ``top`` latents are ranked each way."""
+    was trained on; ``top`` latents are ranked each way. ``overwrite`` replaces an earlier
+    ``traitlens attribute`` result in ``out``."""
 
     model: str
     sae: Path
@@ -148,6 +151,7 @@ class AttributionConfig:
     pretrained: bool = True
     device: str = "auto"
     show_progress: bool = True
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if not self.refs:
@@ -155,10 +159,8 @@ class AttributionConfig:
         if self.images not in IMAGE_CHOICES:
             raise InterventionError(f"--images must be one of {', '.join(IMAGE_CHOICES)}, got {self.images!r}")
         check_counts(batch_size=self.batch_size, top=self.top, max_images=self.max_images)
-        try:
-            check_contrast(self.gamma, 1)
-        except ExplainError as error:
-            raise InterventionError(str(error)) from error
+        # a negative gamma would add the references' evidence instead of removing it
+        check_float(self.gamma, "--gamma", InterventionError)
 
 
 @dataclass
@@ -256,6 +258,7 @@ def comparative_attribution(config: AttributionConfig) -> dict[str, Any]:
         which = "" if config.images == "all" else f" labelled {backbone.class_names[target]!r} (use --images all)"
         raise InterventionError(f"no images{which} in {config.data}")
     indices = indices[: config.max_images]
+    claim_out_dir(config.out, "attribute", config.overwrite)
     totals = attribute_images(backbone, sae, layer, tokens, source, indices, target, refs, config.gamma, config.batch_size,
                               config.show_progress)
     n = totals.n_images
@@ -270,8 +273,7 @@ def comparative_attribution(config: AttributionConfig) -> dict[str, Any]:
         "for_refs": _ranked(mean_w, share_w, activation_w, config.top, -1),
     }
     if config.out is not None:
-        config.out.mkdir(parents=True, exist_ok=True)
-        (config.out / RESULT).unlink(missing_ok=True)  # the JSON, written last, marks a finished pair
+        # the JSON, written last, marks a finished pair
         write_text(config.out / REPORT, _report(result))
         atomic_write_json(config.out / RESULT, {**result, "latents": {
             "mean_attribution": mean_w.tolist(), "active_share": share_w.tolist(), "mean_activation": activation_w.tolist()}})

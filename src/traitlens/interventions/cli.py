@@ -9,19 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from traitlens.backbones import TOKEN_SELECTIONS
+from traitlens.cli_args import add_overwrite_arg, comma_list, non_negative_int, positive_int
 
 _SHOWN_IMAGES = 10  # up to this many images, every image's prediction is printed
-
-
-def _patches(text: str | None) -> tuple[int, ...] | None:
-    from traitlens.interventions.edits import InterventionError
-
-    if text is None:
-        return None
-    try:
-        return tuple(int(item) for item in text.split(","))
-    except ValueError:
-        raise InterventionError(f"--patches takes comma-separated patch indices, got {text!r}") from None
 
 
 def _rate(value: float | None) -> str:
@@ -47,13 +37,12 @@ def format_effect(effect: dict[str, Any], rows: list[list[str]] | None = None) -
 def _run_steer(args: argparse.Namespace) -> int:
     import csv
 
-    from traitlens.interventions.edits import LatentEdit
     from traitlens.interventions.steer import PREDICTIONS, SteerConfig, steer
 
-    config = SteerConfig(model=args.model, sae=args.sae, data=args.data, edits=tuple(LatentEdit.parse(text) for text in args.edit),
-                         out=args.out, layer=args.layer, tokens=args.tokens, patches=_patches(args.patches), target=args.target,
-                         features=args.features, patch_probe=args.patch_probe, weights=args.weights, pretrained=not args.random_init,
-                         batch_size=args.batch_size, max_images=args.max_images, device=args.device)
+    config = SteerConfig(model=args.model, sae=args.sae, data=args.data, edits=tuple(args.edit), out=args.out, layer=args.layer,
+                         tokens=args.tokens, patches=args.patches, target=args.target, features=args.features,
+                         patch_probe=args.patch_probe, weights=args.weights, pretrained=not args.random_init,
+                         batch_size=args.batch_size, max_images=args.max_images, device=args.device, overwrite=args.overwrite)
     effect = steer(config)
     rows = None
     if args.out is not None and effect["n_images"] <= _SHOWN_IMAGES:
@@ -73,21 +62,24 @@ def add_sae_run_args(parser: argparse.ArgumentParser, batch_size: int, out_help:
                         help="images: class folder, image folder, table, segmentation folder or saved HF dataset")
     parser.add_argument("--layer", help="layer the SAE reads (default: the one it was trained on)")
     parser.add_argument("--tokens", choices=TOKEN_SELECTIONS, help="tokens the SAE reads (default: those it was trained on)")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per pass (default {batch_size})")
-    parser.add_argument("--max-images", type=int, help="only the first N images")
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per pass (default {batch_size})")
+    parser.add_argument("--max-images", type=positive_int, help="only the first N images")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--out", type=Path, help=out_help)
+    add_overwrite_arg(parser)
 
 
 def add_steer_command(commands: Any, add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register ``traitlens steer`` on the top-level subcommands."""
-    from traitlens.interventions.edits import EDIT_SYNTAX
+    from traitlens.interventions.edits import EDIT_SYNTAX, LatentEdit
 
     steer = commands.add_parser("steer", help="edit SAE latents inside the forward pass and measure the change in predictions")
     add_model_args(steer)
     add_sae_run_args(steer, 32, "write predictions.csv and effect.json here")
-    steer.add_argument("--edit", required=True, action="append", metavar="EDIT", help=f"repeatable: {EDIT_SYNTAX}")
-    steer.add_argument("--patches", help="comma-separated patch indices (row-major) to edit (default: every token the SAE reads)")
+    steer.add_argument("--edit", required=True, action="append", type=LatentEdit.argument, metavar="EDIT",
+                       help=f"repeatable: {EDIT_SYNTAX}")
+    steer.add_argument("--patches", type=comma_list(non_negative_int),
+                       help="comma-separated patch indices (row-major) to edit (default: every token the SAE reads)")
     steer.add_argument("--target", help="class whose gains and losses are the intended effect (name or index)")
     steer.add_argument("--features", type=Path, help="`traitlens features` output of this SAE, for edits relative to a latent's observed max")
     steer.add_argument("--patch-probe", type=Path, help="probe (`traitlens probe`) applied to each patch token: per-patch predictions")

@@ -8,10 +8,13 @@ was, however imperfect the SAE.
 
 from __future__ import annotations
 
+import argparse
+import math
+import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -20,8 +23,10 @@ from traitlens.backbones.layout import TokenLayout
 from traitlens.errors import TraitlensError
 from traitlens.sae.evaluation import splice
 from traitlens.sae.model import SparseAutoencoder
+from traitlens.specimens.checks import check_int
 
 EditOp = Literal["set", "scale", "zero", "max"]
+EDIT_OPS: tuple[EditOp, ...] = get_args(EditOp)
 EDIT_SYNTAX = "LATENT=zero, LATENT=VALUE (set), LATENT*FACTOR (scale) or LATENT=FACTORmax (a multiple of its observed max)"
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _EDIT = re.compile(rf"^\s*(\d+)\s*(?:=\s*(zero|{_NUMBER})\s*(max)?|\*\s*({_NUMBER}))\s*$")
@@ -40,20 +45,42 @@ class LatentEdit:
     op: EditOp
     value: float = 0.0
 
+    def __post_init__(self) -> None:
+        check_int(self.latent, "a latent", InterventionError, minimum=0)
+        if self.op not in EDIT_OPS:
+            raise InterventionError(f"unknown edit {self.op!r}; choose one of {', '.join(EDIT_OPS)}")
+        # an infinite or NaN value would put NaN into every edited token and every prediction
+        if isinstance(self.value, bool) or not isinstance(self.value, numbers.Real) or not math.isfinite(self.value):
+            raise InterventionError(f"the edit of latent {self.latent} needs a finite number, got {self.value!r}")
+
     @classmethod
     def parse(cls, text: str) -> LatentEdit:
         """``12=zero``, ``12=3.5``, ``12*0.5`` or ``12=2max``."""
         match = _EDIT.match(text)
+        shown = repr(text if len(text) <= 40 else text[:37] + "...")
+        unreadable = InterventionError(f"cannot read the edit {shown}; write {EDIT_SYNTAX}")
         if match is None:
-            raise InterventionError(f"cannot read the edit {text!r}; write {EDIT_SYNTAX}")
-        latent, assigned, is_max, factor = match.groups()
+            raise unreadable
+        latent_text, assigned, is_max, factor = match.groups()
+        try:
+            latent = int(latent_text)
+        except ValueError:  # more digits than Python converts
+            raise unreadable from None
         if factor is not None:
-            return cls(int(latent), "scale", float(factor))
+            return cls(latent, "scale", float(factor))
         if assigned == "zero":
             if is_max:
-                raise InterventionError(f"cannot read the edit {text!r}; write {EDIT_SYNTAX}")
-            return cls(int(latent), "zero")
-        return cls(int(latent), "max" if is_max else "set", float(assigned))
+                raise unreadable
+            return cls(latent, "zero")
+        return cls(latent, "max" if is_max else "set", float(assigned))
+
+    @staticmethod
+    def argument(text: str) -> LatentEdit:
+        """:meth:`parse` as an argparse type, so a malformed ``--edit`` fails before any model loads."""
+        try:
+            return LatentEdit.parse(text)
+        except InterventionError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
     def __str__(self) -> str:
         return {"zero": f"{self.latent}=zero", "set": f"{self.latent}={self.value:g}",

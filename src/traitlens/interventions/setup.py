@@ -9,15 +9,17 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from traitlens.backbones import Backbone, TokenSelection, load_backbone
+from traitlens.backbones import TOKEN_SELECTIONS, Backbone, TokenSelection, load_backbone
+from traitlens.cli_args import option_name
 from traitlens.distributed import Workers
 from traitlens.errors import TraitlensError
 from traitlens.explain.config import ClassKey, ExplainError
 from traitlens.explain.contrast import resolve_class
 from traitlens.interventions.edits import InterventionError
-from traitlens.output_folder import check_output_folder
+from traitlens.output_folder import check_output_folder, claim_output_folder
 from traitlens.sae.io import load_sae_with_config
 from traitlens.sae.model import SparseAutoencoder
+from traitlens.specimens.checks import check_int
 from traitlens.store.manifest import read_manifest
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,11 @@ def _trained_fingerprint(saved: dict[str, Any]) -> str | None:
     config since training records it, else read from its store if that is still where it was."""
     if saved.get("weights_fingerprint"):
         return str(saved["weights_fingerprint"])
+    acts = saved.get("acts")
+    if not isinstance(acts, str) or not acts:
+        return None
     try:
-        return str(read_manifest(Path(saved["acts"]))["model"]["weights_fingerprint"]) if saved.get("acts") else None
+        return str(read_manifest(Path(acts))["model"]["weights_fingerprint"])
     except TraitlensError:
         return None
 
@@ -66,14 +71,17 @@ def sae_layer(backbone: Backbone, sae: SparseAutoencoder, saved: dict[str, Any],
     layer_key = layer or saved.get("layer")
     if layer_key is None:
         raise InterventionError(f"the SAE at {where} does not say which layer it was trained on; pass --layer")
+    trained, trained_tokens = saved.get("layer"), saved.get("tokens_kind")
+    if (trained is not None and not isinstance(trained, str)) or trained_tokens not in (None, *TOKEN_SELECTIONS):
+        raise InterventionError(f"damaged SAE config in {where}: layer {trained!r} and tokens_kind {trained_tokens!r} "
+                                f"must be a layer name and one of {', '.join(TOKEN_SELECTIONS)}")
     resolved = backbone.layer(backbone.resolve_layer(layer_key))
     if resolved.width != sae.config.d_in:
         raise InterventionError(f"the SAE at {where} reads {sae.config.d_in}-dim tokens; layer {resolved.name} of "
                                 f"{backbone.spec} is {resolved.width}-dim")
-    trained = saved.get("layer")
     if trained is not None and resolved.name != backbone.resolve_layer(trained):
         log.warning("the SAE at %s was trained on %s; it is applied to %s as asked", where, trained, resolved.name)
-    selection: TokenSelection = tokens or saved.get("tokens_kind") or "all"
+    selection: TokenSelection = tokens or trained_tokens or "all"
     if resolved.layout.tokens_per_image(selection) == 0 or (selection == "cls" and not resolved.layout.has_cls):
         raise InterventionError(f"layer {resolved.name} of {backbone.spec} has no {selection} tokens for the SAE to read")
     return resolved.name, selection
@@ -99,16 +107,25 @@ def resolve_classes(keys: Sequence[ClassKey], class_names: Sequence[str] | None,
 
 
 def check_counts(**counts: int | None) -> None:
-    """Refuse counts (batch sizes, image limits) below 1; the keyword is the option's name."""
+    """Refuse counts (batch sizes, image limits) that are not integers of at least 1; the keyword
+    is the option's name."""
     for name, value in counts.items():
-        if value is not None and value < 1:
-            raise InterventionError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if value is not None:
+            check_int(value, option_name(name), InterventionError)
 
 
 def check_out_dir(out: Path | None) -> None:
-    """Refuse an output folder that is, or would sit inside, a file, before any work is done."""
+    """Refuse an output folder that is, or would sit inside, a file, before anything is loaded."""
     if out is not None:
         check_output_folder(out, InterventionError)
+
+
+def claim_out_dir(out: Path | None, command: str, overwrite: bool) -> None:
+    """The output policy of a one-shot command (:func:`claim_output_folder`), applied once the
+    request is checked and before it is computed: ``--overwrite`` clears an earlier result only for
+    a request that can run."""
+    if out is not None:
+        claim_output_folder(out, command, overwrite=overwrite, error=InterventionError)
 
 
 def _plain(value: Any) -> Any:

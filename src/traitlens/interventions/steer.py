@@ -29,10 +29,12 @@ from traitlens.interventions.edits import InterventionError, LatentEdit, latent_
 from traitlens.interventions.setup import (
     check_counts,
     check_out_dir,
+    claim_out_dir,
     config_dict,
     load_sae_on_model,
     resolve_classes,
 )
+from traitlens.specimens.checks import check_int
 from traitlens.store.atomic import atomic_write_bytes, atomic_write_json
 
 FORMAT = "traitlens.steer"
@@ -46,7 +48,8 @@ class SteerConfig:
     the SAE was trained on; ``patches`` (row-major grid indices) restricts the edit to those patch
     tokens; ``target`` is the class whose gains and losses count as the edit's intended effect;
     ``features`` (a ``traitlens features`` directory) gives the observed maxima ``max`` edits need;
-    ``patch_probe`` (a ``traitlens probe`` head) adds per-patch predictions at its layer."""
+    ``patch_probe`` (a ``traitlens probe`` head) adds per-patch predictions at its layer.
+    ``overwrite`` replaces an earlier ``traitlens steer`` result in ``out``."""
 
     model: str
     sae: Path
@@ -65,9 +68,14 @@ class SteerConfig:
     max_images: int | None = None
     device: str = "auto"
     show_progress: bool = True
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         check_counts(batch_size=self.batch_size, max_images=self.max_images)
+        if not self.edits or not all(isinstance(edit, LatentEdit) for edit in self.edits):
+            raise InterventionError(f"edits must be one or more LatentEdit, got {self.edits!r}")
+        for patch in self.patches or ():
+            check_int(patch, "a patch index (--patches)", InterventionError, minimum=0)
 
 
 @dataclass
@@ -257,12 +265,11 @@ def steer(config: SteerConfig) -> dict[str, Any]:
     count = len(source) if config.max_images is None else min(config.max_images, len(source))
     if count == 0:
         raise InterventionError(f"no images in {config.data}")
+    claim_out_dir(config.out, "steer", config.overwrite)
     predictions = steer_source(backbone, layer, edit, source, range(count), config.batch_size, patch_probe, config.show_progress)
     effect = {"format": FORMAT, "version": 1, "software": {"traitlens": traitlens.__version__}, "config": config_dict(config),
               "layer": layer, "tokens": tokens, **effect_summary(predictions, class_names, target)}
     if config.out is not None:
-        config.out.mkdir(parents=True, exist_ok=True)
-        (config.out / EFFECT).unlink(missing_ok=True)
         atomic_write_bytes(config.out / PREDICTIONS, _predictions_csv(predictions, class_names))
         atomic_write_json(config.out / EFFECT, effect)
     return effect

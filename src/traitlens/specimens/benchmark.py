@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath
+from typing import Any, get_args
 
 import numpy as np
 
 from traitlens.data import open_image_source
 from traitlens.data.images import decode_label_map
 from traitlens.errors import DataError, TraitlensError
-from traitlens.specimens.catalog import Lookalike
-from traitlens.specimens.generate import TRAITS_FILE
+from traitlens.specimens.catalog import FIRST_TRAIT_LABEL, Lookalike, Plan, TraitKind
+from traitlens.specimens.generate import FORMAT, TRAITS_FILE, VERSION
 from traitlens.store.reader import ActivationStore
 
 
 class ScoringError(TraitlensError):
     """Inputs to a score do not fit together (shapes, values, options)."""
 
+
+TRAIT_KINDS: tuple[str, ...] = get_args(TraitKind)
+PLANS: tuple[str, ...] = get_args(Plan)
+MAX_LABEL = 255
+"""Label maps are 8-bit PNGs."""
 
 
 @dataclass(frozen=True)
@@ -31,13 +39,35 @@ class Benchmark:
     lookalikes: tuple[Lookalike, ...]
     image_species: dict[str, str]
 
+    @cached_property
+    def _images_by_suffix(self) -> dict[str, list[str]]:
+        """Every image under each of its path's endings: ``images/sp01/x.png`` under itself,
+        ``sp01/x.png`` and ``x.png``."""
+        index: dict[str, list[str]] = defaultdict(list)
+        for source in self.image_species:
+            parts = source.split("/")
+            for start in range(len(parts)):
+                index["/".join(parts[start:])].append(source)
+        return index
+
     def resolve(self, source: str) -> str:
-        """The benchmark image (``images/<species>/<stem>.png``) of a store image's source, which is
-        relative to the folder it was extracted from: the benchmark root or its ``images/``."""
-        for candidate in (source, f"images/{source}"):
-            if candidate in self.image_species:
-                return candidate
-        raise DataError(f"store image {source} is not an image of the benchmark at {self.root} (see its {TRAITS_FILE})")
+        """The benchmark image (``images/<species>/<stem>.png``) that a path names: a path relative
+        to the benchmark, to its ``images/`` or to a folder inside it (a species folder: then it is
+        the ending of exactly one image's path), or a longer path ending in an image's path."""
+        parts = [part for part in PurePosixPath(source.replace("\\", "/")).parts if part not in ("/", ".")]
+        if parts and ".." not in parts:
+            matches = self._images_by_suffix.get("/".join(parts), [])
+            if len(matches) > 1:
+                raise DataError(f"image {source!r} is ambiguous: the benchmark at {self.root} has {matches[0]}, {matches[1]}"
+                                f"{', ...' if len(matches) > 2 else ''}; give paths relative to the benchmark")
+            if matches:
+                return matches[0]
+            for start in range(1, len(parts)):
+                tail = "/".join(parts[start:])
+                for candidate in (tail, f"images/{tail}"):
+                    if candidate in self.image_species:
+                        return candidate
+        raise DataError(f"image {source!r} is not an image of the benchmark at {self.root} (see its {TRAITS_FILE})")
 
     def annotation(self, source: str) -> np.ndarray:
         """The (h, w) int64 label map of a benchmark image."""
@@ -51,7 +81,7 @@ class Benchmark:
         return tuple(sorted({pair.trait for pair in self.lookalikes if species in (pair.a, pair.b)}))
 
     def species_of(self, sources: Sequence[str]) -> list[str]:
-        """The species of each image of a source (paths relative to the benchmark or its ``images/``)."""
+        """The species of each image of a source (paths as :meth:`resolve` reads them)."""
         return [self.image_species[self.resolve(source)] for source in sources]
 
     def class_index(self, class_names: Sequence[str] | None, model: str) -> dict[str, int]:
@@ -71,24 +101,131 @@ class Benchmark:
         return np.isin(self.annotation(source), [self.trait_labels[trait] for trait in traits])
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field(item: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """``item[key]`` checked to be a ``kind`` (``true`` is not a number)."""
+    value = item.get(key) if isinstance(item, dict) else None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"{where}: {key} {_shown(value)} is not {getattr(kind, '__name__', 'a number')}")
+    return value
+
+
+def _name(item: Any, key: str, where: str) -> str:
+    value = _field(item, key, str, where)
+    if not value.strip():
+        raise ValueError(f"{where}: {key} is empty")
+    return value
+
+
+def _items(data: dict[str, Any], key: str) -> list[Any]:
+    items = _field(data, key, list, "the description")
+    if not items:
+        raise ValueError(f"{key} is empty")
+    return items
+
+
+def _choice(item: Any, key: str, choices: Sequence[str], where: str) -> str:
+    value = item.get(key) if isinstance(item, dict) else None
+    if value not in choices:
+        raise ValueError(f"{where}: unknown {key} {_shown(value)} (one of {', '.join(choices)})")
+    return str(value)
+
+
+def _unique(names: Sequence[Any], what: str) -> None:
+    seen: set[Any] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{what} {_shown(name)} is listed twice")
+        seen.add(name)
+
+
+def _check_trait_values(values: Any, values_of: dict[str, list[str]], where: str) -> None:
+    """A species' or image's traits: a value of each trait of the catalog, from its values."""
+    if not isinstance(values, dict) or sorted(values) != sorted(values_of):
+        raise ValueError(f"{where}: traits must give a value of each of {', '.join(values_of)}")
+    for trait, value in values.items():
+        if value not in values_of[trait]:
+            raise ValueError(f"{where}: trait {trait} has unknown value {_shown(value)} (one of {', '.join(values_of[trait])})")
+
+
+def _image_source(image: Any, where: str) -> str:
+    """An image path: under ``images/``, relative, never leaving the benchmark folder."""
+    source = _name(image, "source", where)
+    path = PurePosixPath(source)
+    if path.is_absolute() or path.parts[0] != "images" or len(path.parts) < 2 or ".." in path.parts \
+            or "\\" in source or str(path) != source:
+        raise ValueError(f"{where}: source {_shown(source)} is not a path images/... inside the benchmark")
+    return source
+
+
+def _parse_benchmark(root: Path, data: Any) -> Benchmark:
+    """``traits.json`` with every field checked; ValueError names the first bad one."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"not a traitlens specimens description (format {FORMAT!r})")
+    if _field(data, "version", int, "the description") != VERSION:
+        raise ValueError(f"version {data['version']}; this traitlens reads version {VERSION}")
+    for key, minimum in (("seed", 0), ("size", 1), ("n", 1)):
+        if _field(data, key, int, "the description") < minimum:
+            raise ValueError(f"{key} must be at least {minimum}")
+    values_of: dict[str, list[str]] = {}
+    trait_labels: dict[str, int] = {}
+    for i, trait in enumerate(_items(data, "traits")):
+        where = f"trait {i}"
+        name = _name(trait, "name", where)
+        _choice(trait, "kind", TRAIT_KINDS, where)
+        _name(trait, "part", where)
+        values = _field(trait, "values", list, where)
+        if len(values) < 2 or not all(isinstance(value, str) and value for value in values):
+            raise ValueError(f"{where}: values must be two or more names")
+        _unique(values, f"{where}: value")
+        label = _field(trait, "label", int, where)
+        if not FIRST_TRAIT_LABEL <= label <= MAX_LABEL:
+            raise ValueError(f"{where}: label {label} is outside {FIRST_TRAIT_LABEL}..{MAX_LABEL} (0 is background, 1 the body)")
+        values_of[name], trait_labels[name] = values, label
+    _unique([trait.get("name") for trait in data["traits"]], "trait")
+    _unique(list(trait_labels.values()), "trait label")
+    species: list[str] = []
+    for i, item in enumerate(_items(data, "species")):
+        species.append(_name(item, "name", f"species {i}"))
+        _choice(item, "plan", PLANS, f"species {i}")
+        _check_trait_values(item.get("traits"), values_of, f"species {i}")
+    _unique(species, "species")
+    lookalikes = []
+    for i, pair in enumerate(_field(data, "lookalikes", list, "the description")):
+        a, b = (_choice(pair, key, species, f"look-alike pair {i}") for key in ("a", "b"))
+        lookalikes.append(Lookalike(a, b, _choice(pair, "trait", list(values_of), f"look-alike pair {i}")))
+        if a == b:
+            raise ValueError(f"look-alike pair {i} pairs {a} with itself")
+    image_species: dict[str, str] = {}
+    for i, image in enumerate(_items(data, "images")):
+        where = f"image {i}"
+        source = _image_source(image, where)
+        if source in image_species:
+            raise ValueError(f"image {_shown(source)} is listed twice")
+        image_species[source] = _choice(image, "species", species, where)
+        _check_trait_values(image.get("traits"), values_of, where)
+        if not 0 <= _field(image, "occluded_fraction", (int, float), where) <= 1:
+            raise ValueError(f"{where}: occluded_fraction must be in [0, 1]")
+    if data["n"] != len(image_species):
+        raise ValueError(f"n is {data['n']} but {len(image_species)} images are listed")
+    return Benchmark(root, trait_labels, tuple(lookalikes), image_species)
+
+
 def read_benchmark(root: Path) -> Benchmark:
-    """Read ``root/traits.json``; DataError when it is missing or malformed."""
+    """Read ``root/traits.json``, every field checked (types, known kinds and plans, names that
+    refer to listed traits and species, image paths inside ``root``); DataError when it is missing
+    or damaged."""
     path = root / TRAITS_FILE
     if not path.is_file():
         raise DataError(f"{root} is not a specimens benchmark: {TRAITS_FILE} missing")
     try:
-        data = json.loads(path.read_text())
-        trait_labels = {str(trait["name"]): int(trait["label"]) for trait in data["traits"]}
-        lookalikes = tuple(Lookalike(str(pair["a"]), str(pair["b"]), str(pair["trait"])) for pair in data["lookalikes"])
-        image_species = {str(image["source"]): str(image["species"]) for image in data["images"]}
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"damaged benchmark description {path}: {type(error).__name__} {error}") from error
-    if any(label < 2 for label in trait_labels.values()):
-        raise DataError(f"{path}: trait labels must be 2 or more (0 is background, 1 the body)")
-    unknown = sorted({pair.trait for pair in lookalikes} - set(trait_labels))
-    if unknown:
-        raise DataError(f"{path}: look-alike pairs name unknown traits: {', '.join(unknown)}")
-    return Benchmark(root, trait_labels, lookalikes, image_species)
+        return _parse_benchmark(root, json.loads(path.read_text()))
+    except (OSError, ValueError, RecursionError) as error:  # JSON and Unicode errors are ValueErrors
+        raise DataError(f"damaged benchmark description {path}: {error}") from error
 
 
 def check_store_of(store: ActivationStore, data: Path) -> None:

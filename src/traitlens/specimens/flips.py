@@ -65,21 +65,37 @@ def lookalike_map(benchmark: Benchmark, class_names: Sequence[str]) -> dict[int,
 
 def read_predictions(path: Path, benchmark: Benchmark) -> list[tuple[str, str, str]]:
     """Rows (benchmark image, species before, species after) of a predictions CSV; DataError when
-    it cannot be read, lacks a column, or names an image or a class the benchmark does not have."""
+    it cannot be read, lacks a column or a value, names an image twice, or names an image or a
+    class the benchmark does not have. Sources are read as :meth:`Benchmark.resolve` reads them,
+    so a CSV of ``traitlens steer --data DIR/images/<species>`` fits the benchmark ``DIR``."""
     species = set(benchmark.image_species.values())
+    rows: list[tuple[str, str, str]] = []
     try:
-        with path.open(newline="") as handle:
+        with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             missing = [column for column in PREDICTION_COLUMNS if column not in (reader.fieldnames or [])]
             if missing:
                 raise DataError(f"predictions {path} lack the column(s) {', '.join(missing)}; expected a CSV with "
                                 f"header {','.join(PREDICTION_COLUMNS)}")
-            rows = [(benchmark.resolve(row["source"]), row["before"], row["after"]) for row in reader]
+            for row in reader:
+                source, before, after = (row[column] for column in PREDICTION_COLUMNS)
+                if not all(isinstance(value, str) and value for value in (source, before, after)):
+                    raise DataError(f"predictions {path} line {reader.line_num}: source, before and after must all be given")
+                try:
+                    rows.append((benchmark.resolve(source), before, after))
+                except DataError as error:
+                    raise DataError(f"predictions {path} line {reader.line_num}: {error}") from error
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"cannot read predictions {path}: {error}") from error
+    seen: set[str] = set()
+    for source, _, _ in rows:
+        if source in seen:
+            raise DataError(f"predictions {path} name image {source} twice")
+        seen.add(source)
     unknown = sorted({name for _, before, after in rows for name in (before, after)} - species)
     if unknown:
-        raise DataError(f"predictions {path} name classes that are not species of the benchmark: {', '.join(unknown[:5])}")
+        raise DataError(f"predictions {path} name classes that are not species of the benchmark: "
+                        f"{', '.join(repr(name) for name in unknown[:5])}")
     if not rows:
         raise DataError(f"predictions {path} hold no rows")
     return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -15,6 +16,7 @@ from traitlens.errors import DataError
 from traitlens.output_folder import check_output_folder
 from traitlens.specimens.average_precision import ArrayOrTensor
 from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
+from traitlens.specimens.checks import check_int
 from traitlens.specimens.tables import markdown_table, write_text
 from traitlens.store.atomic import atomic_write_json
 
@@ -45,6 +47,10 @@ def _dilate(masks_nhw: torch.Tensor, radius: int) -> torch.Tensor:
     """Masks grown by a disk of ``radius`` pixels (Euclidean)."""
     if radius == 0:
         return masks_nhw
+    if radius >= math.hypot(*masks_nhw.shape[1:]):
+        # a disk as wide as the diagonal reaches every pixel from any mask pixel; drawing a larger
+        # one would only cost time and memory
+        return masks_nhw.flatten(1).any(1)[:, None, None].expand_as(masks_nhw)
     offsets = torch.arange(-radius, radius + 1, device=masks_nhw.device)
     disk = ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= radius**2).to(torch.float32)
     grown = torch.nn.functional.conv2d(masks_nhw[:, None].to(torch.float32), disk[None, None], padding=radius)
@@ -55,8 +61,7 @@ def pointing_hits(heatmaps_nhw: ArrayOrTensor, masks_nhw: ArrayOrTensor, toleran
     """Per image (n,) bool: whether the heatmap's maximum lies within ``tolerance`` pixels
     (Euclidean; 0 = on the mask itself) of a mask pixel. Ties at the maximum go to the first pixel
     in row-major order; a blank heatmap points nowhere and never hits."""
-    if tolerance < 0:
-        raise ScoringError(f"tolerance must be at least 0 pixels, got {tolerance}")
+    check_int(tolerance, "the pointing tolerance (--tolerance)", ScoringError, minimum=0)
     heat, masks = _check_maps(heatmaps_nhw, masks_nhw)
     peak_n = heat.flatten(1).argmax(1)
     hit_n = _dilate(masks, tolerance).flatten(1).gather(1, peak_n[:, None])[:, 0]
@@ -152,6 +157,7 @@ def score_localization(heatmaps: Path, data: Path, out: Path, tolerance: int = 0
     row per distinguishing trait (traits joined by ``+`` for a species in several pairs), and ``all``.
     """
     check_output_folder(out, ScoringError)
+    check_int(tolerance, "the pointing tolerance (--tolerance)", ScoringError, minimum=0)
     benchmark = read_benchmark(data)
     keys: list[str] = []
     parts: list[_ImageLocalization] = []

@@ -11,6 +11,7 @@ import torch
 from traitlens.backbones import load_backbone
 from traitlens.data import open_image_source
 from traitlens.errors import DataError
+from traitlens.specimens.checks import check_int
 from traitlens.specimens.training import load_labelled_images
 
 
@@ -21,6 +22,9 @@ class AccuracyConfig:
     weights: Path | None = None
     pretrained: bool = True
     batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        check_int(self.batch_size, "--batch-size", DataError)
 
 
 @torch.no_grad()

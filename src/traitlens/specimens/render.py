@@ -394,7 +394,7 @@ def _covered(points: Points, size: int) -> np.ndarray:
     side = size * SUPERSAMPLE
     canvas = Image.new("1", (side, side), 0)
     ImageDraw.Draw(canvas).polygon(_to_pixels(points, _TO_HIRES), fill=1)
-    return np.asarray(canvas).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).all(axis=(1, 3))
+    return np.asarray(np.asarray(canvas).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).all(axis=(1, 3)), dtype=bool)
 
 
 def _jitter(rng: np.random.Generator, colors: Sequence[Color], amount: float) -> Color:
@@ -531,7 +531,7 @@ def render_specimen(species: Species, size: int, rng: np.random.Generator) -> Sp
     if rng.random() < OCCLUDER_PROBABILITY:
         shared = [shape for shape in shapes if shape.label != trait_label(_TRAIT_INDEX[separating])]
         placed = _place_occluder(rng, _draw_labels(both, transform, size) > 0, _draw_labels(regions, transform, size),
-                                 np.count_nonzero(_draw_labels(shared, transform, size)))
+                                 int(np.count_nonzero(_draw_labels(shared, transform, size))))
         if placed is not None:
             points, color, mask_hw = placed
             occluded_fraction = float(np.count_nonzero(mask_hw & (labels_hw > 0)) / np.count_nonzero(labels_hw))

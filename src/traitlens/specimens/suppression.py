@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from traitlens.backbones import Backbone, TokenSelection
+from traitlens.cli_args import option_name
 from traitlens.data import ImageSource, open_image_source
 from traitlens.data.batches import pixel_batches
 from traitlens.interventions import LatentEdit, latent_edit
@@ -29,6 +30,7 @@ from traitlens.output_folder import check_output_folder
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.specimens.baselines import SAEFeatures
 from traitlens.specimens.benchmark import Benchmark, ScoringError, check_store_of, read_benchmark
+from traitlens.specimens.checks import check_int
 from traitlens.specimens.discovery import DiscoveryOptions, trait_feature_ap
 from traitlens.specimens.flips import lookalike_flip_rate
 from traitlens.specimens.tables import markdown_table, write_text
@@ -48,8 +50,9 @@ class SuppressionOptions:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        if min(self.n_latents, self.n_random, self.candidates, self.batch_size) < 1:
-            raise ScoringError("n_latents, n_random, candidates and batch_size must be at least 1")
+        for name in ("n_latents", "n_random", "candidates", "batch_size"):
+            check_int(getattr(self, name), option_name(name), ScoringError)
+        check_int(self.seed, "--seed", ScoringError, minimum=0)
 
 
 def top_trait_latents(ap_tw: torch.Tensor, traits: Sequence[str], n_latents: int) -> dict[str, list[int]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,16 +23,21 @@ from tqdm import tqdm
 
 from traitlens.backbones.preprocess import Preprocess
 from traitlens.backbones.weights import fixed_seed
+from traitlens.cli_args import option_name
 from traitlens.data import ImageSource, UnreadableImageError, open_image_source
 from traitlens.errors import DataError, TraitlensError
 from traitlens.optim_state import load_optimizer_tensors, optimizer_tensors
+from traitlens.output_folder import claim_output_folder
 from traitlens.sae.io import save_tensors
+from traitlens.specimens.checks import check_float, check_int
 from traitlens.specimens.model_dir import CONFIG, SavedModel, ViTShape, save_model_dir
 from traitlens.store.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
+COMMAND = "specimens train-model"
+_CHECKPOINT_WEIGHTS = re.compile(r"epoch-\d{4,}\.safetensors")
 
 
 class ModelTrainingError(TraitlensError):
@@ -51,10 +57,27 @@ class TrainModelConfig:
     val_fraction: float = 0.1
     seed: int = 0
     shape: ViTShape = field(default_factory=ViTShape)
+    overwrite: bool = False
+    """Start ``out`` again from scratch instead of resuming or keeping its model."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            check_int(getattr(self, name), option_name(name), ModelTrainingError)
+        check_int(self.seed, "--seed", ModelTrainingError, minimum=0)
+        check_float(self.lr, "--lr", ModelTrainingError, above=True)
+        check_float(self.weight_decay, "weight_decay", ModelTrainingError)
+        check_float(self.warmup_epochs, "warmup_epochs", ModelTrainingError)
+        check_float(self.label_smoothing, "label_smoothing", ModelTrainingError, below=1)
+        check_float(self.val_fraction, "--val-fraction", ModelTrainingError, below=1)
+        if not isinstance(self.shape, ViTShape):
+            raise ModelTrainingError(f"shape must be a ViTShape, got {self.shape!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        """What fixes the weights (``overwrite`` does not): a checkpoint or a finished model is
+        continued or kept only for the same."""
         data = asdict(self)
         data["data"], data["out"] = str(self.data), str(self.out)
+        del data["overwrite"]
         return data
 
 
@@ -130,14 +153,23 @@ class _Checkpoints:
             return 0
         try:
             state = json.loads(path.read_text())
-            tensors = load_file(str(self.folder / state["weights"]))
-        except Exception as error:
+            epoch, weights, identity = state["epoch"], state["weights"], state["config"]
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise ModelTrainingError(f"damaged checkpoint {path}: {str(error).splitlines()[0][:200]}") from error
+        if identity != self.identity:
+            raise ModelTrainingError(f"the checkpoint in {self.folder} is from a different configuration; use another --out "
+                                     "(or --overwrite to start again)")
+        # the weights file is named by the checkpoint itself, so it must be one of its own files
+        if not isinstance(weights, str) or _CHECKPOINT_WEIGHTS.fullmatch(weights) is None \
+                or isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= identity["epochs"]:
+            raise ModelTrainingError(f"damaged checkpoint {path}: epoch {epoch!r} and weights {weights!r}")
+        try:
+            tensors = load_file(str(self.folder / weights))
+            model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+            load_optimizer_tensors(optimizer, "optim", tensors)
+        except Exception as error:  # safetensors and load_state_dict raise several types for damaged files
             raise ModelTrainingError(f"damaged checkpoint in {self.folder}: {str(error).splitlines()[0][:200]}") from error
-        if state["config"] != self.identity:
-            raise ModelTrainingError(f"the checkpoint in {self.folder} is from a different configuration; use another --out")
-        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        load_optimizer_tensors(optimizer, "optim", tensors)
-        return int(state["epoch"])
+        return epoch
 
     def remove(self) -> None:
         for file in self.folder.glob("*"):
@@ -145,20 +177,30 @@ class _Checkpoints:
         self.folder.rmdir()
 
 
-def _check(config: TrainModelConfig) -> None:
-    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
-        raise ModelTrainingError("--epochs, --batch-size and --lr must be positive")
-    if not 0 <= config.val_fraction < 1:
-        raise ModelTrainingError("--val-fraction must be in [0, 1)")
-    if (config.out / CONFIG).exists():
-        raise ModelTrainingError(f"{config.out} already holds a trained model; choose another --out")
-    if config.out.exists() and any(config.out.iterdir()) and not (config.out / CHECKPOINT).is_dir():
-        raise ModelTrainingError(f"{config.out} is not empty and holds no unfinished training; choose another --out")
+def _claim(config: TrainModelConfig) -> bool:
+    """Claim ``config.out`` (resumable); True when it already holds the model ``config`` trains."""
+    claim_output_folder(config.out, COMMAND, overwrite=config.overwrite, resumable=True,
+                        own_files=(CONFIG, f"{CHECKPOINT}/state.json"), error=ModelTrainingError)
+    path = config.out / CONFIG
+    if not path.is_file():
+        return False
+    try:
+        trained = json.loads(path.read_text()).get("training")
+    except (OSError, ValueError, AttributeError):
+        trained = None
+    if trained != config.to_dict():
+        raise ModelTrainingError(f"{config.out} already holds a model trained with other settings; choose another --out, "
+                                 "or pass --overwrite to replace it")
+    if (config.out / CHECKPOINT).is_dir():  # a run killed after saving the model, before removing its checkpoint
+        _Checkpoints(config.out, {}).remove()
+    return True
 
 
 def train_model(config: TrainModelConfig, show_progress: bool = True) -> Path:
-    """Train (or resume training) and save the model directory ``config.out``."""
-    _check(config)
+    """Train (or resume training) and save the model directory ``config.out``; a finished model
+    of the same config is left as it is."""
+    if _claim(config):
+        return config.out
     preprocess = config.shape.preprocess()
     images = load_labelled_images(open_image_source(config.data), preprocess, show_progress)
     train_idx, val_idx = split(len(images.labels_n), config.val_fraction, config.seed)

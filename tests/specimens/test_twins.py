@@ -35,3 +35,68 @@ def test_a_presence_trait_absent_has_an_empty_footprint() -> None:
     plain = next(species for species in SPECIES if species.trait_values()["crest"] == "none")
     specimen = render_specimen(plain, 64, np.random.default_rng(0))
     assert not specimen.footprints_thw[0].any()
+
+
+@pytest.fixture(scope="module")
+def twin_bench(tmp_path_factory: pytest.TempPathFactory):
+    from traitlens.specimens.generate import GenerateConfig, generate
+
+    return generate(GenerateConfig(tmp_path_factory.mktemp("twins") / "bench", n=32, seed=4, twins=True), show_progress=False)
+
+
+def test_generate_twins_writes_each_images_look_alike_in_the_same_scene(twin_bench, tmp_path) -> None:
+    import json
+
+    from PIL import Image
+
+    from traitlens.data import open_image_source
+    from traitlens.specimens.benchmark import read_benchmark
+    from traitlens.specimens.generate import GenerateConfig, generate
+
+    benchmark = read_benchmark(twin_bench)
+    assert len(benchmark.twins) == 32
+    for source, twin in benchmark.twins.items():
+        species = benchmark.image_species[source]
+        pair = benchmark.lookalike(species)
+        assert twin.split("/")[2] == (pair.b if species == pair.a else pair.a)
+        trait = [t.name for t in TRAITS].index(pair.trait)
+        image = np.asarray(Image.open(twin_bench / source))
+        twin_image = np.asarray(Image.open(twin_bench / twin))
+        labels = np.asarray(Image.open(twin_bench / source.replace("images/", "annotations/", 1)))
+        twin_labels = np.asarray(Image.open(twin_bench / twin.replace("twins/images/", "twins/annotations/", 1)))
+        changed = (image != twin_image).any(2)
+        assert changed.any()
+        # outside the two label maps' trait pixels (and what borders them), nothing moved
+        trait_pixels = (labels == trait_label(trait)) | (twin_labels == trait_label(trait))
+        from scipy.ndimage import binary_dilation
+
+        assert not (changed & ~binary_dilation(trait_pixels, np.ones((3, 3)), iterations=2)).any()
+    # the twins folder is a segmentation folder of its own, and the images are those of a run without twins
+    assert open_image_source(twin_bench / "twins").kind == "segmentation"
+    plain = generate(GenerateConfig(tmp_path / "plain", n=32, seed=4), show_progress=False)
+    assert (plain / "images/sp03/00000003.png").read_bytes() == (twin_bench / "images/sp03/00000003.png").read_bytes()
+    assert "twin" not in json.loads((plain / "traits.json").read_text())["images"][0]
+    assert read_benchmark(plain).twins == {}
+
+
+def test_score_reliance_counts_twin_flips_and_writes_oracle_maps(twin_bench, tmp_path) -> None:
+    import json
+
+    from tests.fuzz.harness import assert_refused, run_cli
+
+    code, out, err = run_cli(["specimens", "score", "reliance", "--model", "traitlens:specimens-vit",
+                              "--data", str(twin_bench), "--out", str(tmp_path / "reliance")])
+    assert code == 0, err
+    summary = json.loads((tmp_path / "reliance" / "reliance.json").read_text())
+    total = summary["pairs"][-1]
+    assert total["n_images"] == 32 and 0 <= total["n_to_lookalike"] <= total["n_correct"] <= 32
+    assert "| all |" in out
+    oracle = np.load(tmp_path / "reliance" / "oracle" / "sp01" / "00000001.npy")
+    assert oracle.shape == tuple(summary["grid_hw"]) and np.count_nonzero(oracle) > 0
+    plain = tmp_path / "plain"
+    from traitlens.specimens.generate import GenerateConfig, generate
+
+    generate(GenerateConfig(plain, n=16, seed=4), show_progress=False)
+    assert_refused(["specimens", "score", "reliance", "--model", "traitlens:specimens-vit", "--data", str(plain),
+                    "--out", str(tmp_path / "never")], plain, says="--twins")
+    assert not (tmp_path / "never").exists()

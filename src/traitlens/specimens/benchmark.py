@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any, get_args
@@ -38,6 +38,16 @@ class Benchmark:
     trait_labels: dict[str, int]
     lookalikes: tuple[Lookalike, ...]
     image_species: dict[str, str]
+    twins: dict[str, str] = field(default_factory=dict)
+    """Each image's counterfactual twin (``generate --twins``), relative to ``root``; empty for a
+    benchmark without twins."""
+
+    def lookalike(self, species: str) -> Lookalike:
+        """The look-alike pair ``species`` belongs to."""
+        for pair in self.lookalikes:
+            if species in (pair.a, pair.b):
+                return pair
+        raise ScoringError(f"species {species} has no look-alike in {self.root}")
 
     @cached_property
     def _images_by_suffix(self) -> dict[str, list[str]]:
@@ -162,6 +172,16 @@ def _image_source(image: Any, where: str) -> str:
     return source
 
 
+def _twin_source(image: Any, where: str) -> str:
+    """A twin's path: under ``twins/images/``, relative, never leaving the benchmark folder."""
+    source = _name(image, "twin", where)
+    path = PurePosixPath(source)
+    if path.is_absolute() or path.parts[:2] != ("twins", "images") or len(path.parts) < 3 or ".." in path.parts \
+            or "\\" in source or str(path) != source:
+        raise ValueError(f"{where}: twin {_shown(source)} is not a path twins/images/... inside the benchmark")
+    return source
+
+
 def _parse_benchmark(root: Path, data: Any) -> Benchmark:
     """``traits.json`` with every field checked; ValueError names the first bad one."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -201,6 +221,7 @@ def _parse_benchmark(root: Path, data: Any) -> Benchmark:
         if a == b:
             raise ValueError(f"look-alike pair {i} pairs {a} with itself")
     image_species: dict[str, str] = {}
+    twins: dict[str, str] = {}
     for i, image in enumerate(_items(data, "images")):
         where = f"image {i}"
         source = _image_source(image, where)
@@ -210,9 +231,13 @@ def _parse_benchmark(root: Path, data: Any) -> Benchmark:
         _check_trait_values(image.get("traits"), values_of, where)
         if not 0 <= _field(image, "occluded_fraction", (int, float), where) <= 1:
             raise ValueError(f"{where}: occluded_fraction must be in [0, 1]")
+        if isinstance(image, dict) and "twin" in image:
+            twins[source] = _twin_source(image, where)
     if data["n"] != len(image_species):
         raise ValueError(f"n is {data['n']} but {len(image_species)} images are listed")
-    return Benchmark(root, trait_labels, tuple(lookalikes), image_species)
+    if twins and len(twins) != len(image_species):
+        raise ValueError(f"{len(twins)} of {len(image_species)} images have a twin; all or none must")
+    return Benchmark(root, trait_labels, tuple(lookalikes), image_species, twins)
 
 
 def read_benchmark(root: Path) -> Benchmark:

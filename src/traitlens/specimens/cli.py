@@ -36,9 +36,11 @@ def _run_generate(args: argparse.Namespace) -> int:
     from traitlens.specimens.generate import GenerateConfig, generate
 
     out = generate(GenerateConfig(out=args.out, n=args.n, seed=args.seed, size=args.size, workers=args.workers,
-                                  overwrite=args.overwrite))
+                                  overwrite=args.overwrite, twins=args.twins))
     print(f"wrote {args.n} specimens (seed {args.seed}, {args.size}x{args.size} px) to {out}")
     print(f"  class folder: {out / 'images'}; segmentation folder: {out}; ground truth: {out / 'traits.json'}")
+    if args.twins:
+        print(f"  counterfactual twins (each image's look-alike, same organism and scene): {out / 'twins'}")
     return 0
 
 
@@ -112,6 +114,17 @@ def _run_score_suppression(args: argparse.Namespace) -> int:
     return _print_table(args)
 
 
+def _run_score_reliance(args: argparse.Namespace) -> int:
+    from traitlens.specimens.reliance import RelianceConfig, read_twin_benchmark, score_reliance
+
+    config = RelianceConfig(model=args.model, data=args.data, out=args.out, layer=args.layer, weights=args.weights,
+                            pretrained=not args.random_init, batch_size=args.batch_size)
+    read_twin_benchmark(args.data)
+    _claim_score_folder(args)
+    score_reliance(config)
+    return _print_table(args)
+
+
 def _add_score_commands(sub: Any, add_model_args: Any) -> None:
     score = sub.add_parser("score", help="score features, heatmaps or edits against the ground truth")
     kinds = score.add_subparsers(dest="score_command", required=True, metavar="WHAT")
@@ -160,6 +173,16 @@ def _add_score_commands(sub: Any, add_model_args: Any) -> None:
     add_overwrite_arg(suppression)
     suppression.set_defaults(run=_run_score_suppression)
 
+    reliance = kinds.add_parser("reliance", help="how often a twin (only the separating trait switched) flips the model, "
+                                                 "and oracle maps of where it reads the trait")
+    add_model_args(reliance)
+    reliance.add_argument("--data", required=True, type=Path, help="a benchmark drawn with `specimens generate --twins`")
+    reliance.add_argument("--out", required=True, type=Path, help="writes reliance.md, reliance.json and oracle/ here")
+    reliance.add_argument("--layer", help="layer whose patch grid the oracle maps use (default: the heatmaps' default layer)")
+    reliance.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
+    add_overwrite_arg(reliance)
+    reliance.set_defaults(run=_run_score_reliance)
+
 
 def _add_restart_arg(parser: argparse.ArgumentParser) -> None:
     """``--overwrite`` on a resumable command: start its own earlier output again from scratch."""
@@ -178,6 +201,8 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     generate.add_argument("--seed", required=True, type=non_negative_int, help="any non-negative integer")
     generate.add_argument("--size", type=positive_int, default=96, help="image side in pixels (32 to 1024)")
     generate.add_argument("--workers", type=positive_int, default=2, help="drawing threads (does not change the output)")
+    generate.add_argument("--twins", action="store_true",
+                          help="also draw each image's counterfactual twin: the look-alike species, same organism and scene")
     _add_restart_arg(generate)
     generate.set_defaults(run=_run_generate)
 

@@ -6,6 +6,9 @@ Layout of ``OUT``::
     annotations/<species>/<stem>.png  8-bit label map of the image; with images/ and names.txt,
                                       OUT is a segmentation folder
     names.txt                         line j names label j: background, body, then the traits
+    twins/images/<species>/<stem>.png with ``--twins``: image <stem>'s counterfactual twin, the same
+    twins/annotations/..., twins/names.txt  organism and scene as its look-alike species <species>
+                                      (a segmentation folder of its own)
     traits.json                       catalog, look-alike pairs and every image's species, traits
                                       and occluded fraction; written last, it marks OUT complete
     .generate.json                    the job (n, seed, size, catalog), written first
@@ -32,9 +35,9 @@ from tqdm import tqdm
 
 from traitlens.errors import DataError
 from traitlens.output_folder import claim_output_folder
-from traitlens.specimens.catalog import SPECIES, Species, catalog_dict, label_names
+from traitlens.specimens.catalog import SPECIES, Species, catalog_dict, label_names, lookalike_of
 from traitlens.specimens.checks import check_int
-from traitlens.specimens.render import render_specimen
+from traitlens.specimens.render import Specimen, render_specimen
 from traitlens.store.atomic import (
     atomic_save_png,
     atomic_write_bytes,
@@ -48,6 +51,7 @@ JOB_FILE = ".generate.json"
 COMMAND = "specimens generate"
 TRAITS_FILE = "traits.json"
 NAMES_FILE = "names.txt"
+TWINS_DIR = "twins"
 MIN_SIZE, MAX_SIZE = 32, 1024
 MAX_IMAGES = 10**8
 """Stems have eight digits, so file names sort in image order."""
@@ -70,6 +74,9 @@ class GenerateConfig:
     GIL; on 2 cores 2 threads beat 1 by ~30% and 4 by ~15%). Does not change the output."""
     overwrite: bool = False
     """Start ``out`` again from scratch instead of resuming or keeping its benchmark."""
+    twins: bool = False
+    """Also draw each image's counterfactual twin: its look-alike species from the same random
+    state, so the two differ only inside the footprint of the trait that separates them."""
 
     def __post_init__(self) -> None:
         check_int(self.n, "--n (number of images)", DataError)
@@ -83,8 +90,10 @@ class GenerateConfig:
 
     def job(self) -> dict[str, Any]:
         """What fixes the output: a run resumes only into a folder started with the same job."""
-        return {"format": f"{FORMAT}.job", "version": VERSION, "n": self.n, "seed": self.seed,
-                "size": self.size, "catalog": catalog_dict()}
+        job = {"format": f"{FORMAT}.job", "version": VERSION, "n": self.n, "seed": self.seed,
+               "size": self.size, "catalog": catalog_dict()}
+        # only when asked, so a folder generated before twins existed resumes as the same job
+        return {**job, "twins": True} if self.twins else job
 
 
 def image_species(index: int) -> Species:
@@ -94,6 +103,11 @@ def image_species(index: int) -> Species:
 def image_source(index: int) -> str:
     """Where image ``index`` lies, relative to the benchmark folder."""
     return f"images/{image_species(index).name}/{index:08d}.png"
+
+
+def twin_source(index: int) -> str:
+    """Where image ``index``'s twin lies, relative to the benchmark folder."""
+    return f"{TWINS_DIR}/images/{lookalike_of(image_species(index))[0].name}/{index:08d}.png"
 
 
 def generate(config: GenerateConfig, show_progress: bool = True) -> Path:
@@ -107,13 +121,16 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> Path:
         return out
     remove_temp_files(out)
     _write_names(out / NAMES_FILE)
+    if config.twins:
+        _write_names(out / TWINS_DIR / NAMES_FILE)
     with tqdm(total=config.n, unit="img", desc="specimens", disable=not show_progress) as progress:
         fractions: list[float] = []
         for chunk_fractions in _draw_all(config):
             fractions.extend(chunk_fractions)
             progress.update(len(chunk_fractions))
     images = [{"source": image_source(index), "species": image_species(index).name,
-               "traits": image_species(index).trait_values(), "occluded_fraction": round(fraction, 6)}
+               "traits": image_species(index).trait_values(), "occluded_fraction": round(fraction, 6),
+               **({"twin": twin_source(index)} if config.twins else {})}
               for index, fraction in enumerate(fractions)]
     atomic_write_json(out / TRAITS_FILE, {"format": FORMAT, "version": VERSION, "seed": config.seed,
                                           "size": config.size, "n": config.n, **catalog_dict(),
@@ -163,13 +180,22 @@ def _draw_chunk(config: GenerateConfig, indices: range) -> list[float]:
     fractions = []
     for index in indices:
         specimen = render_specimen(image_species(index), config.size, np.random.default_rng([config.seed, index]))
-        source = image_source(index)
-        for path, pixels in ((config.out / source, specimen.image_hw3),
-                             (config.out / "annotations" / source.removeprefix("images/"), specimen.labels_hw)):
-            if not path.is_file():
-                atomic_save_png(path, Image.fromarray(pixels))
+        _write_specimen(config.out, image_source(index), specimen)
+        if config.twins:
+            twin = render_specimen(lookalike_of(image_species(index))[0], config.size,
+                                   np.random.default_rng([config.seed, index]))
+            _write_specimen(config.out / TWINS_DIR, twin_source(index).removeprefix(f"{TWINS_DIR}/"), twin)
         fractions.append(specimen.occluded_fraction)
     return fractions
+
+
+def _write_specimen(root: Path, source: str, specimen: Specimen) -> None:
+    """The image at ``root/source`` (``images/...``) and its label map under ``root/annotations``,
+    each unless a finished run already wrote it."""
+    for path, pixels in ((root / source, specimen.image_hw3),
+                         (root / "annotations" / source.removeprefix("images/"), specimen.labels_hw)):
+        if not path.is_file():
+            atomic_save_png(path, Image.fromarray(pixels))
 
 
 def _write_names(path: Path) -> None:

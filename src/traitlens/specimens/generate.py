@@ -76,7 +76,9 @@ class GenerateConfig:
     """Start ``out`` again from scratch instead of resuming or keeping its benchmark."""
     twins: bool = False
     """Also draw each image's counterfactual twin: its look-alike species from the same random
-    state, so the two differ only inside the footprint of the trait that separates them."""
+    state, both framed twin-safe (:func:`render_specimen`), so the two differ only inside the
+    footprint of the trait that separates them. The images are then framed slightly differently
+    from a benchmark of the same seed without twins."""
 
     def __post_init__(self) -> None:
         check_int(self.n, "--n (number of images)", DataError)
@@ -179,11 +181,12 @@ def _draw_chunk(config: GenerateConfig, indices: range) -> list[float]:
     """
     fractions = []
     for index in indices:
-        specimen = render_specimen(image_species(index), config.size, np.random.default_rng([config.seed, index]))
+        specimen = render_specimen(image_species(index), config.size, np.random.default_rng([config.seed, index]),
+                                   twin_safe=config.twins)
         _write_specimen(config.out, image_source(index), specimen)
         if config.twins:
             twin = render_specimen(lookalike_of(image_species(index))[0], config.size,
-                                   np.random.default_rng([config.seed, index]))
+                                   np.random.default_rng([config.seed, index]), twin_safe=True)
             _write_specimen(config.out / TWINS_DIR, twin_source(index).removeprefix(f"{TWINS_DIR}/"), twin)
         fractions.append(specimen.occluded_fraction)
     return fractions

@@ -455,13 +455,13 @@ def _occluder(rng: np.random.Generator, center: np.ndarray, size: int, shrink: f
     return _ellipse(center, radius, radius * aspect, angle, n=24), _jitter(rng, colors, 12)
 
 
-def _place_occluder(rng: np.random.Generator, organism: np.ndarray, regions_hw: np.ndarray, n_shared_pixels: int,
+def _place_occluder(rng: np.random.Generator, organism: np.ndarray, regions_hw: np.ndarray, n_allowed_pixels: int,
                     ) -> tuple[Points, Color, np.ndarray] | None:
     """An occluder over the organism that hides little of it and of every trait region, or None.
 
-    ``organism`` is the species and its look-alike drawn together and ``n_shared_pixels`` the size
-    of what they share, so the choice is the same for both twins, and hiding at most
-    ``MAX_OCCLUDED_FRACTION`` of the shared pixels bounds what it hides of either organism.
+    ``organism`` is where its centre may fall and ``n_allowed_pixels`` what ``MAX_OCCLUDED_FRACTION``
+    applies to: the organism itself, or for twins the species and its look-alike drawn together
+    and what they share, so the choice is the same for both and bounds what it hides of either.
     ``regions_hw`` labels what any value of every trait could cover. Returns the polygon
     (final-image pixels), its colour and its (h, w) boolean mask.
     """
@@ -478,18 +478,20 @@ def _place_occluder(rng: np.random.Generator, organism: np.ndarray, regions_hw: 
         ImageDraw.Draw(canvas).polygon(points.ravel().tolist(), fill=1)
         mask = np.asarray(canvas)
         hidden = np.bincount(regions_hw[mask], minlength=256)
-        if (np.count_nonzero(mask & organism) <= MAX_OCCLUDED_FRACTION * n_shared_pixels
+        if (np.count_nonzero(mask & organism) <= MAX_OCCLUDED_FRACTION * n_allowed_pixels
                 and np.all(hidden[region_labels] <= MAX_REGION_OCCLUSION * region_sizes[region_labels])):
             return points, color, mask
         shrink *= 0.7
     return None
 
 
-def _light(image_hw3: np.ndarray, rng: np.random.Generator, pivot: float) -> np.ndarray:
-    """Global lighting, a light gradient, a weak colour cast, contrast about ``pivot`` and sensor noise."""
+def _light(image_hw3: np.ndarray, rng: np.random.Generator, pivot: float | None) -> np.ndarray:
+    """Global lighting, a light gradient, a weak colour cast, contrast about ``pivot`` (the
+    image's mean when None) and sensor noise."""
     size = image_hw3.shape[0]
     image = image_hw3.astype(np.float32)
-    image = (image - pivot) * rng.uniform(*CONTRAST_RANGE) + pivot
+    centre = image.mean() if pivot is None else pivot
+    image = (image - centre) * rng.uniform(*CONTRAST_RANGE) + centre
     direction = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(direction) * np.arange(size)[None, :] + np.sin(direction) * np.arange(size)[:, None]) / size
     gradient = 1 + rng.uniform(0, MAX_LIGHT_GRADIENT) * 2 * (ramp - ramp.mean())
@@ -499,25 +501,31 @@ def _light(image_hw3: np.ndarray, rng: np.random.Generator, pivot: float) -> np.
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def render_specimen(species: Species, size: int, rng: np.random.Generator) -> Specimen:
+def render_specimen(species: Species, size: int, rng: np.random.Generator, twin_safe: bool = False) -> Specimen:
     """Draw one specimen of ``species`` in a ``size`` x ``size`` scene; every random choice comes
     from ``rng``, so the result is a function of the generator's state.
 
-    No random choice tells a species from its look-alike: the pose is fitted to, and the occluder
-    placed on, the two drawn together, and contrast pivots on the empty scene. So the two drawn
-    from generators in the same state are the same organism in the same scene, and their images
-    differ only inside the footprint of the trait that separates them (counterfactual twins).
+    By default the organism is framed by its own extent, as a photographer would: the pose is
+    fitted to it, the occluder placed on it and contrast pivots on the finished image. Then the
+    framing carries a trace of the species (a forked tail or clubbed antennae widen the organism,
+    so its species is drawn a little smaller or elsewhere on average), which a model can use.
+
+    ``twin_safe`` removes every such trace between a species and its look-alike: the pose is
+    fitted to, and the occluder placed on, the two drawn together, and contrast pivots on the
+    empty scene. The two drawn from generators in the same state are then the same organism in
+    the same scene, differing only inside the footprint of the trait that separates them
+    (counterfactual twins, ``specimens generate --twins``).
     """
     shapes = _organism(species.plan, tuple((value,) for value in species.values))
     regions = _organism(species.plan, tuple(trait.values for trait in TRAITS))
     lookalike, separating = lookalike_of(species)
-    # the species and its look-alike together: what the pose and the occluder are fitted to
+    # the species and its look-alike together: what a twin-safe pose and occluder are fitted to
     both = _organism(species.plan, tuple(tuple(dict.fromkeys(pair)) for pair in zip(species.values, lookalike.values, strict=True)))
-    transform = _pose(both, size, rng)
+    transform = _pose(both if twin_safe else shapes, size, rng)
     palette = _palette(rng)
     side = size * SUPERSAMPLE
     canvas = _ground(rng, side)
-    pivot = float(np.asarray(canvas).mean())
+    pivot = float(np.asarray(canvas).mean()) if twin_safe else None
     draw = ImageDraw.Draw(canvas)
     hires = _then(transform, _TO_HIRES)
     for shape in shapes:
@@ -529,9 +537,13 @@ def render_specimen(species: Species, size: int, rng: np.random.Generator) -> Sp
                                for index in range(len(TRAITS))])
     occluded_fraction = 0.0
     if rng.random() < OCCLUDER_PROBABILITY:
-        shared = [shape for shape in shapes if shape.label != trait_label(_TRAIT_INDEX[separating])]
-        placed = _place_occluder(rng, _draw_labels(both, transform, size) > 0, _draw_labels(regions, transform, size),
-                                 int(np.count_nonzero(_draw_labels(shared, transform, size))))
+        if twin_safe:
+            shared = [shape for shape in shapes if shape.label != trait_label(_TRAIT_INDEX[separating])]
+            organism, n_allowed = _draw_labels(both, transform, size) > 0, int(np.count_nonzero(_draw_labels(shared, transform, size)))
+        else:
+            organism = labels_hw > 0
+            n_allowed = int(np.count_nonzero(organism))
+        placed = _place_occluder(rng, organism, _draw_labels(regions, transform, size), n_allowed)
         if placed is not None:
             points, color, mask_hw = placed
             occluded_fraction = float(np.count_nonzero(mask_hw & (labels_hw > 0)) / np.count_nonzero(labels_hw))

@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/traitlens demo --out runs/demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
 
 # Chromium for the reports' browser tests (playwright drives it; no browser download)
@@ -35,3 +35,12 @@ bench: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
+
+# Every number and command output that README.md and docs/ show, regenerated from the code
+# (scripts/docs.py; slow: it runs the demo on each of the model's 4 blocks). `make test` checks the fast part.
+.PHONY: docs docs-check
+docs: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/docs.py --write
+
+docs-check: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/docs.py --check

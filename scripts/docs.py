@@ -1,0 +1,632 @@
+"""Regenerate every number and command output that README.md and docs/ show, from the code.
+
+    scripts/docs.py --write     run the commands, rewrite what the docs show (``make docs``)
+    scripts/docs.py --check     list every block or value a fresh run would change; exit 1 if any
+    scripts/docs.py --list      every marker and where its content comes from
+    --fast                      only the cheap part (CI runs ``--check --fast`` in tests/test_docs.py)
+
+``--check`` also parses every ``traitlens`` command line the docs show (fenced shell blocks, inline
+code, the markers below) with the real argument parser, so a renamed flag fails it; a line with
+``...``, ``[optional]``, ``a|b`` or an UPPERCASE placeholder is a synopsis: its command and option
+names must exist. That part is always run (it is fast).
+
+Markers, HTML comments that GitHub does not render:
+
+``<!-- generated: traitlens layers --model traitlens:specimens-vit -->`` ... ``<!-- /generated -->``
+    a fenced block of what the command prints on stdout (progress bars go to stderr). A command
+    that reads what another command shown in the docs writes (under its ``--out``) runs after it.
+    ``<!-- generated (fast): ... -->`` puts the block in the fast part.
+``<!-- generated: NAME -->`` ... ``<!-- /generated -->``
+    a block that one of the RECIPES below renders (a command built from another result, a table
+    joined from several runs).
+``<!-- value: SOURCE/KEY/... :FORMAT -->0.57<!-- /value -->``
+    a number in prose: one of the SOURCES below, a path into it (``key=value`` picks the row of a
+    list whose ``key`` is ``value``) and a Python format spec (``.2f``, ``.1%``, ``,``). A value
+    is fast when its source runs no command.
+``<!-- measured: COMMAND -->`` ... ``<!-- /measured -->``
+    a timing: it changes with the machine and the run, so it is never compared; the marker names
+    the command that measures it (which must exist and parse).
+
+Commands run in a fresh temporary folder (nothing is written in the repository) with
+``HF_HUB_OFFLINE=1``, each command line once per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import difflib
+import functools
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from traitlens.backbones.traitlens_provider import model_directory
+from traitlens.cli import build_parser
+from traitlens.cli_args import join_negative_values
+from traitlens.demo import DemoConfig
+from traitlens.explain.config import DEFAULT_GAMMA
+from traitlens.specimens.catalog import LOOKALIKES, SPECIES, TRAITS
+from traitlens.store.atomic import atomic_write_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+TRAITLENS = Path(sys.executable).with_name("traitlens")
+# a fixed width: argparse wraps --help to the terminal's, and the docs must not depend on it
+ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "100"}
+SHELL_FENCES = {"bash", "sh", "shell", "console"}
+
+Command = tuple[str, ...]
+"""A command line's arguments after ``traitlens``."""
+
+MARKER = re.compile(
+    r"<!-- (?P<kind>generated|value|measured)(?P<fast> \(fast\))?: (?P<spec>.+?) -->(?P<body>.*?)<!-- /(?P=kind) -->",
+    re.DOTALL)
+FENCE = re.compile(r"^```(?P<lang>[^\n`]*)\n(?P<body>.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+INLINE_CODE = re.compile(r"(?<!`)`(?P<code>(?:[^`\n]|\n(?!\n))+)`(?!`)")
+SYNOPSIS_TOKEN = re.compile(r"^(\.\.\.|.*[|\[\]].*|[A-Z][A-Z0-9_]*)$")
+
+
+class DocsError(Exception):
+    """Something the docs show that the code does not produce (or cannot run)."""
+
+
+class SlowWork(Exception):
+    """Raised in ``--fast`` mode instead of running a command that is not marked fast."""
+
+
+def default_docs() -> list[Path]:
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def where(doc: Path, text: str, offset: int) -> str:
+    name = doc.relative_to(REPO) if doc.is_relative_to(REPO) else doc
+    line = text.count("\n", 0, offset) + 1
+    return f"{name}:{line}"
+
+
+# --- command lines -------------------------------------------------------------------------------
+
+def display(command: Command) -> str:
+    return shlex.join(("traitlens", *command))
+
+
+def traitlens_args(line: str) -> Command | None:
+    """The arguments of a ``traitlens`` (or ``.venv/bin/traitlens``, ``-m traitlens``) command line."""
+    try:
+        tokens = shlex.split(line, comments=True)
+    except ValueError:  # an output line with an apostrophe, say
+        return None
+    if tokens and Path(tokens[0]).name == "traitlens":
+        return tuple(tokens[1:])
+    if tokens and Path(tokens[0]).name in {"torchrun", "python", "python3"} and "traitlens" in tokens:
+        start = tokens.index("traitlens")
+        if tokens[start - 1] == "-m":
+            return tuple(tokens[start + 1:])
+    return None
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    where: str
+    args: Command
+
+
+def _shell_lines(body: str, offset: int) -> Iterator[tuple[int, str]]:
+    """The lines of a shell block with their offsets, ``\\``-continued lines joined."""
+    start, pending = offset, ""
+    for physical in body.split("\n"):
+        start = start if pending else offset
+        offset += len(physical) + 1
+        if physical.endswith("\\"):
+            pending += physical[:-1] + " "
+            continue
+        yield start, pending + physical
+        pending = ""
+
+
+def command_lines(doc: Path, text: str) -> Iterator[CommandLine]:
+    """Every ``traitlens`` command line shown in ``text``: shell fences, inline code, markers."""
+    for fence in FENCE.finditer(text):
+        if fence.group("lang").strip() in SHELL_FENCES:
+            for offset, line in _shell_lines(fence.group("body"), fence.start("body")):
+                args = traitlens_args(line)
+                if args is not None:
+                    yield CommandLine(where(doc, text, offset), args)
+    prose = FENCE.sub(lambda fence: "\n" * fence.group(0).count("\n"), text)  # keeps line numbers
+    for span in INLINE_CODE.finditer(prose):
+        tokens = span.group("code").split()
+        if tokens and tokens[0] in {"traitlens", ".venv/bin/traitlens"}:
+            yield CommandLine(where(doc, prose, span.start()), tuple(tokens[1:]))
+    for marker in MARKER.finditer(text):
+        args = traitlens_args(marker.group("spec")) if marker.group("kind") != "value" else None
+        if args is not None:
+            yield CommandLine(where(doc, text, marker.start()), args)
+
+
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    return build_parser()
+
+
+def parse(command: Command) -> argparse.Namespace | None:
+    """The namespace the real parser makes of ``command`` (None for ``--help``, ``--version``)."""
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+            return _parser().parse_args(join_negative_values(command))
+    except SystemExit as exit_:
+        if exit_.code == 0:
+            return None
+        raise DocsError(f"`{display(command)}` does not parse: {errors.getvalue().strip()}") from None
+
+
+def _subcommand(command: Command) -> tuple[argparse.ArgumentParser, Command]:
+    """The (sub)parser ``command`` names, and the arguments left for it."""
+    parser = _parser()
+    for position, token in enumerate(command):
+        choices = next((action.choices for action in parser._actions
+                        if isinstance(action, argparse._SubParsersAction)), None)
+        if choices is None or token.startswith("-") or SYNOPSIS_TOKEN.match(token):
+            return parser, command[position:]
+        if token not in choices:
+            raise DocsError(f"`{display(command)}`: traitlens has no command {' '.join(command[:position + 1])!r}")
+        parser = choices[token]
+    return parser, ()
+
+
+def check_command(command: Command) -> None:
+    """Raise :class:`DocsError` unless ``command`` parses (a synopsis: its command and options exist)."""
+    parser, rest = _subcommand(command)
+    options = [token.strip("[]").split("=")[0] for token in join_negative_values(rest) if token.strip("[]").startswith("-")]
+    if options and not any(SYNOPSIS_TOKEN.match(token) for token in command):
+        parse(command)
+        return
+    unknown = [option for option in options if option not in parser._option_string_actions]
+    if unknown:
+        raise DocsError(f"`{display(command)}`: no option {', '.join(unknown)}")
+
+
+def _out_and_inputs(command: Command) -> tuple[Path | None, list[Path]]:
+    namespace = parse(command)
+    values = vars(namespace) if namespace is not None else {}
+    out = values.get("out")
+    inputs = [value for name, value in values.items() if name != "out" and isinstance(value, Path)]
+    return (out if isinstance(out, Path) else None), inputs
+
+
+def writers(lines: list[CommandLine]) -> dict[Path, set[Command]]:
+    """The ``--out`` of every complete command line in the docs, and who writes it."""
+    found: dict[Path, set[Command]] = {}
+    for line in lines:
+        with contextlib.suppress(DocsError):
+            out, _ = _out_and_inputs(line.args)
+            if out is not None:
+                found.setdefault(out, set()).add(line.args)
+    return found
+
+
+# --- running commands ----------------------------------------------------------------------------
+
+class Workspace:
+    """A scratch folder where commands run once each, prerequisites first."""
+
+    def __init__(self, root: Path, writers: dict[Path, set[Command]], allow_slow: bool) -> None:
+        self.root = root
+        self.writers = writers
+        self.allow_slow = allow_slow
+        self._outputs: dict[Command, str | DocsError] = {}
+        self.seconds: dict[Command, float] = {}
+        """How long each command took, for the ``measured`` markers."""
+        self._sources: dict[str, Any] = {}
+        self._running: set[Command] = set()
+
+    def run(self, line: str | Command, fast: bool = False) -> str:
+        """What ``line`` prints on stdout, running the commands whose output it reads first."""
+        command = traitlens_args(line) if isinstance(line, str) else line
+        if command is None:
+            raise DocsError(f"not a traitlens command: {line}")
+        if command not in self._outputs:
+            if not (fast or self.allow_slow):
+                raise SlowWork(display(command))
+            if command in self._running:
+                raise DocsError(f"`{display(command)}` needs its own output")
+            self._running.add(command)
+            try:
+                for needed in self._prerequisites(command):
+                    self.run(needed, fast)
+                self._outputs[command] = self._execute(command)
+            except DocsError as error:
+                self._outputs[command] = error
+            finally:
+                self._running.discard(command)
+        output = self._outputs[command]
+        if isinstance(output, DocsError):
+            raise output
+        return output
+
+    def _prerequisites(self, command: Command) -> list[Command]:
+        _, inputs = _out_and_inputs(command)
+        needed: list[Command] = []
+        for path in inputs:
+            candidates = [out for out in self.writers if out == path or out in path.parents]
+            if not candidates:
+                continue
+            out = max(candidates, key=lambda candidate: len(candidate.parts))
+            commands = self.writers[out] - {command}
+            if len(commands) > 1:
+                raise DocsError(f"{out} is written by several commands in the docs: "
+                                + "; ".join(sorted(display(other) for other in commands)))
+            needed.extend(commands)
+        return needed
+
+    def _execute(self, command: Command) -> str:
+        print(f"running {display(command)}", file=sys.stderr, flush=True)
+        start = time.monotonic()
+        done = subprocess.run([str(TRAITLENS), *command], cwd=self.root, env=ENVIRONMENT,
+                              capture_output=True, text=True, check=False)
+        self.seconds[command] = time.monotonic() - start
+        print(f"  {self.seconds[command]:.0f} s", file=sys.stderr, flush=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(nothing on stderr)"])[-1]
+            raise DocsError(f"`{display(command)}` failed (exit {done.returncode}): {last}")
+        return done.stdout.rstrip("\n")
+
+    def json(self, relative: str) -> Any:
+        """A JSON file a command wrote here."""
+        try:
+            return json.loads((self.root / relative).read_text())
+        except (OSError, ValueError) as error:
+            raise DocsError(f"cannot read {relative} after its command ran: {error}") from None
+
+    def source(self, name: str) -> Any:
+        if name not in SOURCES:
+            raise DocsError(f"no source {name!r} (sources: {', '.join(SOURCES)})")
+        if name not in self._sources:
+            self._sources[name] = SOURCES[name](self)
+        return self._sources[name]
+
+
+# --- sources of values ---------------------------------------------------------------------------
+
+EMBEDDED_MODEL = "traitlens:specimens-vit"
+EMBEDDED_DIRECTORY = model_directory("specimens-vit")
+EMBEDDED_FACTS = json.loads((EMBEDDED_DIRECTORY / "model.json").read_text())
+MODEL_LAYERS = tuple(f"blocks.{index}" for index in range(EMBEDDED_FACTS["shape"]["depth"]))
+DEMO_LAYER = DemoConfig().layer
+FEATURE_SETS = ("sae", "neurons", "pca", "kmeans")
+
+
+def _spoken(traits: list[str]) -> str:
+    names = [trait.replace("_", " ") for trait in traits]
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+def _code(_: Workspace) -> dict[str, Any]:
+    """Constants of the code the prose quotes."""
+    return {"traits": len(TRAITS), "species": len(SPECIES), "lookalike_pairs": len(LOOKALIKES),
+            "gamma": DEFAULT_GAMMA, "demo": dataclasses.asdict(DemoConfig())}
+
+
+def _model(_: Workspace) -> dict[str, Any]:
+    """The embedded model's ``model.json``, with its training set size, minutes and weights size."""
+    metrics = EMBEDDED_FACTS["metrics"]
+    return {**EMBEDDED_FACTS, "n_images": metrics["n_train"] + metrics["n_val"],
+            "train_minutes": round(metrics["train_seconds_this_run"] / 60),
+            "weights_mb": (EMBEDDED_DIRECTORY / "model.safetensors").stat().st_size / 1e6}
+
+
+def demo_out(layer: str) -> str:
+    return "runs/demo" if layer == DEMO_LAYER else f"runs/demo-{layer}"
+
+
+def demo_command(layer: str) -> str:
+    """``make demo`` itself on its own layer, ``--layer`` on the others (docs/results.md)."""
+    return f"traitlens demo --out {demo_out(layer)}" + ("" if layer == DEMO_LAYER else f" --layer {layer}")
+
+
+DEMO = demo_command(DEMO_LAYER)
+
+
+def demo_source(layer: str) -> str:
+    return "demo" if layer == DEMO_LAYER else f"demo-{layer}"
+
+
+def _demo(layer: str) -> Callable[[Workspace], dict[str, Any]]:
+    """``scores/demo.json`` of the demo on ``layer``, with which traits the SAE wins and which flip."""
+
+    def load(workspace: Workspace) -> dict[str, Any]:
+        workspace.run(demo_command(layer))
+        results = workspace.json(f"{demo_out(layer)}/scores/demo.json")
+        rows = results["discovery"]["rows"]
+        won = [row["trait"] for row in rows if row["sae"] >= max(row[kind] for kind in FEATURE_SETS)]
+        pairs = [row for row in results["suppression"] if row["trait"]]
+        return {**results, "sae_wins": len(won), "sae_won_traits": _spoken(won),
+                "sae_lost_traits": _spoken([row["trait"] for row in rows if row["trait"] not in won]),
+                "unflipped_traits": _spoken([row["trait"] for row in pairs if row["flip_rate"] == 0]),
+                "attribution_top": len(results["attribution"][0]["top_latents"])}
+
+    return load
+
+
+def _demo_sae(workspace: Workspace) -> Any:
+    workspace.run(DEMO)
+    return workspace.json("runs/demo/sae/config.json")
+
+
+def specimens_command(folder: str, n: int, seed: int) -> str:
+    return f"traitlens specimens generate --out {folder} --n {n} --seed {seed}"
+
+
+def _accuracy(seed: int) -> Callable[[Workspace], Any]:
+    """The embedded model's accuracy on the 1,600 images of ``seed`` that the docs show."""
+
+    def load(workspace: Workspace) -> Any:
+        workspace.run(specimens_command(f"specimens/s{seed}", 1600, seed))
+        workspace.run(f"traitlens specimens accuracy --model {EMBEDDED_MODEL} --data specimens/s{seed}/images "
+                      f"--out accuracy-s{seed}.json")
+        return workspace.json(f"accuracy-s{seed}.json")
+
+    return load
+
+
+LOCALIZATION_METHODS = {"grad-cam": "Grad-CAM", "layercam": "LayerCAM"}
+
+
+def _localization(method: str, finer: bool) -> Callable[[Workspace], Any]:
+    """``localization.json`` of ``method`` (or its Finer-CAM) on the 320 images of seed 7 (docs/results.md)."""
+
+    def load(workspace: Workspace) -> Any:
+        workspace.run(specimens_command("loc/s7", 320, 7))
+        name = f"finer-{method}" if finer else method
+        refs = " --refs auto --n-refs 1" if finer else ""
+        workspace.run(f"traitlens explain --model {EMBEDDED_MODEL} --images loc/s7/images --method {method}{refs} --out loc/{name}")
+        workspace.run(f"traitlens specimens score localization --heatmaps loc/{name} --data loc/s7 --out loc/scores-{name}")
+        return workspace.json(f"loc/scores-{name}/localization.json")
+
+    return load
+
+
+SOURCES: dict[str, Callable[[Workspace], Any]] = {
+    "code": _code,
+    "model": _model,
+    **{demo_source(layer): _demo(layer) for layer in MODEL_LAYERS},
+    "demo-sae": _demo_sae,
+    "accuracy-s2026": _accuracy(2026),
+    "accuracy-s4242": _accuracy(4242),
+    **{f"loc-{prefix}{method}": _localization(method, finer)
+       for method in LOCALIZATION_METHODS for finer, prefix in ((False, ""), (True, "finer-"))},
+}
+
+
+def lookup(data: Any, path: str) -> Any:
+    """``data`` at ``a/b/key=value/c``: dict keys, list indices, or the one row whose ``key`` is ``value``."""
+    for step in path.split("/") if path else ():
+        if isinstance(data, dict) and step in data:
+            data = data[step]
+        elif isinstance(data, list) and step.isdigit() and int(step) < len(data):
+            data = data[int(step)]
+        elif isinstance(data, list) and "=" in step:
+            key, wanted = step.split("=", 1)
+            rows = [row for row in data if isinstance(row, dict) and str(row.get(key)) == wanted]
+            if len(rows) != 1:
+                raise DocsError(f"{len(rows)} rows have {step!r} (in {path!r})")
+            data = rows[0]
+        else:
+            raise DocsError(f"nothing at {step!r} (in {path!r})")
+    return data
+
+
+def value_text(spec: str, workspace: Workspace) -> str:
+    path, _, form = spec.partition(" :")
+    source, _, inside = path.partition("/")
+    try:
+        return format(lookup(workspace.source(source), inside), form)
+    except (TypeError, ValueError) as error:
+        raise DocsError(f"cannot format {spec!r}: {error}") from None
+
+
+# --- recipes: blocks more than one command's stdout ----------------------------------------------
+
+def fence(text: str, language: str = "") -> str:
+    return f"```{language}\n{text}\n```"
+
+
+def _steer_crest(workspace: Workspace) -> str:
+    """README: zero the demo SAE's crest latents on the crested species, command and output."""
+    latents = workspace.source("demo")["trait_latents"]["crest"]
+    options = [("--model", EMBEDDED_MODEL), ("--sae", "runs/demo/sae"), ("--data", "runs/demo/specimens/images/sp01"),
+               ("--target", "sp00"), ("--out", "steer/crest"), *(("--edit", f"{latent}=zero") for latent in latents)]
+    printed = workspace.run(("steer", *(token for option in options for token in option)))
+    shown = [f"{name} {value}" for name, value in options]
+    lines = [" ".join(shown[start:end]) for start, end in ((0, 2), (2, 5), *((at, at + 5) for at in range(5, len(shown), 5)))]
+    command = " \\\n    ".join(lines)
+    return fence(f"# zero the {len(latents)} crest latents of the demo SAE on the crested species sp01\n"
+                 f".venv/bin/traitlens steer {command}\n{printed}", "bash")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    align = "|---|" + "---:|" * (len(header) - 1)
+    return "\n".join(["| " + " | ".join(header) + " |", align, *("| " + " | ".join(cells) + " |" for cells in rows)])
+
+
+def _demo_layers(workspace: Workspace) -> str:
+    """docs/results.md: the demo's causal test and discovery on every block."""
+    rows = []
+    for layer in MODEL_LAYERS:
+        results = workspace.source(demo_source(layer))
+        pooled = lookup(results, "suppression/pair=all")
+        label = f"{layer} (the demo)" if layer == DEMO_LAYER else layer
+        rows.append([label, *(f"{pooled[key]:.3f}" for key in ("flip_rate", "flip_rate_top_latent", "flip_rate_random")),
+                     str(results["sae_wins"])])
+    header = ["SAE layer", "flips, trait latents zeroed", "flips, best latent alone", "flips, matched random latents",
+              f"best-AP traits won by the SAE (of {len(TRAITS)})"]
+    return _table(header, rows)
+
+
+def _localization_s7(workspace: Workspace) -> str:
+    """docs/results.md: each method and its Finer-CAM on seed 7, pooled over look-alike images."""
+    rows = []
+    for method, label in LOCALIZATION_METHODS.items():
+        for prefix, shown in (("", label), ("finer-", f"Finer-CAM ({label})")):
+            pooled = lookup(workspace.source(f"loc-{prefix}{method}"), "rows/trait=all")
+            rows.append([shown, *(f"{pooled[key]:.3f}" for key in ("mass_inside", "pointing_game", "chance")),
+                         str(pooled["n_images"])])
+    return _table(["method", "mass inside", "pointing game", "chance (mask area)", "images"], rows)
+
+
+RECIPES: dict[str, Callable[[Workspace], str]] = {
+    "steer-crest": _steer_crest,
+    "demo-layers": _demo_layers,
+    "localization-s7": _localization_s7,
+}
+
+
+# --- the docs ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Marker:
+    where: str
+    kind: str
+    fast: bool
+    spec: str
+    body: str
+    start: int
+    end: int
+    """The body's span in the document's text."""
+    opens_line: bool
+    """Only blanks before it on its line."""
+
+
+def markers(doc: Path, text: str) -> list[Marker]:
+    return [Marker(where(doc, text, match.start()), match.group("kind"), bool(match.group("fast")),
+                   match.group("spec"), match.group("body"), match.start("body"), match.end("body"),
+                   not text[text.rfind("\n", 0, match.start()) + 1:match.start()].strip())
+            for match in MARKER.finditer(text)]
+
+
+def render(marker: Marker, workspace: Workspace) -> str:
+    """The marker's body as the code makes it now."""
+    if marker.kind == "value":
+        if marker.opens_line:
+            raise DocsError("a value that starts a line opens an HTML block in Markdown: move it inside the line")
+        return value_text(marker.spec, workspace)
+    if marker.kind == "measured":
+        command = traitlens_args(marker.spec)
+        scripts = [token for token in shlex.split(marker.spec) if token.endswith(".py")]
+        if command is not None:
+            workspace.run(command)  # its time is reported beside the docs' words
+        elif not (scripts and all((REPO / script).is_file() for script in scripts)):
+            raise DocsError(f"measured by what? {marker.spec!r} is neither a traitlens command nor an existing script")
+        return marker.body
+    if marker.spec in RECIPES:
+        return f"\n{RECIPES[marker.spec](workspace)}\n"
+    if traitlens_args(marker.spec) is None:
+        raise DocsError(f"{marker.spec!r} is neither a traitlens command nor a recipe ({', '.join(RECIPES)})")
+    return f"\n{fence(workspace.run(marker.spec, marker.fast))}\n"
+
+
+@dataclass
+class Outcome:
+    problems: list[str] = dataclasses.field(default_factory=list)
+    """What --write cannot mend: command lines that do not parse, commands that fail, bad markers."""
+    stale: list[str] = dataclasses.field(default_factory=list)
+    """Markers whose content differs from what the code gives now."""
+    changed: dict[Path, str] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """Timings of this run beside the ``measured`` words of the docs, for a person to judge."""
+    """New text of every document whose markers now render differently."""
+    checked: int = 0
+    skipped: int = 0
+
+
+def regenerate(docs: list[Path], fast: bool) -> Outcome:
+    """Render every marker of ``docs`` and check every command line they show."""
+    outcome = Outcome()
+    texts = {doc: doc.read_text() for doc in docs}
+    lines = [line for doc, text in texts.items() for line in command_lines(doc, text)]
+    for line in lines:
+        try:
+            check_command(line.args)
+        except DocsError as error:
+            outcome.problems.append(f"{line.where}: {error}")
+    every_line = [line for doc in {*default_docs(), *docs} for line in command_lines(doc, doc.read_text())]
+    with tempfile.TemporaryDirectory(prefix="traitlens-docs-") as scratch:
+        workspace = Workspace(Path(scratch), writers(every_line), allow_slow=not fast)
+        for doc, text in texts.items():
+            pieces, last = [], 0
+            for marker in markers(doc, text):
+                try:
+                    body = render(marker, workspace)
+                    outcome.checked += 1
+                    command = traitlens_args(marker.spec) if marker.kind == "measured" else None
+                    if command in workspace.seconds:
+                        outcome.notes.append(f"{marker.where}: `{display(command)}` took {workspace.seconds[command]:.0f} s "
+                                             f"in this run; the docs say {marker.body!r}")
+                except SlowWork:
+                    body = marker.body
+                    outcome.skipped += 1
+                except DocsError as error:
+                    body = marker.body
+                    outcome.problems.append(f"{marker.where}: {error}")
+                except (LookupError, TypeError) as error:  # a result file of another shape than the recipe expects
+                    body = marker.body
+                    outcome.problems.append(f"{marker.where}: {marker.kind} {marker.spec!r}: unexpected results ({error!r})")
+                if body != marker.body:
+                    outcome.stale.append(f"{marker.where}: {marker.kind} {marker.spec!r} is stale"
+                                            + _difference(marker.body, body))
+                pieces += [text[last:marker.start], body]
+                last = marker.end
+            new_text = "".join([*pieces, text[last:]])
+            if new_text != text:
+                outcome.changed[doc] = new_text
+    return outcome
+
+
+def _difference(old: str, new: str) -> str:
+    if "\n" not in old + new:
+        return f": the docs say {old!r}, the code gives {new!r}"
+    lines = list(difflib.unified_diff(old.strip("\n").splitlines(), new.strip("\n").splitlines(), "docs", "code", n=0, lineterm=""))
+    return "\n    " + "\n    ".join(lines[2:42] + (["..."] if len(lines) > 42 else []))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--check", action="store_true", help="exit 1 listing what a fresh run would change")
+    action.add_argument("--write", action="store_true", help="rewrite the docs with what the code gives")
+    action.add_argument("--list", action="store_true", help="every marker and where its content comes from")
+    parser.add_argument("--fast", action="store_true", help="only the cheap part (what CI runs)")
+    parser.add_argument("docs", nargs="*", type=Path, help="Markdown files (default: README.md and docs/*.md)")
+    args = parser.parse_args(argv)
+    docs = [doc.resolve() for doc in args.docs] or default_docs()
+    if args.list:
+        for doc in docs:
+            for marker in markers(doc, doc.read_text()):
+                print(f"{marker.where}: {marker.kind}{' (fast)' if marker.fast else ''}: {marker.spec}")
+        return 0
+    outcome = regenerate(docs, args.fast)
+    if args.write:
+        for doc, text in outcome.changed.items():
+            atomic_write_bytes(doc, text.encode())
+    failures = outcome.problems + ([] if args.write else outcome.stale)
+    for line in [*(f"updated {stale}" for stale in outcome.stale if args.write), *outcome.notes, *failures]:
+        print(line)
+    skipped = f", {outcome.skipped} slow ones skipped (run without --fast)" if outcome.skipped else ""
+    print(f"{outcome.checked} markers regenerated{skipped}, {len(outcome.stale)} stale; {len(outcome.problems)} problems",
+          file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -44,57 +44,34 @@ def _number(kind: Callable[[str], T], text: str, what: str) -> T:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer ≥ 1 (counts of images, tokens, steps, batch sizes)."""
-    value = _number(int, text, "an integer of at least 1")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"an integer of at least 1 expected, got {text!r}")
-    return value
+def _checked(kind: Callable[[str], T], what: str, accept: Callable[[T], bool]) -> Callable[[str], T]:
+    """An argparse type: ``text`` read with ``kind`` and kept when ``accept`` says so; the error
+    names ``what`` was expected."""
+
+    def parse(text: str) -> T:
+        value = _number(kind, text, what)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{what} expected, got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An integer ≥ 0 (seeds, offsets, counts where none is allowed)."""
-    value = _number(int, text, "an integer of at least 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"an integer of at least 0 expected, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (learning rates, penalties, sizes)."""
-    value = _number(float, text, "a finite number above 0")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"a finite number above 0 expected, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number ≥ 0 (coefficients that may be switched off)."""
-    value = _number(float, text, "a finite number of at least 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a finite number of at least 0 expected, got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A finite number in [0, 1)."""
-    value = _number(float, text, "a number in [0, 1)")
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"a number in [0, 1) expected, got {text!r}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    """A finite number in (0, 1] (shares such as a minimum coverage)."""
-    value = _number(float, text, "a number in (0, 1]")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"a number in (0, 1] expected, got {text!r}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    """Any finite number."""
-    return _number(float, text, "a finite number")
+# counts of images, tokens, steps, batch sizes
+positive_int = _checked(int, "an integer of at least 1", lambda value: value >= 1)
+# seeds, offsets, counts that may be zero
+non_negative_int = _checked(int, "an integer of at least 0", lambda value: value >= 0)
+# learning rates, penalties, sizes
+positive_float = _checked(float, "a finite number above 0", lambda value: value > 0)
+# coefficients that may be switched off
+non_negative_float = _checked(float, "a finite number of at least 0", lambda value: value >= 0)
+# shares held out, in [0, 1)
+fraction = _checked(float, "a number in [0, 1)", lambda value: 0 <= value < 1)
+# shares such as a minimum coverage, in (0, 1]
+unit_interval = _checked(float, "a number in (0, 1]", lambda value: 0 < value <= 1)
+# any finite number
+finite_float = _checked(float, "a finite number", lambda value: True)
 
 
 def comma_list(item: Callable[[str], T]) -> Callable[[str], tuple[T, ...]]:

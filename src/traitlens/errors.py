@@ -27,3 +27,9 @@ class DataError(TraitlensError):
 
 class StoreError(TraitlensError):
     """An activation store is missing, damaged, or does not match the job resuming into it."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message as one short line (safetensors, torch and numpy write several)."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:200]

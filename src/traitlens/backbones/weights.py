@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from traitlens.backbones.spec import LoadRequest, shorten
-from traitlens.errors import SpecError, TraitlensError, WeightsUnavailableError
+from traitlens.errors import SpecError, TraitlensError, WeightsUnavailableError, first_line
 
 T = TypeVar("T")
 
@@ -40,7 +40,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any parse failure is a bad file for the user
-        raise WeightsUnavailableError(f"cannot read weights file {path}: {_first_line(error)}") from error
+        raise WeightsUnavailableError(f"cannot read weights file {path}: {first_line(error)}") from error
     for key in _NESTED_KEYS:
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
@@ -153,11 +153,6 @@ def hub_offline_when_unreachable() -> Iterator[bool]:
         constants.HF_HUB_OFFLINE = False
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:200]
-
-
 def build_model(request: LoadRequest, tried: str, create: Callable[[bool], T], hub: bool = True) -> T:
     """Build through ``create(pretrained)``: from a local file, the provider's pretrained source,
     or random init with a fixed seed. Failures to obtain weights or configs (no hub) become one
@@ -185,7 +180,7 @@ def build_model(request: LoadRequest, tried: str, create: Callable[[bool], T], h
         if request.spec.options:  # e.g. "unexpected keyword argument": the options are at fault
             raise SpecError(
                 f"model spec {shorten(request.spec.text)!r}: building the model with options "
-                f"{sorted(request.spec.options)} failed ({_first_line(error)})"
+                f"{sorted(request.spec.options)} failed ({first_line(error)})"
             ) from error
         raise _unavailable(request, tried, error, offline) from error
     except Exception as error:
@@ -214,7 +209,7 @@ def _unavailable(request: LoadRequest, tried: str, error: Exception, offline: bo
     what = "pretrained weights" if request.pretrained and request.weights is None else "the model"
     # offline, the libraries' own words for a cache miss ("set HF_HUB_OFFLINE=0") mislead
     detail = ("the hub is offline (HF_HUB_OFFLINE) or cannot be reached, and its local cache does not hold them"
-              if offline and _is_cache_miss(error) else _first_line(error))
+              if offline and _is_cache_miss(error) else first_line(error))
     return WeightsUnavailableError(
         f"could not load {what} for {shorten(request.spec.text)!r} (tried {tried}: {detail}); "
         "pass --weights PATH to load a local file, or --random-init for random weights"

@@ -53,10 +53,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from traitlens.errors import TraitlensError
+from traitlens.errors import TraitlensError, first_line
 from traitlens.json_config import parse_standard_json
 from traitlens.sae.config import Activation, SAEConfig, SAEConfigError, json_widths
-from traitlens.sae.io import CONFIG, check_finite, first_line, load_sae_with_config
+from traitlens.sae.io import CONFIG, check_finite, load_sae_with_config
 from traitlens.sae.model import SparseAutoencoder
 
 SAELENS_CONFIG = "cfg.json"

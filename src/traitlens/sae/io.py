@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from traitlens.errors import TraitlensError
+from traitlens.errors import TraitlensError, first_line
 from traitlens.json_config import read_json_config
 from traitlens.sae.config import SAEConfig, SAEConfigError
 from traitlens.sae.model import SparseAutoencoder
@@ -27,12 +27,6 @@ FORMAT = "traitlens.sae"
 
 class SAELoadError(TraitlensError):
     """A saved SAE is missing, damaged, or not an SAE."""
-
-
-def first_line(error: BaseException) -> str:
-    """An exception's message as one short line (safetensors and torch write several)."""
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:200]
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

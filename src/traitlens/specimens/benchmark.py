@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ import numpy as np
 from traitlens.data import open_image_source
 from traitlens.data.images import decode_label_map
 from traitlens.errors import DataError, TraitlensError
+from traitlens.json_config import parse_standard_json
 from traitlens.specimens.catalog import FIRST_TRAIT_LABEL, Lookalike, Plan, TraitKind
 from traitlens.specimens.generate import FORMAT, TRAITS_FILE, VERSION
 from traitlens.store.reader import ActivationStore
@@ -248,7 +248,7 @@ def read_benchmark(root: Path) -> Benchmark:
     if not path.is_file():
         raise DataError(f"{root} is not a specimens benchmark: {TRAITS_FILE} missing")
     try:
-        return _parse_benchmark(root, json.loads(path.read_text()))
+        return _parse_benchmark(root, parse_standard_json(path.read_bytes()))
     except (OSError, ValueError, RecursionError) as error:  # JSON and Unicode errors are ValueErrors
         raise DataError(f"damaged benchmark description {path}: {error}") from error
 

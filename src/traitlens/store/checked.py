@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from traitlens.errors import StoreError
+from traitlens.errors import StoreError, first_line
 from traitlens.json_config import parse_standard_json
 
 
@@ -32,11 +32,6 @@ def shown_key(key: str) -> str:
     return key if re.fullmatch(r"[\w.\-]+", key) else json.dumps(key)
 
 
-def _first_line(cause: BaseException) -> str:
-    lines = str(cause).splitlines()
-    return lines[0] if lines else type(cause).__name__
-
-
 def read_json_object(path: Path, what: str) -> Fields:
     """The JSON object in ``path`` (UTF-8, no NaN/Infinity), for typed reading of its fields."""
     try:
@@ -48,7 +43,7 @@ def read_json_object(path: Path, what: str) -> Fields:
     try:
         data = parse_standard_json(raw)
     except (ValueError, RecursionError) as cause:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise StoreError(f"damaged {what} {path}: {_first_line(cause)}") from cause
+        raise StoreError(f"damaged {what} {path}: {first_line(cause)}") from cause
     return Fields(data, f"{what} {path}")
 
 
@@ -163,7 +158,7 @@ def _npy_header(path: Path, what: str) -> tuple[tuple[int, ...], bool, np.dtype,
     except OSError as cause:
         raise StoreError(f"cannot read {what} {path}: {cause.strerror or cause}") from cause
     except (ValueError, SyntaxError, EOFError) as cause:  # read_magic / the header's literal parser
-        raise StoreError(f"{what} {path} is not a .npy array file: {_first_line(cause)}") from cause
+        raise StoreError(f"{what} {path} is not a .npy array file: {first_line(cause)}") from cause
 
 
 def read_array(path: Path, what: str, shape: tuple[int, ...], dtype: str, memory_map: bool) -> np.ndarray:

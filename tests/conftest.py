@@ -27,3 +27,11 @@ def specimens_with_sae(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     sae = SparseAutoencoder(SAEConfig(d_in=128, width=96, activation="topk", k=8))
     save_sae(sae, root / "sae", {"layer": "blocks.1", "tokens_kind": "all", "model": "traitlens:specimens-vit"})
     return data, root / "sae"
+
+
+@pytest.fixture(scope="session")
+def twin_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32 generated specimens (seed 4) with their counterfactual twins."""
+    from traitlens.specimens.generate import GenerateConfig, generate
+
+    return generate(GenerateConfig(tmp_path_factory.mktemp("twins") / "bench", n=32, seed=4, twins=True), show_progress=False)

@@ -29,7 +29,6 @@ from traitlens.features import FeaturesConfig, LatentFeatures, analyze_features
 from traitlens.features.report import write_report
 from traitlens.interventions.setup import load_sae_on_model
 from traitlens.output_folder import claim_output_folder
-from traitlens.sae import RunConfig, SAEConfig, TrainConfig, train
 from traitlens.specimens.benchmark import read_benchmark
 from traitlens.specimens.cam_localization import LOCALIZATION_COLUMNS, lookalike_localization
 from traitlens.specimens.catalog import SPECIES
@@ -38,13 +37,14 @@ from traitlens.specimens.discovery import DiscoveryOptions, score_discovery
 from traitlens.specimens.generate import JOB_FILE, GenerateConfig, generate
 from traitlens.specimens.model_accuracy import AccuracyConfig, model_accuracy
 from traitlens.specimens.pair_attribution import lookalike_attribution
+from traitlens.specimens.report import train_trait_sae
 from traitlens.specimens.suppression import (
     SUPPRESSION_COLUMNS,
     SuppressionOptions,
     score_suppression,
 )
 from traitlens.specimens.tables import markdown_table
-from traitlens.store import ActivationStore, ExtractConfig, extract
+from traitlens.store import ExtractConfig, extract
 from traitlens.store.atomic import atomic_write_json
 from traitlens.store.summary import summarize_store
 
@@ -111,16 +111,6 @@ def _step(number: int, text: str) -> None:
     print(f"[{number}/{N_STEPS}] {text}", file=sys.stderr, flush=True)
 
 
-def _train_sae(config: DemoConfig) -> Path:
-    store = ActivationStore(config.acts)
-    layer = store.layer(config.layer)
-    run = RunConfig(SAEConfig(d_in=layer.width, width=config.sae_expansion * layer.width, activation="topk", k=config.sae_k), lr=1e-3)
-    train_config = TrainConfig(acts=config.acts, layer=layer.name, out=config.sae, runs=(run,),
-                               tokens=config.sae_epochs * store.n_images * layer.tokens_per_image,
-                               batch_size=1024, warmup_steps=20, device="cpu")
-    return train(train_config, resume=True)[0]
-
-
 def _causal_tests(config: DemoConfig, sae_dir: Path) -> dict[str, Any]:
     """Suppression flips (trait latents picked on the masks), then pair attribution, on the SAE's layer."""
     options = SuppressionOptions(n_latents=config.trait_latents, n_random=config.n_random)
@@ -143,7 +133,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> str:
     accuracy = model_accuracy(AccuracyConfig(model=DEMO_MODEL, data=data / "images"))
     _step(2, f"extract {config.layer} tokens and train a TopK SAE ({config.sae_expansion}x, k={config.sae_k}, {config.sae_epochs} epochs)")
     extract(ExtractConfig(model=DEMO_MODEL, data=data, layers=(config.layer,), out=config.acts, tokens="all", batch_size=64))
-    sae_dir = _train_sae(config)
+    sae_dir = train_trait_sae(config.acts, config.layer, config.sae, config.sae_expansion, config.sae_k, config.sae_epochs)
     _step(3, "features: every latent's statistics, top images and associations, and their report")
     analyze_features(FeaturesConfig(sae=sae_dir, acts=config.acts, out=config.features))
     features_index = write_report(config.features)
@@ -151,7 +141,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> str:
     discovery = score_discovery(config.acts, data, None, sae_dir, config.scores, DiscoveryOptions())
     _step(5, "localization: Grad-CAM and LayerCAM vs Finer-CAM on look-alike pairs")
     localization = lookalike_localization(load_backbone(DEMO_MODEL), open_image_source(data), read_benchmark(data),
-                                         show_progress=True)
+                                          show_progress=True).rows
     _step(6, "interventions: suppress trait latents vs matched random latents; attribute look-alike pairs to latents")
     causal = _causal_tests(config, sae_dir)
     results = {"model": DEMO_MODEL, "seed": config.seed, "n_images": config.n_images, "accuracy": accuracy,

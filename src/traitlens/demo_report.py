@@ -13,6 +13,7 @@ from typing import Any
 from traitlens.features import LatentFeatures
 from traitlens.features.patch_positives import describe_positives
 from traitlens.features.report_html import latent_file, number_text, page
+from traitlens.specimens.cam_localization import LOCALIZATION_COLUMNS
 from traitlens.store.atomic import atomic_write_bytes
 
 Cell = str | float | int | None
@@ -67,9 +68,9 @@ def _discovery(results: dict[str, Any], features: LatentFeatures, link: _LatentL
 
 
 def _localization(results: dict[str, Any]) -> str:
-    rows = [[escape(row["method"]), row["n_images"], row["mass_inside"], row["pointing_game"], row["chance"]]
-            for row in results["localization"]]
-    return _table(["method", "images", "mass inside", "pointing game", "chance"], rows)
+    rows = [[escape(row["method"]), *(row[column] for column in LOCALIZATION_COLUMNS[1:])] for row in results["localization"]]
+    return _table(["method", "images", "mass inside (pixels)", "pointing game (pixels)", "mass on trait patches", "patch AP",
+                   "pointing game (±1 patch)", "Spearman with oracle"], rows)
 
 
 def _suppression(results: dict[str, Any], link: _LatentLinks) -> str:

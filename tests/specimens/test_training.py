@@ -99,3 +99,26 @@ def test_bad_inputs(colors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "unlabelled" in capsys.readouterr().err
     assert main(["specimens", "accuracy", "--model", "traitlens:no-such-model", "--data", str(colors)]) == 2
     assert "no embedded model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["vit-mean", "cnn"])
+def test_each_architecture_trains_and_loads_with_its_grid(arch: str, colors: Path, tmp_path: Path) -> None:
+    shape_flags = (["--channels", "8,8,16,16", "--output-stride", "8"] if arch == "cnn"
+                   else ["--patch-size", "4", "--embed-dim", "32", "--depth", "2", "--num-heads", "2"])
+    out = tmp_path / arch
+    assert main(["specimens", "train-model", "--data", str(colors), "--out", str(out), "--arch", arch, "--epochs", "6",
+                 "--batch-size", "16", "--lr", "3e-3", "--img-size", "32", *shape_flags]) == 0
+    backbone = load_backbone(f"traitlens:{out}")
+    last = backbone.layer(-1).layout
+    # the mean-pooled ViT has no CLS token and an 8x8 grid; the CNN keeps 32 / 8 = 4 cells a side
+    assert (last.grid_hw, last.has_cls) == (((8, 8), False) if arch == "vit-mean" else ((4, 4), False))
+    pixels = backbone.preprocess.image(Image.open(next((colors / "green").iterdir())))
+    with torch.no_grad():
+        assert backbone.class_names[int(backbone.forward(pixels[None]).argmax())] == "green"
+
+
+def test_flags_of_another_architecture_are_refused(colors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for arch, flag in (("cnn", ["--patch-size", "4"]), ("vit-cls", ["--channels", "8,8,8,8"]), ("cnn", ["--blocks", "1,1"])):
+        assert main(["specimens", "train-model", "--data", str(colors), "--out", str(tmp_path / "never"), "--arch", arch, *flag]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "never").exists()

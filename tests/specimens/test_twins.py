@@ -51,13 +51,6 @@ def test_a_presence_trait_absent_has_an_empty_footprint() -> None:
     assert not specimen.footprints_thw[0].any()
 
 
-@pytest.fixture(scope="module")
-def twin_bench(tmp_path_factory: pytest.TempPathFactory):
-    from traitlens.specimens.generate import GenerateConfig, generate
-
-    return generate(GenerateConfig(tmp_path_factory.mktemp("twins") / "bench", n=32, seed=4, twins=True), show_progress=False)
-
-
 def test_generate_twins_writes_each_images_look_alike_in_the_same_scene(twin_bench, tmp_path) -> None:
     import json
 

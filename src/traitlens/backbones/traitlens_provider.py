@@ -1,5 +1,6 @@
-"""``traitlens:specimens-vit`` — the embedded default model — or ``traitlens:DIR``, a model
-directory written by ``traitlens specimens train-model``; both are small timm ViTs with a head."""
+"""``traitlens:specimens-vit`` — the embedded default model —, the other embedded models of the
+specimens zoo, or ``traitlens:DIR``, a model directory written by ``traitlens specimens
+train-model``; all are small timm models (ViTs or a ResNet) with a head."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from traitlens.backbones.timm_provider import timm_backbone
 from traitlens.backbones.weights import build_model, load_into, read_state_dict
 from traitlens.errors import SpecError
 
-EMBEDDED = {"specimens-vit": "specimens/default_model"}
+EMBEDDED = {"specimens-vit": "specimens/default_model", "specimens-vit-mean": "specimens/zoo/vit-mean",
+            "specimens-cnn": "specimens/zoo/cnn"}
+"""The specimens model zoo shipped inside the package (docs/results.md says how each was trained)."""
 
 
 def model_directory(name: str) -> Path:

@@ -9,8 +9,10 @@ from typing import Any
 
 from traitlens.cli_args import (
     add_overwrite_arg,
+    comma_list,
     fraction,
     non_negative_int,
+    option_name,
     positive_float,
     positive_int,
     unit_interval,
@@ -44,12 +46,31 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+ARCHS = {"vit-cls": "a ViT whose head reads the CLS token", "vit-mean": "a ViT whose head reads the mean of its patch "
+         "tokens (no CLS token)", "cnn": "a ResNet-style CNN (basic blocks, four stages)"}
+_VIT_FLAGS: dict[str, Any] = {"patch_size": 12, "embed_dim": 128, "depth": 4, "num_heads": 4, "mlp_ratio": 3.0}
+_CNN_FLAGS: dict[str, Any] = {"channels": (32, 64, 128, 256), "blocks": (1, 1, 1, 1), "output_stride": 8}
+
+
+def _model_shape(args: argparse.Namespace) -> Any:
+    """The architecture ``--arch`` names, shaped by its own flags (another architecture's are refused)."""
+    from traitlens.errors import SpecError
+    from traitlens.specimens.model_dir import CNNShape, ViTShape
+
+    own, other = (_CNN_FLAGS, _VIT_FLAGS) if args.arch == "cnn" else (_VIT_FLAGS, _CNN_FLAGS)
+    given = [name for name in other if getattr(args, name) is not None]
+    if given:
+        raise SpecError(f"--arch {args.arch} has no {', '.join(option_name(name) for name in given)}")
+    values = {name: default if getattr(args, name) is None else getattr(args, name) for name, default in own.items()}
+    if args.arch == "cnn":
+        return CNNShape(img_size=args.img_size, **values)
+    return ViTShape(img_size=args.img_size, pool=args.arch.removeprefix("vit-"), **values)
+
+
 def _run_train_model(args: argparse.Namespace) -> int:
-    from traitlens.specimens.model_dir import ViTShape
     from traitlens.specimens.training import TrainModelConfig, train_model
 
-    shape = ViTShape(img_size=args.img_size, patch_size=args.patch_size, embed_dim=args.embed_dim, depth=args.depth,
-                     num_heads=args.num_heads, mlp_ratio=args.mlp_ratio)
+    shape = _model_shape(args)
     config = TrainModelConfig(data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                               val_fraction=args.val_fraction, seed=args.seed, shape=shape, overwrite=args.overwrite)
     out = train_model(config)
@@ -123,6 +144,16 @@ def _run_score_reliance(args: argparse.Namespace) -> int:
     _claim_score_folder(args)
     score_reliance(config)
     return _print_table(args)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from traitlens.specimens.report import ReportConfig, run_report
+
+    run_report(ReportConfig(model=args.model, out=args.out, seed=args.seed, n_images=args.n, layer=args.layer,
+                            overwrite=args.overwrite))
+    print((args.out / "report.md").read_text(), end="")
+    print(f"\nreport: {args.out / 'report.md'} (and report.json)")
+    return 0
 
 
 def _add_score_commands(sub: Any, add_model_args: Any) -> None:
@@ -206,7 +237,7 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     _add_restart_arg(generate)
     generate.set_defaults(run=_run_generate)
 
-    train = sub.add_parser("train-model", help="train a small ViT from scratch on a class folder")
+    train = sub.add_parser("train-model", help="train a small ViT or CNN from scratch on a class folder")
     train.add_argument("--data", required=True, type=Path, help="class folder (e.g. DIR/images of a generated benchmark)")
     train.add_argument("--out", required=True, type=Path, help="model directory (an unfinished one is resumed)")
     train.add_argument("--epochs", type=positive_int, default=10)
@@ -214,12 +245,20 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     train.add_argument("--lr", type=positive_float, default=2e-3)
     train.add_argument("--val-fraction", type=fraction, default=0.1)
     train.add_argument("--seed", type=non_negative_int, default=0)
+    train.add_argument("--arch", choices=tuple(ARCHS), default="vit-cls",
+                       help="; ".join(f"{name}: {text}" for name, text in ARCHS.items()) + " (default vit-cls)")
     train.add_argument("--img-size", type=positive_int, default=96)
-    train.add_argument("--patch-size", type=positive_int, default=12)
-    train.add_argument("--embed-dim", type=positive_int, default=128)
-    train.add_argument("--depth", type=positive_int, default=4)
-    train.add_argument("--num-heads", type=positive_int, default=4)
-    train.add_argument("--mlp-ratio", type=positive_float, default=3.0)
+    vit = "ViTs only"
+    train.add_argument("--patch-size", type=positive_int, help=f"{vit} (default {_VIT_FLAGS['patch_size']})")
+    train.add_argument("--embed-dim", type=positive_int, help=f"{vit} (default {_VIT_FLAGS['embed_dim']})")
+    train.add_argument("--depth", type=positive_int, help=f"{vit} (default {_VIT_FLAGS['depth']})")
+    train.add_argument("--num-heads", type=positive_int, help=f"{vit} (default {_VIT_FLAGS['num_heads']})")
+    train.add_argument("--mlp-ratio", type=positive_float, help=f"{vit} (default {_VIT_FLAGS['mlp_ratio']})")
+    cnn = "CNN only"
+    train.add_argument("--channels", type=comma_list(positive_int), help=f"{cnn}: width of each of the four stages (default 32,64,128,256)")
+    train.add_argument("--blocks", type=comma_list(positive_int), help=f"{cnn}: residual blocks per stage (default 1,1,1,1)")
+    train.add_argument("--output-stride", type=int, choices=(8, 16, 32),
+                       help=f"{cnn}: input pixels per cell of the last stage's grid, dilating past it (default 8)")
     _add_restart_arg(train)
     train.set_defaults(run=_run_train_model)
 
@@ -231,3 +270,14 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     accuracy.set_defaults(run=_run_accuracy)
 
     _add_score_commands(sub, add_model_args)
+
+    report = sub.add_parser("report", help="discover, localize and test a model against its twin reliance, on a fresh seed")
+    report.add_argument("--model", required=True, metavar="SPEC", help="a classifier of the 16 specimens species, e.g. "
+                        "traitlens:specimens-vit, traitlens:specimens-vit-mean, traitlens:specimens-cnn or traitlens:DIR")
+    report.add_argument("--out", required=True, type=Path, help="new or empty folder (an unfinished report is resumed)")
+    report.add_argument("--seed", type=non_negative_int, default=1,
+                        help="specimens seed to score on (default 1; seed + 1 is the held-out set for confusion references)")
+    report.add_argument("--n", type=positive_int, default=1024, help="images scored, at least 32 (default 1024)")
+    report.add_argument("--layer", help="layer the SAE reads and the edits change (default: the one before the last)")
+    _add_restart_arg(report)
+    report.set_defaults(run=_run_report)

@@ -49,7 +49,8 @@ class RelianceConfig:
         check_int(self.batch_size, "--batch-size", ScoringError)
 
 
-def _pixels(root: Path, sources: Sequence[str], backbone: Backbone) -> torch.Tensor:
+def benchmark_pixels(root: Path, sources: Sequence[str], backbone: Backbone) -> torch.Tensor:
+    """Benchmark images (paths relative to ``root``) preprocessed for ``backbone``, on its device."""
     images = []
     for source in sources:
         try:
@@ -86,8 +87,8 @@ def score_reliance(config: RelianceConfig) -> dict[str, Any]:
     with torch.no_grad():
         for start in range(0, len(sources), config.batch_size):
             batch = sources[start:start + config.batch_size]
-            pixels = _pixels(benchmark.root, batch, backbone)
-            twins = _pixels(benchmark.root, [benchmark.twins[source] for source in batch], backbone)
+            pixels = benchmark_pixels(benchmark.root, batch, backbone)
+            twins = benchmark_pixels(benchmark.root, [benchmark.twins[source] for source in batch], backbone)
             species = torch.tensor([class_index[benchmark.image_species[source]] for source in batch], device=backbone.device)
             pairs = [benchmark.lookalike(benchmark.image_species[source]) for source in batch]
             lookalike = torch.tensor([class_index[pair.b if benchmark.image_species[source] == pair.a else pair.a]

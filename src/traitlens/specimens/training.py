@@ -1,4 +1,4 @@
-"""``traitlens specimens train-model``: a small ViT trained from scratch on any class folder.
+"""``traitlens specimens train-model``: a small ViT or CNN trained from scratch on any class folder.
 
 Deterministic: the initialization, the train/validation split and every epoch's order are
 functions of the seed, and nothing else draws random numbers, so a run killed and started again
@@ -30,7 +30,14 @@ from traitlens.optim_state import load_optimizer_tensors, optimizer_tensors
 from traitlens.output_folder import claim_output_folder
 from traitlens.sae.io import save_tensors
 from traitlens.specimens.checks import check_float, check_int
-from traitlens.specimens.model_dir import CONFIG, SavedModel, ViTShape, save_model_dir
+from traitlens.specimens.model_dir import (
+    CONFIG,
+    CNNShape,
+    ModelShape,
+    SavedModel,
+    ViTShape,
+    save_model_dir,
+)
 from traitlens.store.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -56,7 +63,7 @@ class TrainModelConfig:
     label_smoothing: float = 0.1
     val_fraction: float = 0.1
     seed: int = 0
-    shape: ViTShape = field(default_factory=ViTShape)
+    shape: ModelShape = field(default_factory=ViTShape)
     overwrite: bool = False
     """Start ``out`` again from scratch instead of resuming or keeping its model."""
 
@@ -69,8 +76,8 @@ class TrainModelConfig:
         check_float(self.warmup_epochs, "warmup_epochs", ModelTrainingError)
         check_float(self.label_smoothing, "label_smoothing", ModelTrainingError, below=1)
         check_float(self.val_fraction, "--val-fraction", ModelTrainingError, below=1)
-        if not isinstance(self.shape, ViTShape):
-            raise ModelTrainingError(f"shape must be a ViTShape, got {self.shape!r}")
+        if not isinstance(self.shape, (ViTShape, CNNShape)):
+            raise ModelTrainingError(f"shape must be a ViTShape or a CNNShape, got {self.shape!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """What fixes the weights (``overwrite`` does not): a checkpoint or a finished model is
@@ -78,7 +85,7 @@ class TrainModelConfig:
         data = asdict(self)
         data["data"], data["out"] = str(self.data), str(self.out)
         del data["overwrite"]
-        return data
+        return json.loads(json.dumps(data))  # as read back from JSON (tuples become lists)
 
 
 @dataclass

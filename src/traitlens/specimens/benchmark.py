@@ -13,10 +13,10 @@ import numpy as np
 
 from traitlens.data import open_image_source
 from traitlens.data.images import decode_label_map
-from traitlens.errors import DataError, TraitlensError
+from traitlens.errors import DataError, TraitlensError, first_line
 from traitlens.json_config import parse_standard_json
 from traitlens.specimens.catalog import FIRST_TRAIT_LABEL, Lookalike, Plan, TraitKind
-from traitlens.specimens.generate import FORMAT, TRAITS_FILE, VERSION
+from traitlens.specimens.generate import FORMAT, TRAITS_FILE, VERSION, mask_source
 from traitlens.store.reader import ActivationStore
 
 
@@ -41,6 +41,11 @@ class Benchmark:
     twins: dict[str, str] = field(default_factory=dict)
     """Each image's counterfactual twin (``generate --twins``), relative to ``root``; empty for a
     benchmark without twins."""
+    masks: dict[str, str] = field(default_factory=dict)
+    """Each image's (and twin's) trait masks file, relative to ``root``; empty for a benchmark
+    described by its label maps only (written before masks existed, or converted without them)."""
+    image_values: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Each image's value of every trait: with :meth:`trait_masks`, the mask of each drawn value."""
 
     def lookalike(self, species: str) -> Lookalike:
         """The look-alike pair ``species`` belongs to."""
@@ -105,10 +110,37 @@ class Benchmark:
             raise ScoringError(f"species {', '.join(missing[:5])} are not classes of {model}")
         return index
 
+    def trait_masks(self, source: str) -> np.ndarray:
+        """(traits, h, w) bool, traits in the order of :attr:`trait_labels`: one mask per trait of a
+        benchmark image or twin, overlaps allowed. From its masks file when the benchmark has one,
+        else from its label map (one trait per pixel: the visible one)."""
+        if source not in self.masks:
+            labels_hw = self.annotation(source)
+            return np.stack([labels_hw == label for label in self.trait_labels.values()])
+        path = self.root / self.masks[source]
+        try:
+            masks_thw = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise DataError(f"cannot read trait masks {path}: {first_line(error)}") from error
+        if masks_thw.dtype != np.bool_ or masks_thw.ndim != 3 or len(masks_thw) != len(self.trait_labels):
+            raise DataError(f"trait masks {path} must be a ({len(self.trait_labels)}, h, w) bool array, "
+                            f"got {masks_thw.dtype} {masks_thw.shape}")
+        return masks_thw
+
     def distinguishing_mask(self, source: str) -> np.ndarray:
-        """(h, w) bool: the pixels of a benchmark image that show its species' distinguishing traits."""
+        """(h, w) bool: the pixels of a benchmark image that show its species' distinguishing
+        traits. With twins and masks, also where its twin shows them: the only pixels where the two
+        differ, so an image whose value draws nothing (a species without the crest its look-alike
+        has) is scored on where the trait would be."""
         traits = self.distinguishing_traits(self.image_species[source])
-        return np.isin(self.annotation(source), [self.trait_labels[trait] for trait in traits])
+        if source not in self.masks:
+            return np.isin(self.annotation(source), [self.trait_labels[trait] for trait in traits])
+        rows = [list(self.trait_labels).index(trait) for trait in traits]
+        masks_thw = self.trait_masks(source)[rows]
+        twin = self.twins.get(source)
+        if twin is not None and twin in self.masks:
+            masks_thw = np.concatenate([masks_thw, self.trait_masks(twin)[rows]])
+        return np.asarray(masks_thw.any(0), dtype=bool)
 
 
 def _shown(value: Any) -> str:
@@ -172,6 +204,15 @@ def _image_source(image: Any, where: str) -> str:
     return source
 
 
+def _masks_source(image: Any, key: str, image_path: str, where: str) -> str:
+    """A masks path: the image's own, ``masks/`` in place of ``images/`` and ``.npy`` for ``.png``
+    (so it stays inside the benchmark folder whatever ``traits.json`` says)."""
+    source = _name(image, key, where)
+    if source != mask_source(image_path):
+        raise ValueError(f"{where}: {key} {_shown(source)} must be {mask_source(image_path)}")
+    return source
+
+
 def _twin_source(image: Any, where: str) -> str:
     """A twin's path: under ``twins/images/``, relative, never leaving the benchmark folder."""
     source = _name(image, "twin", where)
@@ -222,6 +263,8 @@ def _parse_benchmark(root: Path, data: Any) -> Benchmark:
             raise ValueError(f"look-alike pair {i} pairs {a} with itself")
     image_species: dict[str, str] = {}
     twins: dict[str, str] = {}
+    masks: dict[str, str] = {}
+    image_values: dict[str, dict[str, str]] = {}
     for i, image in enumerate(_items(data, "images")):
         where = f"image {i}"
         source = _image_source(image, where)
@@ -229,15 +272,22 @@ def _parse_benchmark(root: Path, data: Any) -> Benchmark:
             raise ValueError(f"image {_shown(source)} is listed twice")
         image_species[source] = _choice(image, "species", species, where)
         _check_trait_values(image.get("traits"), values_of, where)
+        image_values[source] = dict(image["traits"])
         if not 0 <= _field(image, "occluded_fraction", (int, float), where) <= 1:
             raise ValueError(f"{where}: occluded_fraction must be in [0, 1]")
         if isinstance(image, dict) and "twin" in image:
             twins[source] = _twin_source(image, where)
+        if isinstance(image, dict) and "masks" in image:
+            masks[source] = _masks_source(image, "masks", source, where)
+        if isinstance(image, dict) and "twin_masks" in image:
+            if source not in twins:
+                raise ValueError(f"{where}: twin_masks without a twin")
+            masks[twins[source]] = _masks_source(image, "twin_masks", twins[source], where)
     if data["n"] != len(image_species):
         raise ValueError(f"n is {data['n']} but {len(image_species)} images are listed")
     if twins and len(twins) != len(image_species):
         raise ValueError(f"{len(twins)} of {len(image_species)} images have a twin; all or none must")
-    return Benchmark(root, trait_labels, tuple(lookalikes), image_species, twins)
+    return Benchmark(root, trait_labels, tuple(lookalikes), image_species, twins, masks, image_values)
 
 
 def read_benchmark(root: Path) -> Benchmark:

@@ -5,10 +5,12 @@ Layout of ``OUT``::
     images/<species>/<stem>.png       RGB, size x size; OUT/images alone is a class folder
     annotations/<species>/<stem>.png  8-bit label map of the image; with images/ and names.txt,
                                       OUT is a segmentation folder
+    masks/<species>/<stem>.npy        (traits, size, size) bool: one mask per trait, in the order of
+                                      traits.json, overlaps allowed (see docs/formats.md)
     names.txt                         line j names label j: background, body, then the traits
     twins/images/<species>/<stem>.png with ``--twins``: image <stem>'s counterfactual twin, the same
     twins/annotations/..., twins/names.txt  organism and scene as its look-alike species <species>
-                                      (a segmentation folder of its own)
+    twins/masks/...                   (a segmentation folder of its own)
     traits.json                       catalog, look-alike pairs and every image's species, traits
                                       and occluded fraction; written last, it marks OUT complete
     .generate.json                    the job (n, seed, size, catalog), written first
@@ -39,6 +41,7 @@ from traitlens.specimens.catalog import SPECIES, Species, catalog_dict, label_na
 from traitlens.specimens.checks import check_int
 from traitlens.specimens.render import Specimen, render_specimen
 from traitlens.store.atomic import (
+    atomic_save_npy,
     atomic_save_png,
     atomic_write_bytes,
     atomic_write_json,
@@ -107,6 +110,12 @@ def image_source(index: int) -> str:
     return f"images/{image_species(index).name}/{index:08d}.png"
 
 
+def mask_source(image: str) -> str:
+    """Where the trait masks of an image (``images/...`` or ``twins/images/...``) lie."""
+    head, _, tail = image.rpartition("images/")
+    return f"{head}masks/{tail.removesuffix('.png')}.npy"
+
+
 def twin_source(index: int) -> str:
     """Where image ``index``'s twin lies, relative to the benchmark folder."""
     return f"{TWINS_DIR}/images/{lookalike_of(image_species(index))[0].name}/{index:08d}.png"
@@ -132,7 +141,8 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> Path:
             progress.update(len(chunk_fractions))
     images = [{"source": image_source(index), "species": image_species(index).name,
                "traits": image_species(index).trait_values(), "occluded_fraction": round(fraction, 6),
-               **({"twin": twin_source(index)} if config.twins else {})}
+               "masks": mask_source(image_source(index)),
+               **({"twin": twin_source(index), "twin_masks": mask_source(twin_source(index))} if config.twins else {})}
               for index, fraction in enumerate(fractions)]
     atomic_write_json(out / TRAITS_FILE, {"format": FORMAT, "version": VERSION, "seed": config.seed,
                                           "size": config.size, "n": config.n, **catalog_dict(),
@@ -193,12 +203,15 @@ def _draw_chunk(config: GenerateConfig, indices: range) -> list[float]:
 
 
 def _write_specimen(root: Path, source: str, specimen: Specimen) -> None:
-    """The image at ``root/source`` (``images/...``) and its label map under ``root/annotations``,
-    each unless a finished run already wrote it."""
+    """The image at ``root/source`` (``images/...``), its label map under ``root/annotations`` and
+    its trait masks under ``root/masks``, each unless a finished run already wrote it."""
     for path, pixels in ((root / source, specimen.image_hw3),
                          (root / "annotations" / source.removeprefix("images/"), specimen.labels_hw)):
         if not path.is_file():
             atomic_save_png(path, Image.fromarray(pixels))
+    masks = root / mask_source(source)
+    if not masks.is_file():
+        atomic_save_npy(masks, specimen.footprints_thw)
 
 
 def _write_names(path: Path) -> None:

@@ -315,7 +315,7 @@ def _spoken(traits: list[str]) -> str:
 def _code(_: Workspace) -> dict[str, Any]:
     """Constants of the code the prose quotes."""
     return {"traits": len(TRAITS), "species": len(SPECIES), "lookalike_pairs": len(LOOKALIKES),
-            "gamma": DEFAULT_GAMMA, "demo": dataclasses.asdict(DemoConfig())}
+            "gamma": DEFAULT_GAMMA, "demo": dataclasses.asdict(DemoConfig()), "report_seed": REPORT_SEED}
 
 
 def _model(_: Workspace) -> dict[str, Any]:
@@ -397,7 +397,59 @@ def _localization(method: str, finer: bool) -> Callable[[Workspace], Any]:
     return load
 
 
+ZOO = {"vit": "specimens-vit", "vit-mean": "specimens-vit-mean", "cnn": "specimens-cnn"}
+"""The embedded model zoo by the short name its report folder takes."""
+REPORT_SEED = 4242
+RELIED = 0.5
+"""A trait "the model relies on": twin reliance of at least one half (fixed before any report ran)."""
+
+
+def report_command(short: str) -> str:
+    return f"traitlens specimens report --model traitlens:{ZOO[short]} --out reports/{short} --seed {REPORT_SEED}"
+
+
+def _zoo_model(short: str) -> Callable[[Workspace], dict[str, Any]]:
+    """An embedded zoo model's ``model.json`` with its weights size and parameter count."""
+
+    def load(_: Workspace) -> dict[str, Any]:
+        directory = model_directory(ZOO[short])
+        facts = json.loads((directory / "model.json").read_text())
+        from safetensors.numpy import load_file
+
+        # parameters and buffers alike (batch-norm statistics count: they are part of the weights)
+        n_parameters = sum(array.size for array in load_file(str(directory / "model.safetensors")).values())
+        return {**facts, "weights_mb": (directory / "model.safetensors").stat().st_size / 1e6, "n_parameters": n_parameters,
+                "train_minutes": round(facts["metrics"]["train_seconds_this_run"] / 60)}
+
+    return load
+
+
+def _report(short: str) -> Callable[[Workspace], dict[str, Any]]:
+    """``report.json`` of a zoo model on seed 4242, with the numbers the issue's goals name."""
+
+    def load(workspace: Workspace) -> dict[str, Any]:
+        workspace.run(report_command(short))
+        report = workspace.json(f"reports/{short}/report.json")
+        reliance = {row["trait"]: row["reliance"] for row in report["reliance"]["pairs"] if row["trait"]}
+        rows = report["discovery"]["rows"]
+        won = [row["trait"] for row in rows if row["sae"] > max(row[kind] for kind in FEATURE_SETS[1:])]
+        relied = [row for row in rows if (reliance.get(row["trait"]) or 0) >= RELIED]
+        spearman = {row["method"]: row["oracle_spearman"] for row in report["localization"]["rows"]}
+        suppression = lookup(report, "suppression/rows/pair=all")
+        return {**report, "sae_wins": len(won), "sae_won_traits": _spoken(won) if won else "none",
+                "relied_traits": len(relied), "relied_min_ap": min((row["sae"] for row in relied), default=None),
+                "relied_mean_ap": sum(row["sae"] for row in relied) / len(relied) if relied else None,
+                "finer_gain": {method: spearman[f"Finer-CAM ({method}, γ={DEFAULT_GAMMA:g}, ref: look-alike)"] - spearman[method]
+                               for method in LOCALIZATION_METHODS.values()},
+                "suppression_share": {kind: (suppression[f"flip_{kind}"] or 0) / suppression["reliance"]
+                                      if suppression["reliance"] else None for kind in ("mask_ap", "twin")}}
+
+    return load
+
+
 SOURCES: dict[str, Callable[[Workspace], Any]] = {
+    **{f"zoo-{short}": _zoo_model(short) for short in ZOO},
+    **{f"report-{short}": _report(short) for short in ZOO},
     "code": _code,
     "model": _model,
     **{demo_source(layer): _demo(layer) for layer in MODEL_LAYERS},
@@ -485,7 +537,44 @@ def _localization_s7(workspace: Workspace) -> str:
     return _table(["method", "mass inside", "pointing game", "chance (mask area)", "images"], rows)
 
 
+def _number(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _zoo(workspace: Workspace) -> str:
+    """docs/results.md: the zoo, what each model is and how accurate and reliant it is."""
+    rows = []
+    for short, name in ZOO.items():
+        facts, report = workspace.source(f"zoo-{short}"), workspace.source(f"report-{short}")
+        grid = "x".join(str(side) for side in report["localization"]["grid_hw"])
+        rows.append([f"`traitlens:{name}`", facts["architecture"].removeprefix("timm:"), grid,
+                     f"{facts['n_parameters'] / 1e6:.2f} M / {facts['weights_mb']:.1f} MB",
+                     f"{facts['metrics']['val_accuracy']:.1%}", f"{report['accuracy']['accuracy']:.1%}",
+                     _number(lookup(report, "reliance/pairs/pair=all/reliance"))])
+    return _table(["model", "timm architecture", "grid (CAM layer)", "parameters / weights", "validation accuracy",
+                   f"accuracy, twin-safe seed {REPORT_SEED}", "twin reliance"], rows)
+
+
+def _goals(workspace: Workspace) -> str:
+    """docs/results.md: the issue's three goals, measured on each model of the zoo."""
+    rows = []
+    for short, name in ZOO.items():
+        report = workspace.source(f"report-{short}")
+        pooled = lookup(report, "suppression/rows/pair=all")
+        rows.append([f"`{name}`", f"{report['sae_wins']} of {len(TRAITS)}",
+                     f"{_number(report['relied_min_ap'])} / {_number(report['relied_mean_ap'])} ({report['relied_traits']} traits)",
+                     *(f"{report['finer_gain'][method]:+.3f}" for method in LOCALIZATION_METHODS.values()),
+                     f"{_number(report['suppression_share']['mask_ap'], '.0%')} / {_number(report['suppression_share']['twin'], '.0%')}",
+                     f"{_number(pooled['random_mask_ap'], '.1%')} / {_number(pooled['random_twin'], '.1%')}"])
+    return _table(["model", "traits where the best SAE latent beats neuron, PCA and k-means",
+                   f"best-latent patch AP on relied traits (reliance ≥ {RELIED}), min / mean",
+                   "Finer-CAM − Grad-CAM, Spearman with oracle", "Finer-CAM − LayerCAM, Spearman with oracle",
+                   "suppression flips / reliance: mask-AP / twin latents", "matched random flips: mask-AP / twin"], rows)
+
+
 RECIPES: dict[str, Callable[[Workspace], str]] = {
+    "zoo": _zoo,
+    "goals": _goals,
     "steer-crest": _steer_crest,
     "demo-layers": _demo_layers,
     "localization-s7": _localization_s7,

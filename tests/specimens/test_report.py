@@ -29,6 +29,7 @@ def test_report_runs_every_step_and_resumes(tmp_path: Path, capsys: pytest.Captu
     assert json.loads((tmp_path / "report" / "report.json").read_text())["model"] == "traitlens:specimens-vit"
     # the folder is the report's own: a second run resumes it; another command's folder is refused
     assert run_report(config)["accuracy"] == result["accuracy"]
+    capsys.readouterr()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     assert main(["specimens", "report", "--model", "traitlens:specimens-vit", "--out", str(tmp_path / "mine")]) == 2

@@ -95,10 +95,6 @@ def _trait_patches(mask_hw: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
     return patch_positives(coverage_pl, [1], DEFAULT_MIN_COVERAGE)[:, 0].reshape(grid_hw)
 
 
-def _trait_labels(benchmark: Benchmark, source: str) -> list[int]:
-    return [benchmark.trait_labels[trait] for trait in benchmark.distinguishing_traits(benchmark.image_species[source])]
-
-
 def _cells_to_pixels(map_gg: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
     """A (gh, gw) map spread over the pixels of each cell (the cells of :func:`cell_bounds`)."""
     rows, cols = cell_bounds(image_hw[0], map_gg.shape[0]), cell_bounds(image_hw[1], map_gg.shape[1])
@@ -167,9 +163,9 @@ def lookalike_localization(backbone: Backbone, source: ImageSource, benchmark: B
         masks += [benchmark.distinguishing_mask(sources[index]) for index in batch.indices]
         progress.update(len(batch.indices))
     progress.close()
-    geometry = [backbone.preprocess.mask(benchmark.annotation(sources[index])) for index in images]
-    patches_ngg = torch.from_numpy(np.stack([_trait_patches(np.isin(labels_hw, _trait_labels(benchmark, sources[index])), grid_hw)
-                                             for labels_hw, index in zip(geometry, images, strict=True)]))
+    # the same masks as the pixel scores, brought into the model's input geometry, then onto its grid
+    patches_ngg = torch.from_numpy(np.stack([_trait_patches(backbone.preprocess.mask(mask_hw.astype(np.int64)) == 1, grid_hw)
+                                             for mask_hw in masks]))
     oracle_ngg = None if oracle is None else torch.from_numpy(np.stack([oracle[sources[index]] for index in images])).to(torch.float64)
     if oracle_ngg is not None and tuple(oracle_ngg.shape[1:]) != grid_hw:
         raise ScoringError(f"oracle maps are {tuple(oracle_ngg.shape[1:])} but layer {layer_name} has a {grid_hw} grid; "

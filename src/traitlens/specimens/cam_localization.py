@@ -75,6 +75,7 @@ def confusion_references(backbone: Backbone, source: ImageSource, class_index: M
     with most. ``source`` must be held out from the images the references are then used on."""
     n_classes = len(class_index)
     probability_sum = torch.zeros(n_classes, n_classes, dtype=torch.float64)
+    n_images_c = torch.zeros(n_classes, dtype=torch.int64)
     labels = [class_index.get(str(record.label)) for record in source.records]
     usable = [index for index, label in enumerate(labels) if label is not None]
     if not usable:
@@ -83,9 +84,9 @@ def confusion_references(backbone: Backbone, source: ImageSource, class_index: M
         probabilities = backbone.forward(batch.pixels_bchw.to(backbone.device)).softmax(-1).to(torch.float64).cpu()
         for row, index in enumerate(batch.indices):
             probability_sum[labels[index]] += probabilities[row]
-    probability_sum.fill_diagonal_(-1.0)
-    seen = probability_sum.sum(1) > -1.0 + 1e-12  # classes with at least one image
-    return {int(c): int(probability_sum[c].argmax()) for c in torch.nonzero(seen).flatten()}
+            n_images_c[labels[index]] += 1
+    probability_sum.fill_diagonal_(-1.0)  # a class is never its own reference
+    return {int(c): int(probability_sum[c].argmax()) for c in torch.nonzero(n_images_c).flatten()}
 
 
 def _trait_patches(mask_hw: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from traitlens.backbones import load_backbone
+from traitlens.backbones import Backbone, load_backbone
 from traitlens.data import open_image_source
 from traitlens.output_folder import claim_output_folder
 from traitlens.sae import RunConfig, SAEConfig, TrainConfig, train
@@ -95,8 +95,7 @@ def _step(number: int, text: str) -> None:
     print(f"[{number}/{N_STEPS}] {text}", file=sys.stderr, flush=True)
 
 
-def _edit_layer(config: ReportConfig) -> str:
-    backbone = load_backbone(config.model)
+def _edit_layer(config: ReportConfig, backbone: Backbone) -> str:
     if config.layer is not None:
         return backbone.resolve_layer(config.layer)
     names = backbone.layer_names
@@ -142,6 +141,8 @@ def run_report(config: ReportConfig) -> dict[str, Any]:
                         own_files=(f"specimens/{JOB_FILE}", "report.json"))
     data, held_out = config.out / "specimens", config.out / "held-out"
     scores = config.out / "scores"
+    backbone = load_backbone(config.model)
+    layer = _edit_layer(config, backbone)  # a bad --layer is refused before any work
     _step(1, f"specimens with twins: {config.n_images} images of seed {config.seed} (scored) and "
              f"{config.n_images // 4} of seed {config.held_out_seed} (held out, for confusion references)")
     generate(GenerateConfig(data, n=config.n_images, seed=config.seed, twins=True))
@@ -151,7 +152,6 @@ def run_report(config: ReportConfig) -> dict[str, Any]:
     reliance = score_reliance(RelianceConfig(model=config.model, data=data, out=scores / "reliance"))
     benchmark = read_benchmark(data)
     _step(3, f"localization: {', '.join(config.methods)} vs Finer-CAM (three references), pixels, patches and oracle")
-    backbone = load_backbone(config.model)
     class_index = benchmark.class_index(backbone.class_names, config.model)
     confusion = confusion_references(backbone, open_image_source(held_out / "images"), class_index)
     oracle = {source: read_oracle_map(scores / "reliance", source) for source in benchmark.image_species
@@ -159,7 +159,6 @@ def run_report(config: ReportConfig) -> dict[str, Any]:
     localization = lookalike_localization(backbone, open_image_source(data), benchmark, config.methods, layer=reliance["layer"],
                                           references=("lookalike", "closest", "confusion"), confusion=confusion,
                                           oracle=oracle, show_progress=True)
-    layer = _edit_layer(config)
     _step(4, f"discovery: {layer} tokens, a TopK SAE ({config.sae_expansion}x, k={config.sae_k}, {config.sae_epochs} epochs) "
              "vs neurons, PCA and k-means")
     acts = config.out / "acts"

@@ -447,9 +447,59 @@ def _report(short: str) -> Callable[[Workspace], dict[str, Any]]:
     return load
 
 
+SAE_TRAIN_SEED, SAE_SCORE_SEED = 7, 8
+SAE_TRAIN_IMAGES = 4096
+SAE_BUDGETS = (0.25, 1.0, 4.0)
+"""SAE training tokens as multiples of what a report trains on (its 1,024 images x 20 epochs)."""
+
+
+def sae_budget_commands(short: str, layer: str, tokens: int) -> list[str]:
+    """Train one report-recipe SAE on the seed-7 store, then score it on the held-out seed-8 one."""
+    name = f"sae/{short}-{tokens}"
+    return [f"traitlens train --acts acts/{short}-s{SAE_TRAIN_SEED} --layer {layer} --arch topk --k 16 --expansion 8 --normalize none "
+            f"--batch-size 1024 --lr 1e-3 --warmup-steps 20 --tokens {tokens} --out {name}",
+            f"traitlens evaluate --sae {name} --acts acts/{short}-s{SAE_SCORE_SEED} --out {name}-eval.json",
+            f"traitlens specimens score discovery --acts acts/{short}-s{SAE_SCORE_SEED} --data sae/s{SAE_SCORE_SEED} "
+            f"--sae {name} --out {name}-discovery"]
+
+
+def sae_store_command(short: str, layer: str, seed: int) -> str:
+    return (f"traitlens extract --model traitlens:{ZOO[short]} --data sae/s{seed} --layers {layer} --tokens all "
+            f"--out acts/{short}-s{seed}")
+
+
+def _sae_convergence(short: str) -> Callable[[Workspace], list[dict[str, Any]]]:
+    """Held-out fit and discovery of the report's SAE recipe at several token budgets (docs/results.md)."""
+
+    def load(workspace: Workspace) -> list[dict[str, Any]]:
+        report = workspace.source(f"report-{short}")
+        layer, budget = report["sae"]["layer"], report["sae"]["n_tokens"] * report["sae"]["epochs"]
+        workspace.run(f"{specimens_command(f'sae/s{SAE_TRAIN_SEED}', SAE_TRAIN_IMAGES, SAE_TRAIN_SEED)} --twins")
+        workspace.run(f"{specimens_command(f'sae/s{SAE_SCORE_SEED}', 1024, SAE_SCORE_SEED)} --twins")
+        for seed in (SAE_TRAIN_SEED, SAE_SCORE_SEED):
+            workspace.run(sae_store_command(short, layer, seed))
+        rows = []
+        for multiple in SAE_BUDGETS:
+            tokens = round(multiple * budget)
+            commands = sae_budget_commands(short, layer, tokens)
+            for command in commands:
+                workspace.run(command)
+            fit = workspace.json(f"sae/{short}-{tokens}-eval.json")["reconstruction"]
+            discovery = workspace.json(f"sae/{short}-{tokens}-discovery/discovery.json")["rows"]
+            won = [row for row in discovery if row["sae"] > max(row[kind] for kind in FEATURE_SETS[1:])]
+            rows.append({"multiple": multiple, "tokens": tokens, "layer": layer, "commands": commands,
+                         "explained_variance": fit["explained_variance"], "l0": fit["l0"],
+                         "dead_latents": fit["dead_latents"], "sae_wins": len(won),
+                         "mean_best_ap": sum(row["sae"] for row in discovery) / len(discovery)})
+        return rows
+
+    return load
+
+
 SOURCES: dict[str, Callable[[Workspace], Any]] = {
     **{f"zoo-{short}": _zoo_model(short) for short in ZOO},
     **{f"report-{short}": _report(short) for short in ZOO},
+    **{f"sae-convergence-{short}": _sae_convergence(short) for short in ZOO},
     "code": _code,
     "model": _model,
     **{demo_source(layer): _demo(layer) for layer in MODEL_LAYERS},
@@ -572,9 +622,31 @@ def _goals(workspace: Workspace) -> str:
                    "suppression flips / reliance: mask-AP / twin latents", "matched random flips: mask-AP / twin"], rows)
 
 
+def _sae_convergence_table(workspace: Workspace) -> str:
+    """docs/results.md: does the report's SAE recipe need more tokens? Held-out fit and discovery per budget."""
+    rows = []
+    for short, name in ZOO.items():
+        for row in workspace.source(f"sae-convergence-{short}"):
+            rows.append([f"`{name}`", row["layer"], f"{row['multiple']:g}x ({row['tokens']:,})",
+                         f"{row['explained_variance']:.3f}", f"{row['l0']:.1f}", str(row["dead_latents"]),
+                         f"{row['sae_wins']} of {len(TRAITS)}", f"{row['mean_best_ap']:.3f}"])
+    return _table(["model", "layer", "training tokens (x a report's)", "explained variance, held out", "L0",
+                   "dead latents", "traits the SAE wins", "mean best-latent AP"], rows)
+
+
+def _sae_convergence_commands(workspace: Workspace) -> str:
+    """docs/results.md: the commands behind the convergence table, for one model (the others differ by name)."""
+    rows = workspace.source("sae-convergence-cnn")
+    stores = [sae_store_command("cnn", rows[0]["layer"], seed) for seed in (SAE_TRAIN_SEED, SAE_SCORE_SEED)]
+    lines = [*stores, *(command for row in rows for command in row["commands"])]
+    return fence("\n".join(f".venv/bin/{line}" for line in lines), "bash")
+
+
 RECIPES: dict[str, Callable[[Workspace], str]] = {
     "zoo": _zoo,
     "goals": _goals,
+    "sae-convergence": _sae_convergence_table,
+    "sae-convergence-commands": _sae_convergence_commands,
     "steer-crest": _steer_crest,
     "demo-layers": _demo_layers,
     "localization-s7": _localization_s7,

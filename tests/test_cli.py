@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.store.conftest import TINY_VIT, make_class_folder
 from traitlens.cli import main
+from traitlens.store import ActivationStore
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -112,6 +114,26 @@ def test_train_from_the_command_line_and_its_bad_inputs(capsys: pytest.CaptureFi
     _assert_one_line_error(code, err, "k must be between 1 and the width 64")
     code, _, err = _run(capsys, "train", "--acts", str(tmp_path / "nope"), "--layer", "0", "--tokens", "10", "--out", str(tmp_path / "x"))
     _assert_one_line_error(code, err, "no activation store")
+
+
+def test_the_command_line_retrains_the_report_sae_exactly(capsys: pytest.CaptureFixture[str], images: Path,
+                                                         tmp_path: Path) -> None:
+    """docs/results.md retrains the SAE of ``specimens report`` with ``traitlens train``: same weights."""
+    from safetensors.torch import load_file
+
+    from traitlens.specimens.report import train_trait_sae
+
+    acts = tmp_path / "acts"
+    assert main(["extract", "--model", TINY_VIT, "--random-init", "--data", str(images), "--layers", "-1",
+                 "--out", str(acts), "--tokens", "all"]) == 0
+    layer = ActivationStore(acts).layer(-1)
+    report_sae = train_trait_sae(acts, layer.name, tmp_path / "report-sae", expansion=2, k=4, epochs=3)
+    code, _, _ = _run(capsys, "train", "--acts", str(acts), "--layer", layer.name, "--arch", "topk", "--k", "4",
+                      "--expansion", "2", "--normalize", "none", "--batch-size", "1024", "--lr", "1e-3",
+                      "--warmup-steps", "20", "--tokens", str(3 * layer.n_tokens), "--out", str(tmp_path / "cli-sae"))
+    assert code == 0
+    expected, got = load_file(report_sae / "sae.safetensors"), load_file(tmp_path / "cli-sae" / "sae.safetensors")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[name], got[name]) for name in expected)
 
 
 @pytest.mark.parametrize("command", [

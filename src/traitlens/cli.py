@@ -68,7 +68,7 @@ def _run_train(args: argparse.Namespace) -> int:
         runs += sweep(base, k=args.k, lr=args.lr, sparsity_coefficient=args.l1)
     config = TrainConfig(
         acts=args.acts, layer=layer.name, out=args.out, runs=tuple(runs), tokens=args.tokens, batch_size=args.batch_size,
-        seed=args.seed, checkpoint_every=args.checkpoint_every, strict=args.strict, device=args.device,
+        seed=args.seed, warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, strict=args.strict, device=args.device,
         data_init=args.data_init, bias_init=args.bias_init, dead_after_tokens=args.dead_after_tokens,
         log_to=args.log_to,
     )
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--data-init", action="store_true", help="initialize decoder rows from data points")
     train.add_argument("--bias-init", choices=("geometric_median", "mean", "zero"), default="geometric_median")
+    train.add_argument("--warmup-steps", type=non_negative_int, default=50,
+                       help="steps of linear learning-rate warm-up before the cosine decay (default 50)")
     train.add_argument("--dead-after-tokens", type=positive_int, default=1_000_000, help="a latent silent this long is dead (AuxK)")
     train.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints")
     train.add_argument("--out", required=True, type=Path, help="output directory (a sweep gets one folder per SAE)")

@@ -124,7 +124,7 @@ def swept(bad: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 
 TRAIN_FLAGS = {
     "--tokens": bad_int(1), "--batch-size": bad_int(1), "--checkpoint-every": bad_int(1), "--dead-after-tokens": bad_int(1),
-    "--seed": bad_int(0), "--k": swept(bad_int(1)), "--width": swept(bad_int(1)), "--matryoshka-widths": swept(bad_int(1)),
+    "--seed": bad_int(0), "--warmup-steps": bad_int(0), "--k": swept(bad_int(1)), "--width": swept(bad_int(1)), "--matryoshka-widths": swept(bad_int(1)),
     "--lr": swept(bad_float(positive=True)), "--expansion": swept(bad_float(positive=True)), "--l1": swept(bad_float(positive=False)),
     "--log-to": swept(st.sampled_from(["stdout", "", "TensorBoard", "csv"])),
 }

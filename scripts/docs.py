@@ -381,6 +381,8 @@ def _accuracy(seed: int) -> Callable[[Workspace], Any]:
 
 
 LOCALIZATION_METHODS = {"grad-cam": "Grad-CAM", "layercam": "LayerCAM"}
+LOCALIZATION_GRID = "x".join([str(EMBEDDED_FACTS["shape"]["img_size"] // EMBEDDED_FACTS["shape"]["patch_size"])] * 2)
+"""The embedded model's patch grid (it sees the whole image: squashed, not cropped)."""
 
 
 def _localization(method: str, finer: bool) -> Callable[[Workspace], Any]:
@@ -391,7 +393,8 @@ def _localization(method: str, finer: bool) -> Callable[[Workspace], Any]:
         name = f"finer-{method}" if finer else method
         refs = " --refs auto --n-refs 1" if finer else ""
         workspace.run(f"traitlens explain --model {EMBEDDED_MODEL} --images loc/s7/images --method {method}{refs} --out loc/{name}")
-        workspace.run(f"traitlens specimens score localization --heatmaps loc/{name} --data loc/s7 --out loc/scores-{name}")
+        workspace.run(f"traitlens specimens score localization --heatmaps loc/{name} --data loc/s7 --out loc/scores-{name} "
+                      f"--grid {LOCALIZATION_GRID}")
         return workspace.json(f"loc/scores-{name}/localization.json")
 
     return load
@@ -582,9 +585,11 @@ def _localization_s7(workspace: Workspace) -> str:
     for method, label in LOCALIZATION_METHODS.items():
         for prefix, shown in (("", label), ("finer-", f"Finer-CAM ({label})")):
             pooled = lookup(workspace.source(f"loc-{prefix}{method}"), "rows/trait=all")
-            rows.append([shown, *(f"{pooled[key]:.3f}" for key in ("mass_inside", "pointing_game", "chance")),
+            rows.append([shown, *(f"{pooled[key]:.3f}" for key in ("mass_inside", "pointing_game", "chance", "patch_mass",
+                                                                     "patch_ap", "patch_pointing", "patch_pointing_chance")),
                          str(pooled["n_images"])])
-    return _table(["method", "mass inside", "pointing game", "chance (mask area)", "images"], rows)
+    return _table(["method", "mass inside", "pointing game", "chance (mask area)", "patch mass", "patch AP",
+                   "patch pointing (±1 patch)", "chance (patch pointing)", "images"], rows)
 
 
 def _number(value: float | None, spec: str = ".3f") -> str:

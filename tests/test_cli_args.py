@@ -16,6 +16,7 @@ from traitlens.cli_args import (
     join_negative_values,
     non_negative_float,
     non_negative_int,
+    patch_grid,
     positive_float,
     positive_int,
     unit_interval,
@@ -77,3 +78,14 @@ def test_parser_errors_are_one_line_with_exit_2(argv: list[str], capsys: pytest.
     assert stop.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("traitlens demo: error: ")
+
+
+@pytest.mark.parametrize(("text", "grid"), [("8x8", (8, 8)), ("14X12", (14, 12)), ("7", (7, 7))])
+def test_a_patch_grid_is_rows_by_columns_or_one_side(text: str, grid: tuple[int, int]) -> None:
+    assert patch_grid(text) == grid
+
+
+@pytest.mark.parametrize("text", ["", "x", "8x", "0x8", "8x8x8", "-1x2", "2.5x2", "eight"])
+def test_a_bad_patch_grid_is_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="a patch grid such as 8x8"):
+        patch_grid(text)

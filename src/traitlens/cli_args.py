@@ -74,6 +74,14 @@ unit_interval = _checked(float, "a number in (0, 1]", lambda value: 0 < value <=
 finite_float = _checked(float, "a finite number", lambda value: True)
 
 
+def patch_grid(text: str) -> tuple[int, int]:
+    """An argparse type: a patch grid ``HxW`` (``8x8``), or ``N`` for a square one."""
+    sides = text.lower().split("x")
+    if len(sides) in (1, 2) and all(side.strip().isdigit() and int(side) >= 1 for side in sides):
+        return (int(sides[0]), int(sides[-1]))
+    raise argparse.ArgumentTypeError(f"a patch grid such as 8x8 (rows x columns, each at least 1) expected, got {text!r}")
+
+
 def comma_list(item: Callable[[str], T]) -> Callable[[str], tuple[T, ...]]:
     """``1,2,3`` read with ``item`` for each value (a sweep); empty values are refused."""
 

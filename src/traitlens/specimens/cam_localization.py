@@ -36,12 +36,11 @@ from traitlens.explain.config import DEFAULT_GAMMA
 from traitlens.explain.contrast import auto_references
 from traitlens.explain.maps import compute_cams, default_layer
 from traitlens.explain.methods import method_by_name
-from traitlens.features.patch_positives import DEFAULT_MIN_COVERAGE, patch_coverage, patch_positives
 from traitlens.specimens.benchmark import Benchmark, ScoringError
 from traitlens.specimens.flips import lookalike_map
 from traitlens.specimens.localization import localization_scores
 from traitlens.specimens.oracle import cell_bounds
-from traitlens.specimens.patch_scores import pool_to_grid, score_patch_maps
+from traitlens.specimens.patch_scores import pool_to_grid, score_patch_maps, trait_patches
 
 REFERENCE_CHOICES = ("lookalike", "closest", "confusion")
 PIXEL_COLUMNS = ["mass_inside", "pointing_game"]
@@ -87,13 +86,6 @@ def confusion_references(backbone: Backbone, source: ImageSource, class_index: M
             n_images_c[labels[index]] += 1
     probability_sum.fill_diagonal_(-1.0)  # a class is never its own reference
     return {int(c): int(probability_sum[c].argmax()) for c in torch.nonzero(n_images_c).flatten()}
-
-
-def _trait_patches(mask_hw: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
-    """(gh, gw) bool: the patches that show the mask, by the one rule of trait patches
-    (:mod:`traitlens.features.patch_positives`)."""
-    coverage_pl = patch_coverage(mask_hw.astype(np.int64), grid_hw, 2)
-    return patch_positives(coverage_pl, [1], DEFAULT_MIN_COVERAGE)[:, 0].reshape(grid_hw)
 
 
 def _cells_to_pixels(map_gg: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
@@ -165,7 +157,7 @@ def lookalike_localization(backbone: Backbone, source: ImageSource, benchmark: B
         progress.update(len(batch.indices))
     progress.close()
     # the same masks as the pixel scores, brought into the model's input geometry, then onto its grid
-    patches_ngg = torch.from_numpy(np.stack([_trait_patches(backbone.preprocess.mask(mask_hw.astype(np.int64)) == 1, grid_hw)
+    patches_ngg = torch.from_numpy(np.stack([trait_patches(backbone.preprocess.mask(mask_hw.astype(np.int64)) == 1, grid_hw)
                                              for mask_hw in masks]))
     oracle_ngg = None if oracle is None else torch.from_numpy(np.stack([oracle[sources[index]] for index in images])).to(torch.float64)
     if oracle_ngg is not None and tuple(oracle_ngg.shape[1:]) != grid_hw:

@@ -13,6 +13,7 @@ from traitlens.cli_args import (
     fraction,
     non_negative_int,
     option_name,
+    patch_grid,
     positive_float,
     positive_int,
     unit_interval,
@@ -113,7 +114,7 @@ def _run_score_localization(args: argparse.Namespace) -> int:
     from traitlens.specimens.localization import score_localization
 
     _claim_score_folder(args)
-    score_localization(args.heatmaps, args.data, args.out, args.tolerance)
+    score_localization(args.heatmaps, args.data, args.out, args.tolerance, args.grid, args.oracle)
     return _print_table(args)
 
 
@@ -180,6 +181,10 @@ def _add_score_commands(sub: Any, add_model_args: Any) -> None:
     localization.add_argument("--data", required=True, type=Path, help=data_help)
     localization.add_argument("--out", required=True, type=Path, help="writes localization.md and localization.json here")
     localization.add_argument("--tolerance", type=non_negative_int, default=0, help="pointing-game tolerance in pixels")
+    localization.add_argument("--grid", type=patch_grid, help="also score per patch of the model's grid, e.g. 8x8 (for a model "
+                                                              "that sees the whole image; pointing within one patch)")
+    localization.add_argument("--oracle", type=Path, help="a `score reliance --out` folder: also the rank correlation with "
+                                                          "each image's oracle map (its grid is the default --grid)")
     add_overwrite_arg(localization)
     localization.set_defaults(run=_run_score_localization)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -17,6 +17,9 @@ from traitlens.output_folder import check_output_folder
 from traitlens.specimens.average_precision import ArrayOrTensor
 from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
 from traitlens.specimens.checks import check_int
+from traitlens.specimens.oracle import cell_bounds
+from traitlens.specimens.patch_scores import score_patch_maps, trait_patches
+from traitlens.specimens.reliance import read_oracle_map
 from traitlens.specimens.tables import markdown_table, write_text
 from traitlens.store.atomic import atomic_write_json
 
@@ -147,7 +150,63 @@ def _read_heatmap(path: Path) -> np.ndarray:
     return heatmap
 
 
-def score_localization(heatmaps: Path, data: Path, out: Path, tolerance: int = 0) -> dict[str, Any]:
+def pool_to_cells(heatmap_hw: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
+    """(gh, gw) float64: the heatmap's mean over each cell of the grid, the cells the oracle maps
+    use (:func:`traitlens.specimens.oracle.cell_bounds`)."""
+    rows, cols = cell_bounds(heatmap_hw.shape[0], grid_hw[0]), cell_bounds(heatmap_hw.shape[1], grid_hw[1])
+    return np.array([[heatmap_hw[r0:r1, c0:c1].mean(dtype=np.float64) for c0, c1 in cols] for r0, r1 in rows])
+
+
+@dataclass
+class _PatchInputs:
+    """Per image, at the model's patch grid: the pooled heatmap, the trait patches and the oracle map."""
+
+    grid_hw: tuple[int, int]
+    oracle: Path | None
+    maps: list[np.ndarray] = field(default_factory=list)
+    patches: list[np.ndarray] = field(default_factory=list)
+    oracle_maps: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, source: str, heatmap_hw: np.ndarray, mask_hw: np.ndarray) -> None:
+        self.maps.append(pool_to_cells(heatmap_hw, self.grid_hw))
+        self.patches.append(trait_patches(mask_hw, self.grid_hw))
+        if self.oracle is not None:
+            self.oracle_maps.append(_oracle_map(self.oracle, source, self.grid_hw))
+
+    def summary(self, keep_n: torch.Tensor) -> dict[str, Any]:
+        positives_ngg = torch.from_numpy(np.stack(self.patches))[keep_n]
+        if not bool(positives_ngg.any()):
+            return dict.fromkeys(PATCH_COLUMNS)
+        oracle_ngg = torch.from_numpy(np.stack(self.oracle_maps))[keep_n] if self.oracle_maps else None
+        patch = score_patch_maps(torch.from_numpy(np.stack(self.maps))[keep_n], positives_ngg, oracle_ngg, tolerance=1)
+        return {"patch_mass": patch.mass_inside, "patch_ap": patch.patch_ap, "patch_pointing": patch.pointing_game,
+                "patch_chance": patch.chance_mass, "patch_pointing_chance": patch.chance_pointing,
+                "oracle_spearman": patch.rank_correlation}
+
+
+PATCH_COLUMNS = ["patch_mass", "patch_ap", "patch_pointing", "patch_chance", "patch_pointing_chance", "oracle_spearman"]
+
+
+def _oracle_map(folder: Path, source: str, grid_hw: tuple[int, int]) -> np.ndarray:
+    oracle_gg = read_oracle_map(folder, source)
+    if oracle_gg.shape != grid_hw:
+        raise ScoringError(f"the oracle map of {source} is {oracle_gg.shape[0]}x{oracle_gg.shape[1]}, "
+                           f"not the --grid {grid_hw[0]}x{grid_hw[1]}")
+    return oracle_gg.astype(np.float64)
+
+
+def _oracle_grid(folder: Path, benchmark: Benchmark) -> tuple[int, int]:
+    """The grid of the first oracle map in a ``score reliance`` folder."""
+    source = next((source for source, species in benchmark.image_species.items() if benchmark.distinguishing_traits(species)),
+                  None)
+    if source is None:
+        raise ScoringError(f"{folder}: the benchmark has no look-alike images to read oracle maps for")
+    shape = read_oracle_map(folder, source).shape
+    return int(shape[0]), int(shape[1])
+
+
+def score_localization(heatmaps: Path, data: Path, out: Path, tolerance: int = 0, grid_hw: tuple[int, int] | None = None,
+                       oracle: Path | None = None) -> dict[str, Any]:
     """Localization of per-image heatmaps against the masks of the traits that tell each image's
     species from its look-alike(s); writes ``out/localization.json`` and ``out/localization.md``.
 
@@ -155,10 +214,21 @@ def score_localization(heatmaps: Path, data: Path, out: Path, tolerance: int = 0
     ``<species>/<stem>.npy`` or ``<stem>.npy`` after their image. Only images whose species has a
     look-alike are scored; the mask is the union of the pixels of its distinguishing traits. One
     row per distinguishing trait (traits joined by ``+`` for a species in several pairs), and ``all``.
+
+    With ``grid_hw`` (the model's patch grid, for a model that sees the whole image) the maps are
+    also scored per patch (:mod:`traitlens.specimens.patch_scores`, pointing within one patch);
+    with ``oracle`` (a ``score reliance`` folder; its maps give the grid when ``grid_hw`` is None)
+    also by rank correlation with the oracle map.
     """
     check_output_folder(out, ScoringError)
     check_int(tolerance, "the pointing tolerance (--tolerance)", ScoringError, minimum=0)
     benchmark = read_benchmark(data)
+    if oracle is not None and grid_hw is None:
+        grid_hw = _oracle_grid(oracle, benchmark)
+    if grid_hw is not None:
+        for side in grid_hw:
+            check_int(side, "each side of the patch grid (--grid)", ScoringError)
+    patch_inputs = None if grid_hw is None else _PatchInputs(grid_hw, oracle)
     keys: list[str] = []
     parts: list[_ImageLocalization] = []
     batch_heat: list[np.ndarray] = []
@@ -185,6 +255,8 @@ def score_localization(heatmaps: Path, data: Path, out: Path, tolerance: int = 0
         batch_heat.append(heatmap)
         batch_masks.append(mask)
         keys.append(" + ".join(traits))
+        if patch_inputs is not None:
+            patch_inputs.add(source, heatmap, mask)
     flush()
     if not parts:
         raise DataError(f"no heatmaps in {heatmaps} for the look-alike images of {data} "
@@ -193,14 +265,25 @@ def score_localization(heatmaps: Path, data: Path, out: Path, tolerance: int = 0
     rows = []
     for key in [*sorted(set(keys)), "all"]:
         keep_n = torch.tensor([key in ("all", image_key) for image_key in keys])
-        rows.append({"trait": key, **scores.select(keep_n).summary()})
-    result = {"heatmaps": str(heatmaps), "data": str(data), "tolerance": tolerance, "n_missing_heatmaps": n_missing, "rows": rows}
+        patch = {} if patch_inputs is None else patch_inputs.summary(keep_n)
+        rows.append({"trait": key, **scores.select(keep_n).summary(), **patch})
+    result = {"heatmaps": str(heatmaps), "data": str(data), "tolerance": tolerance, "n_missing_heatmaps": n_missing,
+              "grid_hw": None if grid_hw is None else list(grid_hw), "oracle": None if oracle is None else str(oracle),
+              "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "localization.json", result)
+    columns = ["trait", "n_images", "n_empty_masks", "mass_inside", "pointing_game", "chance"]
+    about_patches = ""
+    if grid_hw is not None:
+        columns += PATCH_COLUMNS if oracle is not None else PATCH_COLUMNS[:-1]
+        about_patches = (f" Patch columns score the map pooled to the {grid_hw[0]}x{grid_hw[1]} grid against the trait's patches "
+                         "(pointing within one patch; `patch_chance` is the trait patches' share, `patch_pointing_chance` "
+                         "what a random patch would hit)" + (", `oracle_spearman` the rank correlation with the oracle map."
+                                                            if oracle is not None else "."))
     write_text(out / "localization.md", "\n".join([
         "# Localization", "",
         f"Heatmaps `{heatmaps}` against the masks of each image's distinguishing trait (pointing tolerance {tolerance} px; "
-        f"{n_missing} look-alike images had no heatmap). `chance` is the mean mask area fraction.", "",
-        markdown_table(rows, ["trait", "n_images", "n_empty_masks", "mass_inside", "pointing_game", "chance"]),
+        f"{n_missing} look-alike images had no heatmap). `chance` is the mean mask area fraction.{about_patches}", "",
+        markdown_table(rows, columns),
     ]))
     return result

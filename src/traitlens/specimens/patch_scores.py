@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from traitlens.features.patch_positives import DEFAULT_MIN_COVERAGE, patch_coverage, patch_positives
 from traitlens.specimens.benchmark import ScoringError
 
 PatchMaps = torch.Tensor
@@ -32,6 +34,13 @@ def pool_to_grid(maps_nhw: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tens
     if maps.ndim != 3:
         raise ScoringError(f"maps must be (n, H, W), got {tuple(maps.shape)}")
     return torch.nn.functional.adaptive_avg_pool2d(maps[:, None], grid_hw)[:, 0]
+
+
+def trait_patches(mask_hw: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
+    """(gh, gw) bool: the patches that show the mask, by the one rule of trait patches
+    (:mod:`traitlens.features.patch_positives`)."""
+    coverage_pl = patch_coverage(mask_hw.astype(np.int64), grid_hw, 2)
+    return patch_positives(coverage_pl, [1], DEFAULT_MIN_COVERAGE)[:, 0].reshape(grid_hw)
 
 
 def _check(maps_ngg: torch.Tensor, positives_ngg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

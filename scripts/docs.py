@@ -499,10 +499,37 @@ def _sae_convergence(short: str) -> Callable[[Workspace], list[dict[str, Any]]]:
     return load
 
 
+SUPPRESSION_COUNTS = (10, 30, 100)
+"""Latents zeroed per pair: a report's ten, and more."""
+
+
+def suppression_command(short: str, n_latents: int) -> str:
+    """Suppression on a report's own benchmark, store and SAE, with ``n_latents`` mask-AP latents per pair."""
+    folder = f"reports/{short}"
+    return (f"traitlens specimens score suppression --model traitlens:{ZOO[short]} --sae {folder}/sae --acts {folder}/acts "
+            f"--data {folder}/specimens --out suppression/{short}-{n_latents} --n-latents {n_latents}")
+
+
+def _suppression_counts(short: str) -> Callable[[Workspace], list[dict[str, Any]]]:
+    """Pooled look-alike flips of a zoo model's report SAE as more latents are zeroed (docs/results.md)."""
+
+    def load(workspace: Workspace) -> list[dict[str, Any]]:
+        reliance = lookup(workspace.source(f"report-{short}"), "reliance/pairs/pair=all/reliance")
+        rows = []
+        for n_latents in SUPPRESSION_COUNTS:
+            workspace.run(suppression_command(short, n_latents))
+            pooled = lookup(workspace.json(f"suppression/{short}-{n_latents}/suppression.json"), "rows/pair=all")
+            rows.append({**pooled, "n_latents": n_latents, "reliance": reliance})
+        return rows
+
+    return load
+
+
 SOURCES: dict[str, Callable[[Workspace], Any]] = {
     **{f"zoo-{short}": _zoo_model(short) for short in ZOO},
     **{f"report-{short}": _report(short) for short in ZOO},
     **{f"sae-convergence-{short}": _sae_convergence(short) for short in ZOO},
+    **{f"suppression-{short}": _suppression_counts(short) for short in ZOO},
     "code": _code,
     "model": _model,
     **{demo_source(layer): _demo(layer) for layer in MODEL_LAYERS},
@@ -647,11 +674,23 @@ def _sae_convergence_commands(workspace: Workspace) -> str:
     return fence("\n".join(f".venv/bin/{line}" for line in lines), "bash")
 
 
+def _suppression_table(workspace: Workspace) -> str:
+    """docs/results.md: flips as a report's edit zeroes more mask-AP latents, beside the twin reliance."""
+    rows = []
+    for short, name in ZOO.items():
+        for row in workspace.source(f"suppression-{short}"):
+            rows.append([f"`{name}`", str(row["n_latents"]), str(row["n_eligible"]), f"{row['flip_rate']:.3f}",
+                         f"{row['flip_rate_random']:.3f}", f"{row['change_rate']:.3f}", _number(row["reliance"])])
+    return _table(["model", "latents zeroed per pair", "images", "look-alike flips", "matched random latents",
+                   "any prediction change", "twin reliance"], rows)
+
+
 RECIPES: dict[str, Callable[[Workspace], str]] = {
     "zoo": _zoo,
     "goals": _goals,
     "sae-convergence": _sae_convergence_table,
     "sae-convergence-commands": _sae_convergence_commands,
+    "suppression-counts": _suppression_table,
     "steer-crest": _steer_crest,
     "demo-layers": _demo_layers,
     "localization-s7": _localization_s7,

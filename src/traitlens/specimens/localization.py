@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -173,12 +174,19 @@ class _PatchInputs:
         if self.oracle is not None:
             self.oracle_maps.append(_oracle_map(self.oracle, source, self.grid_hw))
 
+    @functools.cached_property
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Maps, trait patches and oracle maps as (n, gh, gw) tensors, stacked once for every row."""
+        oracle_ngg = torch.from_numpy(np.stack(self.oracle_maps)) if self.oracle_maps else None
+        return torch.from_numpy(np.stack(self.maps)), torch.from_numpy(np.stack(self.patches)), oracle_ngg
+
     def summary(self, keep_n: torch.Tensor) -> dict[str, Any]:
-        positives_ngg = torch.from_numpy(np.stack(self.patches))[keep_n]
+        maps_ngg, patches_ngg, oracle_ngg = self.stacked
+        positives_ngg = patches_ngg[keep_n]
         if not bool(positives_ngg.any()):
             return dict.fromkeys(PATCH_COLUMNS)
-        oracle_ngg = torch.from_numpy(np.stack(self.oracle_maps))[keep_n] if self.oracle_maps else None
-        patch = score_patch_maps(torch.from_numpy(np.stack(self.maps))[keep_n], positives_ngg, oracle_ngg, tolerance=1)
+        patch = score_patch_maps(maps_ngg[keep_n], positives_ngg, None if oracle_ngg is None else oracle_ngg[keep_n],
+                                 tolerance=1)
         return {"patch_mass": patch.mass_inside, "patch_ap": patch.patch_ap, "patch_pointing": patch.pointing_game,
                 "patch_chance": patch.chance_mass, "patch_pointing_chance": patch.chance_pointing,
                 "oracle_spearman": patch.rank_correlation}

@@ -90,7 +90,8 @@ def test_bad_inputs(colors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
         with pytest.raises(ModelTrainingError):
             _config(colors, tmp_path / "never", **bad)
     assert not (tmp_path / "never").exists()
-    for shape in ({"embed_dim": 30, "num_heads": 4}, {"img_size": 30, "patch_size": 8}, {"depth": 0}, {"mlp_ratio": float("nan")}):
+    for shape in ({"embed_dim": 30, "num_heads": 4}, {"img_size": 30, "patch_size": 8}, {"depth": 0}, {"mlp_ratio": float("nan")},
+                  {"stem": "resnet"}, {"stem": "conv", "img_size": 36, "patch_size": 6}):
         with pytest.raises(SpecError):
             ViTShape(**shape)
     (tmp_path / "flat").mkdir()
@@ -101,10 +102,10 @@ def test_bad_inputs(colors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "no embedded model" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("arch", ["vit-mean", "cnn"])
-def test_each_architecture_trains_and_loads_with_its_grid(arch: str, colors: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("arch", "stem"), [("vit-mean", "patch"), ("vit-mean", "conv"), ("cnn", None)])
+def test_each_architecture_trains_and_loads_with_its_grid(arch: str, stem: str | None, colors: Path, tmp_path: Path) -> None:
     shape_flags = (["--channels", "8,8,16,16", "--output-stride", "8"] if arch == "cnn"
-                   else ["--patch-size", "4", "--embed-dim", "32", "--depth", "2", "--num-heads", "2"])
+                   else ["--patch-size", "4", "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--stem", str(stem)])
     out = tmp_path / arch
     assert main(["specimens", "train-model", "--data", str(colors), "--out", str(out), "--arch", arch, "--epochs", "6",
                  "--batch-size", "16", "--lr", "3e-3", "--img-size", "32", *shape_flags]) == 0
@@ -118,7 +119,8 @@ def test_each_architecture_trains_and_loads_with_its_grid(arch: str, colors: Pat
 
 
 def test_flags_of_another_architecture_are_refused(colors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for arch, flag in (("cnn", ["--patch-size", "4"]), ("vit-cls", ["--channels", "8,8,8,8"]), ("cnn", ["--blocks", "1,1"])):
+    for arch, flag in (("cnn", ["--patch-size", "4"]), ("vit-cls", ["--channels", "8,8,8,8"]), ("cnn", ["--blocks", "1,1"]),
+                       ("cnn", ["--stem", "conv"]), ("vit-mean", ["--stem", "conv", "--patch-size", "6", "--img-size", "36"])):
         assert main(["specimens", "train-model", "--data", str(colors), "--out", str(tmp_path / "never"), "--arch", arch, *flag]) == 2
         assert capsys.readouterr().err.count("\n") == 1
     assert not (tmp_path / "never").exists()

@@ -49,7 +49,8 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 ARCHS = {"vit-cls": "a ViT whose head reads the CLS token", "vit-mean": "a ViT whose head reads the mean of its patch "
          "tokens (no CLS token)", "cnn": "a ResNet-style CNN (basic blocks, four stages)"}
-_VIT_FLAGS: dict[str, Any] = {"patch_size": 12, "embed_dim": 128, "depth": 4, "num_heads": 4, "mlp_ratio": 3.0}
+_VIT_FLAGS: dict[str, Any] = {"patch_size": 12, "embed_dim": 128, "depth": 4, "num_heads": 4, "mlp_ratio": 3.0,
+                              "stem": "patch"}
 _CNN_FLAGS: dict[str, Any] = {"channels": (32, 64, 128, 256), "blocks": (1, 1, 1, 1), "output_stride": 8}
 
 
@@ -259,6 +260,8 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     train.add_argument("--depth", type=positive_int, help=f"{vit} (default {_VIT_FLAGS['depth']})")
     train.add_argument("--num-heads", type=positive_int, help=f"{vit} (default {_VIT_FLAGS['num_heads']})")
     train.add_argument("--mlp-ratio", type=positive_float, help=f"{vit} (default {_VIT_FLAGS['mlp_ratio']})")
+    train.add_argument("--stem", choices=("patch", "conv"), help=f"{vit}: tokens from a linear patch projection or from strided "
+                       "3x3 convolutions (a power-of-two --patch-size) on the same grid (default patch)")
     cnn = "CNN only"
     train.add_argument("--channels", type=comma_list(positive_int), help=f"{cnn}: width of each of the four stages (default 32,64,128,256)")
     train.add_argument("--blocks", type=comma_list(positive_int), help=f"{cnn}: residual blocks per stage (default 1,1,1,1)")

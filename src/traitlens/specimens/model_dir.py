@@ -18,12 +18,14 @@ from traitlens.cli_args import option_name
 from traitlens.errors import SpecError, WeightsUnavailableError
 from traitlens.json_config import read_json_config
 from traitlens.specimens.checks import check_float, check_int, saved_class_names
+from traitlens.specimens.conv_stem import ConvStem, conv_stem_depth
 from traitlens.store.atomic import atomic_write_json
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model.json"
 FORMAT = "traitlens.model"
 POOLS = ("cls", "mean")
+STEMS = ("patch", "conv")
 
 
 def _preprocess(img_size: int) -> Preprocess:
@@ -36,10 +38,12 @@ def _preprocess(img_size: int) -> Preprocess:
 class ViTShape:
     """A small timm ViT: ``img_size / patch_size`` patches a side and a linear head that reads the
     CLS token (``pool="cls"``) or the mean of the patch tokens (``pool="mean"``, no CLS token, so
-    the last block's patch tokens are all the head sees)."""
+    the last block's patch tokens are all the head sees). Tokens come from timm's linear patch
+    projection (``stem="patch"``) or from a few strided convolutions (``stem="conv"``, see
+    :mod:`traitlens.specimens.conv_stem`), on the same grid."""
 
     TIMM_NAME: ClassVar[str] = "vit_tiny_patch16_224"  # timm's ViT, resized by the fields below
-    ADDED_LATER: ClassVar[dict[str, Any]] = {"pool": "cls"}
+    ADDED_LATER: ClassVar[dict[str, Any]] = {"pool": "cls", "stem": "patch"}
     """Fields a model directory written before they existed lacks, with the value it meant."""
 
     img_size: int = 96
@@ -49,6 +53,7 @@ class ViTShape:
     num_heads: int = 4
     mlp_ratio: float = 3.0
     pool: str = "cls"
+    stem: str = "patch"
 
     def __post_init__(self) -> None:
         for name in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
@@ -60,10 +65,16 @@ class ViTShape:
             raise SpecError(f"width (--embed-dim) {self.embed_dim} is not a multiple of the number of heads {self.num_heads}")
         if self.pool not in POOLS:
             raise SpecError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.stem not in STEMS:
+            raise SpecError(f"--stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
+        if self.stem == "conv":
+            conv_stem_depth(self.patch_size)
 
     def timm_options(self, num_classes: int) -> dict[str, Any]:
         options = {**asdict(self), "num_classes": num_classes}
-        del options["pool"]
+        del options["pool"], options["stem"]
+        if self.stem == "conv":
+            options["embed_layer"] = ConvStem
         return options | ({"class_token": False, "global_pool": "avg"} if self.pool == "mean" else {})
 
     def preprocess(self) -> Preprocess:

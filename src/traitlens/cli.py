@@ -54,17 +54,15 @@ def _metrics_sink(text: str) -> str:
 
 def _run_train(args: argparse.Namespace) -> int:
     from traitlens.sae import RunConfig, SAEConfig, TrainConfig, sweep, train
-    from traitlens.sae.config import Activation
     from traitlens.store import ActivationStore
 
     layer = ActivationStore(args.acts).layer(args.layer)
-    activation: Activation = "batchtopk" if args.arch == "matryoshka" else args.arch
     widths = args.width or tuple(round(e * layer.width) for e in args.expansion)
     runs: list[RunConfig] = []
     for width in widths:
-        nested = args.matryoshka_widths or ((width // 16, width // 4, width) if args.arch == "matryoshka" else ())
-        base = RunConfig(SAEConfig(d_in=layer.width, width=width, activation=activation, k=min(args.k[0], width),
-                                   matryoshka_widths=tuple(sorted(set(nested))), normalization=args.normalize))
+        base = RunConfig(SAEConfig(d_in=layer.width, width=width, activation=args.arch, k=min(args.k[0], width),
+                                   matryoshka_widths=tuple(sorted(set(args.matryoshka_widths or ()))),
+                                   normalization=args.normalize))
         runs += sweep(base, k=args.k, lr=args.lr, sparsity_coefficient=args.l1)
     config = TrainConfig(
         acts=args.acts, layer=layer.name, out=args.out, runs=tuple(runs), tokens=args.tokens, batch_size=args.batch_size,
@@ -135,6 +133,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from traitlens.backbones.layout import TOKEN_SELECTIONS
+    from traitlens.sae.architectures import ARCHITECTURES
 
     parser = OneLineParser(prog="traitlens", description="Discover, localize and test the visual traits a vision model uses.")
     parser.add_argument("--version", action="version", version=f"traitlens {__version__}")
@@ -160,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train sparse autoencoders (one, or a sweep) on a stored layer")
     train.add_argument("--acts", required=True, type=Path, help="activation store directory")
     train.add_argument("--layer", required=True, help="stored layer name or index")
-    train.add_argument("--arch", choices=("topk", "batchtopk", "relu", "jumprelu", "matryoshka"), default="topk",
-                       help="topk, batchtopk, relu (L1), jumprelu (L0) or matryoshka (BatchTopK with nested prefixes)")
+    train.add_argument("--arch", choices=tuple(ARCHITECTURES), default="topk",
+                       help="; ".join(architecture.description for architecture in ARCHITECTURES.values()) + " (default topk)")
     train.add_argument("--k", type=comma_list(positive_int), default=(32,),
                        help="active latents per token (TopK family); comma-separated values sweep")
     train.add_argument("--l1", type=comma_list(non_negative_float), default=(0.0,),

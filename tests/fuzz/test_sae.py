@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 
 import traitlens.sae.training as training
 from tests.fuzz.harness import assert_refused, run_cli
-from traitlens.sae.config import ACTIVATIONS, NORMALIZATIONS, is_int
+from traitlens.sae.architectures import ARCHITECTURES
+from traitlens.sae.config import NORMALIZATIONS, is_int
 from traitlens.store import store_from_arrays
 
 FUZZ = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -171,7 +172,7 @@ def _still_valid(field: str, value: Any) -> bool:
     if field == "k":
         return is_int(value) and 1 <= value <= WIDTH
     if field == "activation":
-        return value in ACTIVATIONS
+        return value in ARCHITECTURES
     if field == "normalization":
         return value in NORMALIZATIONS
     if field == "matryoshka_widths":

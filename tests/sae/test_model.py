@@ -27,16 +27,18 @@ def test_batchtopk_and_jumprelu_use_their_thresholds_at_inference() -> None:
     sae.threshold.fill_(0.5)
     pre = sae.pre_activations(sae.normalize(x_nd))
     torch.testing.assert_close(sae.encode(x_nd), pre * (pre > 0.5))
-    jump = _sae(activation="jumprelu", jumprelu_initial_threshold=0.3)
+    jump = _sae(activation="jumprelu", architecture_fields={"jumprelu_initial_threshold": 0.3})
     pre = jump.pre_activations(jump.normalize(x_nd))
     torch.testing.assert_close(jump.encode(x_nd), pre * (pre > 0.3))
 
 
 def test_jumprelu_thresholds_get_straight_through_gradients() -> None:
-    sae = _sae(activation="jumprelu", jumprelu_initial_threshold=0.3, jumprelu_bandwidth=0.2)
+    sae = _sae(activation="jumprelu", architecture_fields={"jumprelu_initial_threshold": 0.3, "jumprelu_bandwidth": 0.2})
     xn_nd = torch.randn(64, 6)
     encoding = sae.encode_for_training(xn_nd)
-    (encoding.dense().sum() + sae.jumprelu_l0(encoding.pre_nw)).backward()
+    penalty = sae.config.architecture.sparsity_penalty(sae, encoding)
+    assert penalty is not None
+    (encoding.dense().sum() + penalty).backward()
     grad = sae.log_threshold.grad
     assert grad is not None
     near = ((encoding.pre_nw - 0.3).abs() < 0.1).any(0)
@@ -55,13 +57,16 @@ def test_normalization_is_undone_on_decode() -> None:
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"activation": "gated"}, "unknown SAE activation"), ({"k": 0}, "k must be"), ({"width": 0}, "width must be an integer"),
+    [({"activation": "gated"}, "unknown SAE architecture"), ({"k": 0}, "k must be"), ({"width": 0}, "width must be an integer"),
      ({"matryoshka_widths": (8, 4, 16)}, "increase strictly"), ({"matryoshka_widths": (4, 8)}, "end at the width"),
      ({"d_in": 128.5}, "d_in must be an integer"), ({"width": True}, "width must be an integer"), ({"k": 17}, "k must be between"),
      ({"k": "4"}, "k must be an integer"), ({"matryoshka_widths": (4.0, 16)}, "list of integers"),
      ({"matryoshka_widths": [4, 16]}, "list of integers"), ({"normalization": "whiten"}, "unknown SAE normalization"),
-     ({"jumprelu_bandwidth": float("nan")}, "jumprelu_bandwidth must be a finite number above 0"),
-     ({"jumprelu_initial_threshold": 0}, "jumprelu_initial_threshold must be")],
+     ({"activation": "jumprelu", "architecture_fields": {"jumprelu_bandwidth": float("nan")}},
+      "jumprelu_bandwidth must be a finite number above 0"),
+     ({"activation": "jumprelu", "architecture_fields": {"jumprelu_initial_threshold": 0}}, "jumprelu_initial_threshold must be"),
+     ({"architecture_fields": {"jumprelu_bandwidth": 0.1}}, "the topk architecture has no fields"),
+     ({"activation": "jumprelu", "architecture_fields": {"bandwidth": 0.1}}, "the jumprelu architecture has no fields")],
 )
 def test_inconsistent_configs_are_refused(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(SAEConfigError, match=message):
@@ -73,6 +78,18 @@ def test_config_round_trips_and_rejects_unknown_fields() -> None:
     assert SAEConfig.from_dict(config.to_dict()) == config
     with pytest.raises(SAEConfigError, match="unknown SAE config fields: colour"):
         SAEConfig.from_dict({**config.to_dict(), "colour": 1})
+    jump = SAEConfig(d_in=6, width=16, activation="jumprelu", architecture_fields={"jumprelu_bandwidth": 0.01})
+    assert jump.to_dict()["jumprelu_bandwidth"] == 0.01 and SAEConfig.from_dict(jump.to_dict()) == jump
+
+
+def test_configs_written_before_architectures_had_their_own_fields_still_read() -> None:
+    # until architectures were registered, every config carried JumpReLU's two fields
+    old = {"d_in": 6, "width": 16, "activation": "topk", "k": 4, "matryoshka_widths": [], "normalization": "none",
+           "jumprelu_initial_threshold": 0.001, "jumprelu_bandwidth": 0.001}
+    assert SAEConfig.from_dict(old) == SAEConfig(d_in=6, width=16, k=4)
+    # and a Matryoshka SAE was a BatchTopK one with nested widths: it still reads as that
+    nested = SAEConfig.from_dict({**old, "activation": "batchtopk", "matryoshka_widths": [4, 16]})
+    assert (nested.activation, nested.matryoshka_widths) == ("batchtopk", (4, 16))
 
 
 def test_config_from_json_refuses_wrong_structure() -> None:
@@ -84,7 +101,7 @@ def test_config_from_json_refuses_wrong_structure() -> None:
             SAEConfig.from_dict(data)
 
 
-@pytest.mark.parametrize("activation", ["relu", "topk", "batchtopk", "jumprelu"])
+@pytest.mark.parametrize("activation", ["relu", "topk", "batchtopk", "jumprelu", "matryoshka"])
 def test_state_shapes_are_the_modules_without_allocating(activation: str) -> None:
     config = SAEConfig(d_in=6, width=16, activation=activation, k=4)  # type: ignore[arg-type]
     real = {name: tuple(tensor.shape) for name, tensor in SparseAutoencoder(config).state_dict().items()}

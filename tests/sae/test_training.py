@@ -39,7 +39,8 @@ def _nmse(sae: torch.nn.Module, x_nd: torch.Tensor) -> float:
 
 @pytest.mark.parametrize(
     ("activation", "coefficient", "matryoshka"),
-    [("topk", 0.0, ()), ("batchtopk", 0.0, ()), ("relu", 3e-3, ()), ("jumprelu", 3e-2, ()), ("batchtopk", 0.0, (16, 64, 128))],
+    [("topk", 0.0, ()), ("batchtopk", 0.0, ()), ("relu", 3e-3, ()), ("jumprelu", 3e-2, ()), ("batchtopk", 0.0, (16, 64, 128)),
+     ("matryoshka", 0.0, ())],
 )
 def test_every_architecture_learns(sae_store: Path, tmp_path: Path, activation: str, coefficient: float,
                                    matryoshka: tuple[int, ...]) -> None:
@@ -53,7 +54,7 @@ def test_every_architecture_learns(sae_store: Path, tmp_path: Path, activation: 
     l0 = float((sae.encode(x_nd) > 0).sum(1).double().mean())
     if activation == "topk":
         assert (sae.encode(x_nd) > 0).sum(1).eq(8).all() and saved["metrics"]["l0"] == 8.0
-    elif activation == "batchtopk":
+    elif activation in ("batchtopk", "matryoshka"):
         assert saved["metrics"]["l0"] == 8.0 and 3 < l0 < 20  # the inference threshold keeps L0 near k
     else:
         assert l0 < 128 * 0.6  # the penalty keeps it sparse

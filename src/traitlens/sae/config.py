@@ -8,13 +8,15 @@ by the training configs.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from traitlens.errors import TraitlensError
+from traitlens.sae.architectures import ARCHITECTURES, Architecture
 
-Activation = Literal["relu", "topk", "batchtopk", "jumprelu"]
-ACTIVATIONS: tuple[Activation, ...] = ("relu", "topk", "batchtopk", "jumprelu")
+LEGACY_FIELDS = ("jumprelu_initial_threshold", "jumprelu_bandwidth")
+"""Fields every config carried before architectures had their own: ignored where the architecture
+has no such field."""
 Normalization = Literal["none", "norm", "standardize"]
 NORMALIZATIONS: tuple[Normalization, ...] = ("none", "norm", "standardize")
 
@@ -53,63 +55,86 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...], error: type[Tr
 class SAEConfig:
     """Architecture of a sparse autoencoder.
 
-    ``activation`` picks how latents are made sparse: ``relu`` (with an L1 penalty), ``topk`` (the
-    k largest per token), ``batchtopk`` (the ``k * batch`` largest per batch while training, a
-    learned threshold at inference) or ``jumprelu`` (trainable per-latent thresholds, L0 penalty).
-    ``matryoshka_widths`` adds nested prefixes (Matryoshka SAE): each prefix of the latents is
-    trained to reconstruct the input on its own; it combines with any activation.
-    ``normalization`` scales inputs before encoding and undoes it on decode: ``norm`` scales
-    tokens so their mean norm is sqrt(d_in), ``standardize`` uses per-dimension mean and std.
+    ``activation`` names a registered architecture (:mod:`traitlens.sae.architectures`): how
+    latents are made sparse, e.g. ``topk`` (the k largest per token), ``batchtopk``, ``relu`` (L1
+    penalty), ``jumprelu`` (learned thresholds, L0 penalty) or ``matryoshka``.
+    ``architecture_fields`` holds that architecture's own fields (defaults filled in, others
+    refused). ``matryoshka_widths`` adds nested prefixes (Matryoshka SAE): each prefix of the
+    latents is trained to reconstruct the input on its own; it combines with any architecture, and
+    an architecture may give defaults. ``normalization`` scales inputs before encoding and undoes
+    it on decode: ``norm`` scales tokens so their mean norm is sqrt(d_in), ``standardize`` uses
+    per-dimension mean and std.
     """
 
     d_in: int
     width: int
-    activation: Activation = "topk"
+    activation: str = "topk"
     k: int = 32
     matryoshka_widths: tuple[int, ...] = ()
     normalization: Normalization = "none"
-    jumprelu_initial_threshold: float = 0.001
-    jumprelu_bandwidth: float = 0.001
+    architecture_fields: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_choice("SAE activation", self.activation, ACTIVATIONS, SAEConfigError)
+        check_choice("SAE architecture", self.activation, tuple(ARCHITECTURES), SAEConfigError)
         check_choice("SAE normalization", self.normalization, NORMALIZATIONS, SAEConfigError)
         check_int("SAE d_in", self.d_in, 1, SAEConfigError)
         check_int("SAE width", self.width, 1, SAEConfigError)
         check_int("SAE k", self.k, 1, SAEConfigError)
         if self.is_sparse_coded and self.k > self.width:
             raise SAEConfigError(f"k must be between 1 and the width {self.width}, got {self.k}")
+        own = self.architecture.config_fields
+        given = self.architecture_fields
+        if not isinstance(given, dict) or set(given) - set(own):
+            unknown = sorted(set(given) - set(own)) if isinstance(given, dict) else given
+            raise SAEConfigError(f"the {self.activation} architecture has no fields {unknown}; it has "
+                                 f"{', '.join(own) or 'none of its own'}")
+        object.__setattr__(self, "architecture_fields", own | given)  # a copy: the caller's dict stays theirs
+        problem = self.architecture.check(self.architecture_fields)
+        if problem:
+            raise SAEConfigError(problem)
+        if not self.matryoshka_widths:
+            object.__setattr__(self, "matryoshka_widths", self.architecture.default_matryoshka_widths(self.width))
         widths = self.matryoshka_widths
         if not isinstance(widths, tuple) or not all(is_int(width) for width in widths):
             raise SAEConfigError(f"matryoshka widths must be a list of integers, got {widths!r}")
         if widths and (list(widths) != sorted(set(widths)) or widths[0] < 1 or widths[-1] != self.width):
             raise SAEConfigError(f"matryoshka widths must increase strictly and end at the width {self.width}, got {widths}")
-        check_number("jumprelu_initial_threshold", self.jumprelu_initial_threshold, SAEConfigError, positive=True)
-        check_number("jumprelu_bandwidth", self.jumprelu_bandwidth, SAEConfigError, positive=True)
+
+    @property
+    def architecture(self) -> Architecture:
+        return ARCHITECTURES[self.activation]
 
     @property
     def is_sparse_coded(self) -> bool:
         """TopK-family SAEs are trained on sparse codes (k active latents), never dense ones."""
-        return self.activation in ("topk", "batchtopk")
+        return self.architecture.sparse_coded
 
     def to_dict(self) -> dict[str, Any]:
+        """The shared fields, then the architecture's own at the same level."""
         data = asdict(self)
         data["matryoshka_widths"] = list(self.matryoshka_widths)
-        return data
+        return data | data.pop("architecture_fields")
 
     @classmethod
     def from_dict(cls, data: Any) -> SAEConfig:
         """The config saved by :meth:`to_dict` (a JSON object); anything else is one line."""
         if not isinstance(data, dict):
             raise SAEConfigError(f"an SAE config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise SAEConfigError(f"unknown SAE config fields: {', '.join(sorted(unknown))}")
         missing = sorted(name for name in ("d_in", "width") if name not in data)
         if missing:
             raise SAEConfigError(f"SAE config fields missing: {', '.join(missing)}")
-        return cls(**{**data, "matryoshka_widths": json_widths(data.get("matryoshka_widths", []))})
+        shared = {f.name for f in fields(cls)} - {"architecture_fields"}
+        activation = data.get("activation", "topk")
+        check_choice("SAE architecture", activation, tuple(ARCHITECTURES), SAEConfigError)
+        own = ARCHITECTURES[activation].config_fields
+        unknown = set(data) - shared - set(own) - set(LEGACY_FIELDS)
+        if unknown:
+            raise SAEConfigError(f"unknown SAE config fields: {', '.join(sorted(unknown))}")
+        for name in set(LEGACY_FIELDS) & set(data) - set(own):  # unused, but a damaged value is still damage
+            check_number(name, data[name], SAEConfigError, positive=True)
+        return cls(**{key: value for key, value in data.items() if key in shared - {"matryoshka_widths"}},
+                   matryoshka_widths=json_widths(data.get("matryoshka_widths", [])),
+                   architecture_fields={key: value for key, value in data.items() if key in own})
 
 
 def json_widths(value: Any) -> tuple[int, ...]:

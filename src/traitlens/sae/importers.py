@@ -55,7 +55,7 @@ from safetensors.torch import load_file
 
 from traitlens.errors import TraitlensError, first_line
 from traitlens.json_config import parse_standard_json
-from traitlens.sae.config import Activation, SAEConfig, SAEConfigError, json_widths
+from traitlens.sae.config import SAEConfig, SAEConfigError, json_widths
 from traitlens.sae.io import CONFIG, check_finite, load_sae_with_config
 from traitlens.sae.model import SparseAutoencoder
 
@@ -64,7 +64,7 @@ SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_SCALER = "activation_scaler.json"
 SAELENS_BATCHTOPK = ("batchtopk", "matryoshka_batchtopk")
 SAEV_SCHEMAS = (None, 1, 2, 3, 4, 5)
-SAEV_ACTIVATIONS: dict[str, Activation] = {"Relu": "relu", "TopK": "topk", "BatchTopK": "batchtopk"}
+SAEV_ACTIVATIONS: dict[str, str] = {"Relu": "relu", "TopK": "topk", "BatchTopK": "batchtopk"}
 
 _SAELENS_NORMALIZATION_REFUSALS = {
     "constant_norm_rescale": "rescales every token to norm sqrt(d_in) at run time",
@@ -202,7 +202,7 @@ def _widths(value: Any, path: Path) -> tuple[int, ...]:
 class _SAELensArchitecture:
     """What a SAELens config means in traitlens terms."""
 
-    activation: Activation
+    activation: str
     k: int = 32
     matryoshka_widths: tuple[int, ...] = ()
     rescale_by_decoder_norm: bool = False

@@ -53,14 +53,3 @@ def initialize_from_data(sae: SparseAutoencoder, sample_nd: torch.Tensor, bias: 
         rows_wd += 1e-3 * torch.randn(rows_wd.shape, generator=generator)  # duplicates must not stay identical
         sae.W_dec.copy_(rows_wd / rows_wd.norm(dim=1, keepdim=True).clamp_min(1e-12))
         sae.W_enc.copy_(sae.W_dec)
-
-
-@torch.no_grad()
-def calibrate_threshold(sae: SparseAutoencoder, sample_nd: torch.Tensor) -> None:
-    """BatchTopK's inference threshold: the value above which, on the sample, exactly ``k`` latents
-    per token are active on average — so inference keeps the sparsity training had."""
-    pre_nw = sae.pre_activations(sae.normalize(sample_nd))
-    flat = pre_nw.reshape(-1)
-    kept = flat.topk(min(sae.config.k * len(sample_nd) + 1, flat.numel())).values
-    between = (kept[-2] + kept[-1]) / 2 if len(kept) > 1 else kept[-1]  # strictly between the last kept and the next
-    sae.threshold.fill_(float(between.clamp_min(0.0)))

@@ -1,69 +1,23 @@
-"""The sparse autoencoder: one module for every activation, Matryoshka prefixes optional.
+"""The sparse autoencoder: one module for every architecture, Matryoshka prefixes optional.
+
+The shared parts live here (normalization, the encoder product, decoding); how latents are made
+sparse is the config's registered architecture (:mod:`traitlens.sae.architectures`).
 
 Weights (safetensors names, see docs/formats.md): ``W_enc`` (width, d_in), ``b_enc`` (width),
 ``W_dec`` (width, d_in) with unit-norm rows, ``b_dec`` (d_in); buffers ``input_mean`` and
-``input_scale`` (normalization), ``threshold`` (BatchTopK's inference threshold); JumpReLU adds
-the parameter ``log_threshold`` (width). Both weight matrices are stored row-per-latent so the
+``input_scale`` (normalization), ``threshold`` (an inference threshold per latent, which
+BatchTopK learns after training); an architecture may add its own (JumpReLU's ``log_threshold``). Both weight matrices are stored row-per-latent so the
 rows of active latents are contiguous for the sparse kernels.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torch import nn
 
 from traitlens.sae.config import SAEConfig
-from traitlens.sae.sparse import (
-    SparseCodes,
-    batch_topk_selection,
-    decode_codes,
-    gather_preactivations,
-    topk_selection,
-)
-
-
-class _Threshold(torch.autograd.Function):
-    """JumpReLU ``pre * H(pre - theta)`` or, with ``step=True``, the step ``H(pre - theta)`` that
-    the L0 penalty counts. ``theta = exp(log_threshold)`` learns through a straight-through
-    estimator: the rectangle kernel of width ``bandwidth`` stands in for H's derivative."""
-
-    @staticmethod
-    def forward(ctx: Any, pre_nw: torch.Tensor, log_threshold_w: torch.Tensor, bandwidth: float, step: bool) -> torch.Tensor:
-        threshold_w = log_threshold_w.exp()
-        ctx.save_for_backward(pre_nw, threshold_w)
-        ctx.bandwidth, ctx.step = bandwidth, step
-        active_nw = (pre_nw > threshold_w).to(pre_nw.dtype)
-        return active_nw if step else pre_nw * active_nw
-
-    @staticmethod
-    def backward(ctx: Any, grad_nw: torch.Tensor) -> tuple[Any, ...]:
-        pre_nw, threshold_w = ctx.saved_tensors
-        eps = ctx.bandwidth
-        in_window_nw = ((pre_nw - threshold_w).abs() < eps / 2).to(grad_nw.dtype)
-        scale_w = 1.0 / eps if ctx.step else threshold_w / eps  # d/dtheta of H, or of pre * H
-        grad_threshold_w = -(scale_w * in_window_nw * grad_nw).sum(0)
-        grad_pre = None if ctx.step else grad_nw * (pre_nw > threshold_w)
-        return grad_pre, grad_threshold_w * threshold_w, None, None
-
-
-@dataclass
-class Encoding:
-    """What one training forward needs: the latents (sparse codes or dense) and, detached, the
-    pre-activations (for dead-latent AuxK selection and statistics)."""
-
-    pre_nw: torch.Tensor
-    codes: SparseCodes | None = None
-    latents_nw: torch.Tensor | None = None
-
-    def dense(self) -> torch.Tensor:
-        if self.latents_nw is not None:
-            return self.latents_nw
-        assert self.codes is not None
-        return self.codes.to_dense()
+from traitlens.sae.encoding import Encoding
+from traitlens.sae.sparse import decode_codes
 
 
 class SparseAutoencoder(nn.Module):
@@ -84,8 +38,7 @@ class SparseAutoencoder(nn.Module):
         self.register_buffer("input_mean", torch.zeros(d))
         self.register_buffer("input_scale", torch.ones(d))
         self.register_buffer("threshold", torch.zeros(w))
-        if config.activation == "jumprelu":
-            self.log_threshold = nn.Parameter(torch.full((w,), math.log(config.jumprelu_initial_threshold)))
+        config.architecture.add_parameters(self)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -116,26 +69,7 @@ class SparseAutoencoder(nn.Module):
 
     def encode_for_training(self, xn_nd: torch.Tensor) -> Encoding:
         """Latents of normalized inputs in the form training uses (sparse for TopK-family)."""
-        cfg = self.config
-        if cfg.is_sparse_coded:
-            centered_nd = xn_nd - self.b_dec
-            with torch.no_grad():
-                pre_nw = torch.addmm(self.b_enc, centered_nd, self.W_enc.t())
-                select = topk_selection if cfg.activation == "topk" else batch_topk_selection
-                rows, cols = select(pre_nw, cfg.k)
-            values = gather_preactivations(pre_nw, centered_nd, self.W_enc, self.b_enc, rows, cols).relu()
-            return Encoding(pre_nw=pre_nw, codes=SparseCodes(rows, cols, values, xn_nd.shape[0], cfg.width))
-        pre_nw = self.pre_activations(xn_nd)
-        if cfg.activation == "jumprelu":
-            latents_nw = _Threshold.apply(pre_nw, self.log_threshold, cfg.jumprelu_bandwidth, False)
-        else:
-            latents_nw = pre_nw.relu()
-        return Encoding(pre_nw=pre_nw.detach(), latents_nw=latents_nw)
-
-    def jumprelu_l0(self, pre_nw: torch.Tensor) -> torch.Tensor:
-        """Mean number of active latents per token, differentiable in the thresholds."""
-        step_nw = _Threshold.apply(pre_nw, self.log_threshold, self.config.jumprelu_bandwidth, True)
-        return step_nw.sum(1).mean()
+        return self.config.architecture.encode_for_training(self, xn_nd)
 
     def decode_normalized(self, encoding: Encoding, prefix: int | None = None) -> torch.Tensor:
         """Reconstruction in normalized space from the first ``prefix`` latents (all by default)."""
@@ -149,18 +83,8 @@ class SparseAutoencoder(nn.Module):
 
     # -- inference -----------------------------------------------------------------------------
     def encode(self, x_nd: torch.Tensor) -> torch.Tensor:
-        """Dense latents (n, width) of raw inputs. BatchTopK uses its learned threshold here, so a
-        token's latents do not depend on the rest of its batch."""
-        cfg = self.config
-        pre_nw = self.pre_activations(self.normalize(x_nd))
-        if cfg.activation == "topk":
-            values, cols = pre_nw.topk(cfg.k, dim=1)
-            return torch.zeros_like(pre_nw).scatter_(1, cols, values.relu())
-        if cfg.activation == "batchtopk":
-            return pre_nw * (pre_nw > self.threshold)
-        if cfg.activation == "jumprelu":
-            return pre_nw * (pre_nw > self.log_threshold.exp())
-        return pre_nw.relu()
+        """Dense latents (n, width) of raw inputs, each token's a function of that token alone."""
+        return self.config.architecture.activate(self, self.pre_activations(self.normalize(x_nd)))
 
     def decode(self, latents_nw: torch.Tensor) -> torch.Tensor:
         """Raw-space reconstruction (n, d_in) of dense latents."""

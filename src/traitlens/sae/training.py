@@ -28,12 +28,8 @@ from traitlens.errors import DataError, TraitlensError
 from traitlens.optim_state import load_optimizer_tensors, optimizer_tensors
 from traitlens.output_folder import OWNER_FILE, claim_output_folder
 from traitlens.sae.config import SAEConfig, check_choice, check_int, check_number, is_int
-from traitlens.sae.init import (
-    BiasInit,
-    calibrate_threshold,
-    initialize_from_data,
-    set_normalization,
-)
+from traitlens.sae.encoding import Encoding
+from traitlens.sae.init import BiasInit, initialize_from_data, set_normalization
 from traitlens.sae.io import (
     CONFIG,
     check_finite,
@@ -44,7 +40,7 @@ from traitlens.sae.io import (
 )
 from traitlens.sae.logging_sinks import LOG_FILE, SINKS, MetricSinks
 from traitlens.sae.metrics import DENSE_FREQUENCY, explained_variance
-from traitlens.sae.model import Encoding, SparseAutoencoder
+from traitlens.sae.model import SparseAutoencoder
 from traitlens.sae.schedule import learning_rate, sparsity_coefficient
 from traitlens.sae.sparse import SparseCodes, decode_codes, gather_preactivations, topk_selection
 from traitlens.store import ActivationStore, ShuffleConfig
@@ -80,7 +76,8 @@ class RunConfig:
         cfg = self.sae
         parts = [cfg.activation, f"w{cfg.width}"]
         parts += [f"k{cfg.k}"] if cfg.is_sparse_coded else [f"c{self.sparsity_coefficient:g}"]
-        parts += ["matryoshka"] if cfg.matryoshka_widths else []
+        # nesting is named unless the architecture nests by default
+        parts += ["matryoshka"] if cfg.matryoshka_widths and not cfg.architecture.default_matryoshka_widths(cfg.width) else []
         return "_".join([*parts, f"lr{self.lr:g}"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -299,11 +296,9 @@ class Trainer:
         errors.append((recon_nd - xn_nd).square().sum(1).mean())
         recon_loss = torch.stack(errors).mean()
         loss = recon_loss
-        coefficient = sparsity_coefficient(self.step, run.config.sparsity_coefficient, self.config.sparsity_warmup_steps)
-        if cfg.activation == "relu":
-            loss = loss + coefficient * encoding.dense().sum(1).mean()
-        elif cfg.activation == "jumprelu":
-            loss = loss + coefficient * sae.jumprelu_l0(encoding.pre_nw)
+        penalty = cfg.architecture.sparsity_penalty(sae, encoding)
+        if penalty is not None:
+            loss = loss + sparsity_coefficient(self.step, run.config.sparsity_coefficient, self.config.sparsity_warmup_steps) * penalty
         aux = self._aux_loss(run, xn_nd, encoding, recon_nd) if cfg.is_sparse_coded else torch.zeros(())
         loss = loss + self.config.aux_coefficient * aux
 
@@ -429,8 +424,7 @@ class Trainer:
             check_finite(f"training {run.config.name} diverged (try a lower --lr)", run.sae.state_dict(), TrainingError)
         sample_nd = self._sample(self.config.init_sample_tokens)
         for run in self.runs:
-            if run.config.sae.activation == "batchtopk":
-                calibrate_threshold(run.sae, sample_nd)
+            run.config.sae.architecture.after_training(run.sae, sample_nd)
         for run, directory in zip(self.runs, self.result_dirs, strict=True):
             if self.workers.is_main:
                 extra = {"layer": self.layer.name, "acts": str(self.config.acts), "model": self.store.manifest["model"]["spec"],

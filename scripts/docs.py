@@ -365,7 +365,7 @@ def _demo_sae(workspace: Workspace) -> Any:
 
 
 def specimens_command(folder: str, n: int, seed: int) -> str:
-    return f"traitlens specimens generate --out {folder} --n {n} --seed {seed}"
+    return f"traitlens specimens generate --out {folder} --n-images {n} --seed {seed}"
 
 
 def _accuracy(seed: int) -> Callable[[Workspace], Any]:
@@ -392,7 +392,7 @@ def _localization(method: str, finer: bool) -> Callable[[Workspace], Any]:
         workspace.run(specimens_command("loc/s7", 320, 7))
         name = f"finer-{method}" if finer else method
         refs = " --refs auto --n-refs 1" if finer else ""
-        workspace.run(f"traitlens explain --model {EMBEDDED_MODEL} --images loc/s7/images --method {method}{refs} --out loc/{name}")
+        workspace.run(f"traitlens explain --model {EMBEDDED_MODEL} --data loc/s7/images --method {method}{refs} --out loc/{name}")
         workspace.run(f"traitlens specimens score localization --heatmaps loc/{name} --data loc/s7 --out loc/scores-{name} "
                       f"--grid {LOCALIZATION_GRID}")
         return workspace.json(f"loc/scores-{name}/localization.json")
@@ -460,8 +460,8 @@ def sae_budget_commands(short: str, layer: str, tokens: int) -> list[str]:
     """Train one report-recipe SAE on the seed-7 store, then score it on the held-out seed-8 one."""
     name = f"sae/{short}-{tokens}"
     return [f"traitlens train --acts acts/{short}-s{SAE_TRAIN_SEED} --layer {layer} --arch topk --k 16 --expansion 8 --normalize none "
-            f"--batch-size 1024 --lr 1e-3 --warmup-steps 20 --tokens {tokens} --out {name}",
-            f"traitlens evaluate --sae {name} --acts acts/{short}-s{SAE_SCORE_SEED} --out {name}-eval.json",
+            f"--batch-size 1024 --lr 1e-3 --warmup-steps 20 --n-tokens {tokens} --out {name}",
+            f"traitlens evaluate --sae {name} --acts acts/{short}-s{SAE_SCORE_SEED} --out {name}-eval",
             f"traitlens specimens score discovery --acts acts/{short}-s{SAE_SCORE_SEED} --data sae/s{SAE_SCORE_SEED} "
             f"--sae {name} --out {name}-discovery"]
 
@@ -487,7 +487,7 @@ def _sae_convergence(short: str) -> Callable[[Workspace], list[dict[str, Any]]]:
             commands = sae_budget_commands(short, layer, tokens)
             for command in commands:
                 workspace.run(command)
-            fit = workspace.json(f"sae/{short}-{tokens}-eval.json")["reconstruction"]
+            fit = workspace.json(f"sae/{short}-{tokens}-eval/metrics.json")["reconstruction"]
             discovery = workspace.json(f"sae/{short}-{tokens}-discovery/discovery.json")["rows"]
             won = [row for row in discovery if row["sae"] > max(row[kind] for kind in FEATURE_SETS[1:])]
             rows.append({"multiple": multiple, "tokens": tokens, "layer": layer, "commands": commands,
@@ -685,7 +685,39 @@ def _suppression_table(workspace: Workspace) -> str:
                    "any prediction change", "twin reliance"], rows)
 
 
+def _cli_options(_: Workspace) -> str:
+    """docs/cli.md: every command's options, from the parser itself, so the page cannot drift."""
+    from traitlens.cli import build_parser
+    from traitlens.cli_args import iter_commands, options_of
+
+    def cell(text: str) -> str:
+        return " ".join(text.split()).replace("|", "\\|")
+
+    sections = []
+    for command, parser in iter_commands(build_parser()):
+        rows = []
+        for action in options_of(parser):
+            if action.nargs == 0:
+                takes = ""
+            elif action.choices:
+                takes = " " + "|".join(str(choice) for choice in action.choices)
+            else:
+                takes = f" {action.metavar or action.dest.upper()}"
+            default = action.default
+            if isinstance(default, tuple):
+                default = ",".join(str(value) for value in default)
+            shown = "" if default is None or default is False or default == "" or action.required else f"`{default}`"
+            rows.append([cell(f"`{action.option_strings[0]}{takes}`"), "yes" if action.required else "", shown,
+                         cell(action.help or "")])
+        renamed = "; ".join(f"`{old}` is now `{new}`" for old, new in getattr(parser, "old_spellings", {}).items())
+        lines = [f"### `traitlens {command}`", ""] + ([f"Old spellings still read in this release: {renamed}.", ""] if renamed else [])
+        lines += ["| option | required | default | meaning |", "|---|---|---|---|", *("| " + " | ".join(row) + " |" for row in rows)]
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)
+
+
 RECIPES: dict[str, Callable[[Workspace], str]] = {
+    "cli-options": _cli_options,
     "zoo": _zoo,
     "goals": _goals,
     "sae-convergence": _sae_convergence_table,

@@ -72,7 +72,7 @@ def test_bad_data_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path
 
 
 def test_pretrained_weights_without_a_hub_say_what_to_do(capsys: pytest.CaptureFixture[str], images: Path, tmp_path: Path) -> None:
-    code, _, err = _run(capsys, "explain", "--model", "timm:vit_tiny_patch16_224", "--images", str(images),
+    code, _, err = _run(capsys, "explain", "--model", "timm:vit_tiny_patch16_224", "--data", str(images),
                         "--method", "grad-cam", "--out", str(tmp_path / "maps"))
     _assert_one_line_error(code, err, "timm:vit_tiny_patch16_224", "--weights PATH", "--random-init")
 
@@ -101,18 +101,21 @@ def test_train_from_the_command_line_and_its_bad_inputs(capsys: pytest.CaptureFi
     assert main(["extract", "--model", TINY_VIT, "--random-init", "--data", str(images), "--layers", "-1",
                  "--out", str(acts), "--tokens", "all"]) == 0
     capsys.readouterr()
-    base = ["train", "--acts", str(acts), "--layer", "-1", "--tokens", "120", "--batch-size", "30"]
+    base = ["train", "--acts", str(acts), "--layer", "-1", "--n-tokens", "120", "--batch-size", "30"]
     code, out, _ = _run(capsys, *base, "--arch", "topk", "--k", "2,4", "--width", "64", "--out", str(tmp_path / "sweep"))
     assert code == 0 and out.count("saved SAE") == 2 and "topk_w64_k4_lr0.0003" in out
-    code, _, err = _run(capsys, *base, "--arch", "topk", "--k", "2,4", "--width", "64", "--out", str(tmp_path / "sweep"))
+    # the same command again finds the sweep finished and keeps it; the old --resume still parses, with one line
+    code, out, err = _run(capsys, *base, "--arch", "topk", "--k", "2,4", "--width", "64", "--out", str(tmp_path / "sweep"))
+    assert code == 0 and out.count("saved SAE") == 2 and "already complete" in err and "--resume" not in err
+    code, out, err = _run(capsys, *base, "--arch", "topk", "--k", "2,4", "--width", "64", "--out", str(tmp_path / "sweep"), "--resume")
+    assert code == 0 and out.count("saved SAE") == 2 and "--resume is no longer needed" in err
+    code, _, err = _run(capsys, *base, "--arch", "topk", "--k", "2", "--width", "64", "--out", str(tmp_path / "sweep"))
     _assert_one_line_error(code, err, "already holds training output")
-    code, out, _ = _run(capsys, *base, "--arch", "topk", "--k", "2,4", "--width", "64", "--out", str(tmp_path / "sweep"), "--resume")
-    assert code == 0 and out.count("saved SAE") == 2
     code, _, err = _run(capsys, *base, "--layer", "blocks.0", "--out", str(tmp_path / "x"))
     _assert_one_line_error(code, err, "layer 'blocks.0' is not in the store", "stored layers: blocks.1")
     code, _, err = _run(capsys, *base, "--k", "500", "--width", "64", "--out", str(tmp_path / "x"))
     _assert_one_line_error(code, err, "k must be between 1 and the width 64")
-    code, _, err = _run(capsys, "train", "--acts", str(tmp_path / "nope"), "--layer", "0", "--tokens", "10", "--out", str(tmp_path / "x"))
+    code, _, err = _run(capsys, "train", "--acts", str(tmp_path / "nope"), "--layer", "0", "--n-tokens", "10", "--out", str(tmp_path / "x"))
     _assert_one_line_error(code, err, "no activation store")
 
 
@@ -130,16 +133,16 @@ def test_the_command_line_retrains_the_report_sae_exactly(capsys: pytest.Capture
     report_sae = train_trait_sae(acts, layer.name, tmp_path / "report-sae", expansion=2, k=4, epochs=3)
     code, _, _ = _run(capsys, "train", "--acts", str(acts), "--layer", layer.name, "--arch", "topk", "--k", "4",
                       "--expansion", "2", "--normalize", "none", "--batch-size", "1024", "--lr", "1e-3",
-                      "--warmup-steps", "20", "--tokens", str(3 * layer.n_tokens), "--out", str(tmp_path / "cli-sae"))
+                      "--warmup-steps", "20", "--n-tokens", str(3 * layer.n_tokens), "--out", str(tmp_path / "cli-sae"))
     assert code == 0
     expected, got = load_file(report_sae / "sae.safetensors"), load_file(tmp_path / "cli-sae" / "sae.safetensors")
     assert expected.keys() == got.keys() and all(torch.equal(expected[name], got[name]) for name in expected)
 
 
 @pytest.mark.parametrize("command", [
-    ["explain", "--model", TINY_VIT, "--random-init", "--images", "photos", "--method", "grad-cam"],
+    ["explain", "--model", TINY_VIT, "--random-init", "--data", "photos", "--method", "grad-cam"],
     ["probe", "--acts", "acts"],
-    ["specimens", "generate", "--n", "2", "--seed", "0"],
+    ["specimens", "generate", "--n-images", "2", "--seed", "0"],
     ["specimens", "score", "flips", "--predictions", "edited.csv", "--data", "specimens"],
     ["specimens", "score", "localization", "--heatmaps", "maps", "--data", "specimens"],
 ])

@@ -50,9 +50,9 @@ def test_command_lines_that_do_not_parse_are_listed_with_their_line(tmp_path: Pa
         ".venv/bin/traitlens train ... --bogus 3\n"
         "torchrun --nproc_per_node 2 -m traitlens extract ...   # a synopsis: fine\n"
         ".venv/bin/traitlens specimens generate --out s \\\n"
-        "    --n 16 --seed 1\n"
+        "    --n-images 16 --seed 1\n"
         ".venv/bin/traitlens specimens generate --out s \\\n"
-        "    --n 16 --sed 1\n"
+        "    --n-images 16 --sed 1\n"
         "```\n"
         "Prose: `traitlens nosuch`, `traitlens specimens score flips`, `traitlens probe --acts DIR [--layer L]`,\n"
         "`traitlens probe --acts DIR [--layr L]`.\n"
@@ -88,7 +88,7 @@ def test_blocks_run_what_their_input_needs_first_and_failures_are_reported(tmp_p
     monkeypatch.chdir(tmp_path)
     page = tmp_path / "page.md"
     page.write_text(
-        "```bash\n.venv/bin/traitlens specimens generate --out tiny --n 16 --seed 3\n```\n\n"
+        "```bash\n.venv/bin/traitlens specimens generate --out tiny --n-images 16 --seed 3\n```\n\n"
         "<!-- generated (fast): traitlens specimens accuracy --model traitlens:specimens-vit --data tiny/images -->\n"
         "```\n```\n<!-- /generated -->\n\n"
         "<!-- generated (fast): traitlens layers --model nosuch:model -->\n```\n```\n<!-- /generated -->\n\n"

@@ -15,14 +15,17 @@ from traitlens import __version__
 from traitlens.cli_args import (
     EXIT_USER_ERROR,
     OneLineParser,
+    add_device_arg,
     add_model_args,
     add_overwrite_arg,
     comma_list,
     join_negative_values,
+    legacy_json_file,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    rename_option,
 )
 from traitlens.errors import TraitlensError
 
@@ -53,36 +56,44 @@ def _metrics_sink(text: str) -> str:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from traitlens.sae import RunConfig, SAEConfig, TrainConfig, sweep, train
+    from traitlens.sae import TrainConfig, train
+    from traitlens.sae.training import sweep_runs
     from traitlens.store import ActivationStore
 
     layer = ActivationStore(args.acts).layer(args.layer)
-    widths = args.width or tuple(round(e * layer.width) for e in args.expansion)
-    runs: list[RunConfig] = []
-    for width in widths:
-        base = RunConfig(SAEConfig(d_in=layer.width, width=width, activation=args.arch, k=min(args.k[0], width),
-                                   matryoshka_widths=tuple(sorted(set(args.matryoshka_widths or ()))),
-                                   normalization=args.normalize))
-        runs += sweep(base, k=args.k, lr=args.lr, sparsity_coefficient=args.l1)
+    runs = sweep_runs(layer.width, widths=args.width or (), expansions=args.expansion, activation=args.arch, ks=args.k,
+                      lrs=args.lr, sparsity_coefficients=args.l1, matryoshka_widths=args.matryoshka_widths or (),
+                      normalization=args.normalize)
     config = TrainConfig(
-        acts=args.acts, layer=layer.name, out=args.out, runs=tuple(runs), tokens=args.tokens, batch_size=args.batch_size,
+        acts=args.acts, layer=layer.name, out=args.out, runs=runs, tokens=args.n_tokens, batch_size=args.batch_size,
         seed=args.seed, warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, strict=args.strict, device=args.device,
         data_init=args.data_init, bias_init=args.bias_init, dead_after_tokens=args.dead_after_tokens,
         log_to=args.log_to,
     )
-    for directory in train(config, resume=args.resume):
+    if args.resume:
+        print("traitlens train: --resume is no longer needed (an unfinished run in --out is resumed); it goes in the next "
+              "release", file=sys.stderr)
+    for directory in train(config):
         print(f"saved SAE {directory}")
     return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from traitlens.sae.evaluation import EvaluateConfig, evaluate, format_metrics
+    from traitlens.output_folder import claim_output_file
+    from traitlens.sae.evaluation import EvaluateConfig, EvaluationError, evaluate, format_metrics
+    from traitlens.store.atomic import atomic_write_json
 
-    config = EvaluateConfig(sae=args.sae, acts=args.acts, out=args.out, layer=args.layer, model=args.model,
+    legacy_file = legacy_json_file(args.out, "evaluate")
+    if legacy_file is not None:
+        claim_output_file(legacy_file, overwrite=args.overwrite, error=EvaluationError)
+    config = EvaluateConfig(sae=args.sae, acts=args.acts, out=None if legacy_file else args.out, layer=args.layer, model=args.model,
                             weights=args.weights, pretrained=not args.random_init, batch_size=args.batch_size,
                             image_batch_size=args.image_batch_size, max_images=args.max_images, strict=args.strict,
                             device=args.device, head=args.head, overwrite=args.overwrite)
-    print(format_metrics(evaluate(config)))
+    metrics = evaluate(config)
+    if legacy_file is not None:
+        atomic_write_json(legacy_file, metrics)
+    print(format_metrics(metrics))
     return 0
 
 
@@ -125,7 +136,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from traitlens.demo import DemoConfig, run_demo
 
-    chosen = {"layer": args.layer, "n_images": args.images, "seed": args.seed}
+    chosen = {"layer": args.layer, "n_images": args.n_images, "seed": args.seed}
     print(run_demo(DemoConfig(out=args.out, overwrite=args.overwrite,
                               **{name: value for name, value in chosen.items() if value is not None})))
     return 0
@@ -148,10 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--out", required=True, type=Path, help="store directory (an unfinished one is resumed)")
     extract.add_argument("--tokens", choices=TOKEN_SELECTIONS, default="patch", help="which tokens to keep (default: patch)")
     extract.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="storage dtype (default: float16)")
-    extract.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
+    extract.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     extract.add_argument("--images-per-shard", type=positive_int, default=None,
                          help="images per shard file (default: sized to ~512 MiB)")
-    extract.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    add_device_arg(extract)
     extract.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     add_overwrite_arg(extract)
     extract.set_defaults(run=_run_extract)
@@ -175,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="input normalization from the store's statistics (default: norm, mean token norm -> sqrt(d))")
     train.add_argument("--batch-size", type=positive_int, default=4096, help="tokens per step (default 4096)")
     train.add_argument("--lr", type=comma_list(positive_float), default=(3e-4,), help="peak learning rate; comma-separated values sweep")
-    train.add_argument("--tokens", required=True, type=positive_int, help="tokens to train on")
+    train.add_argument("--n-tokens", required=True, type=positive_int, help="tokens to train on (a count)")
+    rename_option(train, "--tokens", "--n-tokens")
     train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--data-init", action="store_true", help="initialize decoder rows from data points")
     train.add_argument("--bias-init", choices=("geometric_median", "mean", "zero"), default="geometric_median")
@@ -183,10 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="steps of linear learning-rate warm-up before the cosine decay (default 50)")
     train.add_argument("--dead-after-tokens", type=positive_int, default=1_000_000, help="a latent silent this long is dead (AuxK)")
     train.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints")
-    train.add_argument("--out", required=True, type=Path, help="output directory (a sweep gets one folder per SAE)")
-    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    train.add_argument("--out", required=True, type=Path,
+                       help="output folder (a sweep gets one folder per SAE; an unfinished run is resumed)")
+    train.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the old way to resume; a no-op now
     train.add_argument("--strict", action="store_true", help="stop at NaN/Inf activations instead of skipping them")
-    train.add_argument("--device", default="auto")
+    add_device_arg(train)
     train.add_argument("--log-to", type=comma_list(_metrics_sink), default=(), help="also log to tensorboard and/or wandb (comma-separated)")
     train.set_defaults(run=_run_train)
 
@@ -197,13 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", type=Path, metavar="PATH")
     evaluate.add_argument("--random-init", action="store_true")
     evaluate.add_argument("--layer", help="stored layer (default: the one the SAE was trained on)")
-    evaluate.add_argument("--batch-size", type=positive_int, default=4096, help="tokens per batch")
+    evaluate.add_argument("--batch-size", type=positive_int, default=4096, help="tokens per batch (default 4096)")
     evaluate.add_argument("--image-batch-size", type=positive_int, default=16, help="images per forward pass (with --model)")
     evaluate.add_argument("--max-images", type=positive_int, metavar="N", help="downstream fidelity on the first N stored images (default: all)")
     evaluate.add_argument("--head", type=Path, metavar="DIR", help="with --model: a probe (traitlens probe --out) replaces the model's head")
     evaluate.add_argument("--strict", action="store_true", help="NaN/Inf activations are an error instead of skipped")
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--out", required=True, type=Path, help="metrics JSON file")
+    add_device_arg(evaluate)
+    evaluate.add_argument("--out", required=True, type=Path, help="output folder: metrics.json")
     add_overwrite_arg(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
@@ -230,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"),
                       help="output directory (default: runs/demo; an unfinished demo there is resumed)")
     demo.add_argument("--layer", help="block the SAE reads and the edits change (default: blocks.1)")
-    demo.add_argument("--images", type=positive_int, help="specimens drawn, at least 16 (default: 1024)")
+    demo.add_argument("--n-images", type=positive_int, help="specimens drawn, at least 16 (default: 1024)")
+    rename_option(demo, "--images", "--n-images")
     demo.add_argument("--seed", type=non_negative_int, help="specimens seed (default: 1; the model was trained on 0)")
     demo.add_argument("--overwrite", action="store_true",
                       help="start again from scratch in an --out the demo wrote (instead of resuming it)")

@@ -10,7 +10,7 @@ import argparse
 import math
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -20,7 +20,25 @@ T = TypeVar("T")
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """``argparse`` with its errors as one line (no usage block) and exit status 2."""
+    """``argparse`` with its errors as one line (no usage block) and exit status 2, and options
+    renamed in this release still read under their old spelling (:func:`rename_option`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.old_spellings: dict[str, str] = {}
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        if args is not None and self.old_spellings:
+            args = [self._new_spelling(arg) for arg in args]
+        return super().parse_known_args(args, namespace)
+
+    def _new_spelling(self, arg: str) -> str:
+        old, equals, value = arg.partition("=")
+        new = self.old_spellings.get(old)
+        if new is None:
+            return arg
+        sys.stderr.write(f"{self.prog}: {old} is now {new}; the old spelling goes in the next release\n")
+        return new + equals + value
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -104,6 +122,31 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
     parser.add_argument("--random-init", action="store_true", help="random weights (seed 0) instead of pretrained ones")
 
 
+def rename_option(parser: argparse.ArgumentParser, old: str, new: str) -> None:
+    """``old`` (an option this command had) still works for one release: it is read as ``new``,
+    with one deprecation line on stderr."""
+    if not isinstance(parser, OneLineParser):
+        raise TypeError(f"{parser.prog} is not a OneLineParser, so it cannot read old spellings")
+    parser.old_spellings[old] = new
+
+
+def legacy_json_file(out: Path | None, command: str) -> Path | None:
+    """An ``--out`` ending in ``.json`` that is not a folder: the file ``command`` wrote before
+    ``--out`` meant a folder everywhere. Still written for one release, with one deprecation line."""
+    if out is None or out.suffix != ".json" or out.is_dir():
+        return None
+    sys.stderr.write(f"traitlens {command}: --out FILE.json is now --out FOLDER; the file form goes in the next release\n")
+    return out
+
+
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: a GPU when there is one)"
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """``--device``, spelled and defaulted the same by every command that runs tensors."""
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
 def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
     """``--overwrite``: replace this command's own earlier output (never anything else)."""
     parser.add_argument("--overwrite", action="store_true",
@@ -134,3 +177,19 @@ def option_name(dest: str) -> str:
 
 def describe(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
+
+
+def iter_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every runnable command under ``parser`` (``"specimens score discovery"``) with its parser."""
+    subcommands = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    if not subcommands and path:
+        yield " ".join(path), parser
+    for action in subcommands:
+        for name, subparser in action.choices.items():
+            yield from iter_commands(subparser, (*path, name))
+
+
+def options_of(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The options a command takes, in the order its help shows them (help and hidden ones left out)."""
+    return [action for action in parser._actions if action.option_strings and action.help != argparse.SUPPRESS
+            and not isinstance(action, argparse._HelpAction)]

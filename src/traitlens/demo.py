@@ -75,7 +75,7 @@ class DemoConfig:
     """Start ``out`` again from scratch instead of resuming it."""
 
     def __post_init__(self) -> None:
-        check_int(self.n_images, "--images (one image per species at least)", TraitlensError, minimum=len(SPECIES))
+        check_int(self.n_images, "--n-images (one image per species at least)", TraitlensError, minimum=len(SPECIES))
         check_int(self.seed, "--seed", TraitlensError, minimum=0)
         for name in ("sae_expansion", "sae_k", "sae_epochs", "trait_latents", "n_random"):
             check_int(getattr(self, name), name, TraitlensError)
@@ -114,7 +114,8 @@ def _step(number: int, text: str) -> None:
 def _causal_tests(config: DemoConfig, sae_dir: Path) -> dict[str, Any]:
     """Suppression flips (trait latents picked on the masks), then pair attribution, on the SAE's layer."""
     options = SuppressionOptions(n_latents=config.trait_latents, n_random=config.n_random)
-    suppression = score_suppression(DEMO_MODEL, sae_dir, config.acts, config.data, config.scores, options, show_progress=True)
+    suppression = score_suppression(DEMO_MODEL, sae_dir, config.acts, config.data, config.scores, options, device="cpu",
+                                    show_progress=True)
     placed = load_sae_on_model(DEMO_MODEL, sae_dir, device="cpu")
     attribution = lookalike_attribution(placed.backbone, placed.sae, placed.layer, placed.tokens, open_image_source(config.data),
                                         read_benchmark(config.data), trait_latents=suppression["trait_latents"], show_progress=True)
@@ -130,7 +131,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> str:
                         own_files=(f"specimens/{JOB_FILE}", "scores/demo.json"))
     _step(1, f"specimens: {config.n_images} images of seed {config.seed}, and the model's accuracy on them")
     data = generate(GenerateConfig(config.data, n=config.n_images, seed=config.seed))
-    accuracy = model_accuracy(AccuracyConfig(model=DEMO_MODEL, data=data / "images"))
+    accuracy = model_accuracy(AccuracyConfig(model=DEMO_MODEL, data=data / "images", device="cpu"))
     _step(2, f"extract {config.layer} tokens and train a TopK SAE ({config.sae_expansion}x, k={config.sae_k}, {config.sae_epochs} epochs)")
     extract(ExtractConfig(model=DEMO_MODEL, data=data, layers=(config.layer,), out=config.acts, tokens="all", batch_size=64))
     sae_dir = train_trait_sae(config.acts, config.layer, config.sae, config.sae_expansion, config.sae_k, config.sae_epochs)

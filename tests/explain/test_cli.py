@@ -50,7 +50,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 def test_explain_writes_maps_overlays_and_a_summary(capsys: pytest.CaptureFixture[str], folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "maps"
-    code, printed, _ = _run(capsys, "--model", TINY_VIT, "--random-init", "--images", str(folder), "--method", "grad-cam++",
+    code, printed, _ = _run(capsys, "--model", TINY_VIT, "--random-init", "--data", str(folder), "--method", "grad-cam++",
                             "--refs", "auto", "--n-refs", "2", "--batch-size", "2", "--out", str(out))
 
     assert code == 0
@@ -76,7 +76,7 @@ def test_fit_decides_whether_the_map_covers_a_wide_photo(fit: str, covers_the_en
                                                          folder: Path, tmp_path: Path) -> None:
     fit_args = [] if fit == "squash" else ["--fit", fit]  # squash is the default
     code, _, err = _run(capsys, "--model", "torchvision:mobilenet_v2", "--weights", str(mobilenet_checkpoint()),
-                        "--images", str(folder / "cats"), "--method", "grad-cam", *fit_args, "--out", str(tmp_path / fit))
+                        "--data", str(folder / "cats"), "--method", "grad-cam", *fit_args, "--out", str(tmp_path / fit))
 
     assert code == 0, err
     chelsea = np.load(tmp_path / fit / "chelsea.npy")  # 300 x 451: its centre square is columns 75..375
@@ -89,7 +89,7 @@ def test_fit_decides_whether_the_map_covers_a_wide_photo(fit: str, covers_the_en
 
 
 def test_a_single_image_file(capsys: pytest.CaptureFixture[str], folder: Path, tmp_path: Path) -> None:
-    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--images", str(folder / "cups" / "coffee.png"),
+    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--data", str(folder / "cups" / "coffee.png"),
                         "--method", "grad-cam", "--out", str(tmp_path / "one"))
 
     assert code == 0, err
@@ -101,14 +101,14 @@ def test_a_single_image_file(capsys: pytest.CaptureFixture[str], folder: Path, t
 def test_an_earlier_result_is_replaced_only_with_overwrite(capsys: pytest.CaptureFixture[str], folder: Path,
                                                           tmp_path: Path) -> None:
     common = ["--model", TINY_VIT, "--random-init", "--method", "grad-cam", "--out", str(tmp_path / "maps")]
-    assert _run(capsys, *common, "--images", str(folder))[0] == 0
+    assert _run(capsys, *common, "--data", str(folder))[0] == 0
     first = sorted(path.relative_to(tmp_path) for path in (tmp_path / "maps").rglob("*.npy"))
 
-    code, _, err = _run(capsys, *common, "--images", str(folder / "cats"))
+    code, _, err = _run(capsys, *common, "--data", str(folder / "cats"))
     _assert_one_line_error(code, err, ["already holds a traitlens explain result", "--overwrite"])
     assert sorted(path.relative_to(tmp_path) for path in (tmp_path / "maps").rglob("*.npy")) == first
 
-    assert _run(capsys, *common, "--images", str(folder / "cats"), "--overwrite")[0] == 0
+    assert _run(capsys, *common, "--data", str(folder / "cats"), "--overwrite")[0] == 0
     # the earlier maps are gone with the earlier summary: the folder is this run's alone
     assert [path.name for path in (tmp_path / "maps").rglob("*.npy")] == ["chelsea.npy"]
     assert len(json.loads((tmp_path / "maps" / "summary.json").read_text())["images"]) == 1
@@ -117,7 +117,7 @@ def test_an_earlier_result_is_replaced_only_with_overwrite(capsys: pytest.Captur
 def test_named_classes_and_gamma_zero_through_the_command_line(capsys: pytest.CaptureFixture[str], folder: Path,
                                                                tmp_path: Path) -> None:
     model = ["--model", "torchvision:mobilenet_v2", "--weights", str(mobilenet_checkpoint()),
-             "--images", str(folder / "cats"), "--method", "grad-cam", "--target", "Egyptian cat"]
+             "--data", str(folder / "cats"), "--method", "grad-cam", "--target", "Egyptian cat"]
     assert _run(capsys, *model, "--refs", "tabby", "--out", str(tmp_path / "finer"))[0] == 0
     assert _run(capsys, *model, "--refs", "tabby", "--gamma", "0", "--out", str(tmp_path / "zero"))[0] == 0
     assert _run(capsys, *model, "--out", str(tmp_path / "base"))[0] == 0
@@ -137,7 +137,7 @@ def test_a_saved_head_replaces_the_models_classes(capsys: pytest.CaptureFixture[
     save_head(tmp_path / "head", LinearHead(weight_cd, torch.tensor([0.0, 50.0]), "blocks.1", "mean", ("left", "right"),
                                             {"spec": TINY_VIT, "weights_fingerprint": backbone.weights_fingerprint()}))
 
-    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--head", str(tmp_path / "head"), "--images",
+    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--head", str(tmp_path / "head"), "--data",
                         str(folder), "--method", "grad-cam", "--layer", "blocks.1", "--refs", "auto",
                         "--out", str(tmp_path / "out"))
 
@@ -149,7 +149,7 @@ def test_a_saved_head_replaces_the_models_classes(capsys: pytest.CaptureFixture[
 
 def test_text_concepts_and_zero_shot_classes_on_a_clip_model(capsys: pytest.CaptureFixture[str], folder: Path,
                                                               tmp_path: Path) -> None:
-    common = ["--model", CLIP_WITH_TOKENIZER, "--random-init", "--images", str(folder / "cats"), "--method", "grad-cam"]
+    common = ["--model", CLIP_WITH_TOKENIZER, "--random-init", "--data", str(folder / "cats"), "--method", "grad-cam"]
     code, _, err = _run(capsys, *common, "--concept", "striped fur", "--out", str(tmp_path / "plain"))
     assert code == 0, err
     code, _, err = _run(capsys, *common, "--concept", "striped fur", "--reference", "a cat", "--out", str(tmp_path / "vs"))
@@ -176,7 +176,7 @@ def test_text_concepts_and_zero_shot_classes_on_a_clip_model(capsys: pytest.Capt
 )
 def test_text_heads_refuse_what_they_cannot_do(argv: list[str], fragments: list[str], capsys: pytest.CaptureFixture[str],
                                                folder: Path, tmp_path: Path) -> None:
-    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--images", str(folder), "--method", "grad-cam",
+    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--data", str(folder), "--method", "grad-cam",
                         *argv, "--out", str(tmp_path / "out"))
     _assert_one_line_error(code, err, fragments)
 
@@ -197,7 +197,7 @@ def test_text_heads_refuse_what_they_cannot_do(argv: list[str], fragments: list[
 )
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], fragments: list[str], capsys: pytest.CaptureFixture[str],
                                           folder: Path, tmp_path: Path) -> None:
-    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--images", str(folder), *argv,
+    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--data", str(folder), *argv,
                         "--out", str(tmp_path / "out"))
     _assert_one_line_error(code, err, fragments)
 
@@ -205,14 +205,14 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], fragments: list[str],
 def test_unknown_class_names_and_unreadable_images_are_one_line(capsys: pytest.CaptureFixture[str], folder: Path,
                                                                 tmp_path: Path) -> None:
     code, _, err = _run(capsys, "--model", "torchvision:mobilenet_v2", "--weights", str(mobilenet_checkpoint()),
-                        "--images", str(folder / "cats"), "--method", "cam", "--target", "Egyptian kat",
+                        "--data", str(folder / "cats"), "--method", "cam", "--target", "Egyptian kat",
                         "--out", str(tmp_path / "kat"))
     _assert_one_line_error(code, err, ["unknown target class 'Egyptian kat'", "did you mean 'Egyptian cat'"])
 
     broken = tmp_path / "broken"
     _save(photo("coffee"), broken / "fine.png", (40, 30))
     (broken / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--images", str(broken), "--method", "layercam",
+    code, _, err = _run(capsys, "--model", TINY_VIT, "--random-init", "--data", str(broken), "--method", "layercam",
                         "--out", str(tmp_path / "out"))
     _assert_one_line_error(code, err, ["cannot read image corrupt.jpg"])
     assert not (tmp_path / "out" / "summary.json").exists()

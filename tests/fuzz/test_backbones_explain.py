@@ -41,7 +41,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _explain(images: Path, out: Path, *extra: str, model: str = TINY_VIT, random_init: bool = True) -> list[str]:
-    return ["explain", "--model", model, *(["--random-init"] if random_init else []), "--images", str(images),
+    return ["explain", "--model", model, *(["--random-init"] if random_init else []), "--data", str(images),
             "--method", "grad-cam", "--out", str(out), *extra]
 
 

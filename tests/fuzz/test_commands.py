@@ -106,10 +106,10 @@ NUMERIC_OPTIONS: list[tuple[list[str], str, Callable[[str], Any]]] = [
     (["probe", "--acts", "a"], "--l2", non_negative_float),
     (["probe", "--acts", "a"], "--max-iter", positive_int),
     (["probe", "--acts", "a"], "--seed", non_negative_int),
-    (["specimens", "generate", "--seed", "1"], "--n", positive_int),
-    (["specimens", "generate", "--n", "1"], "--seed", non_negative_int),
-    (["specimens", "generate", "--n", "1", "--seed", "1"], "--size", positive_int),
-    (["specimens", "generate", "--n", "1", "--seed", "1"], "--workers", positive_int),
+    (["specimens", "generate", "--seed", "1"], "--n-images", positive_int),
+    (["specimens", "generate", "--n-images", "1"], "--seed", non_negative_int),
+    (["specimens", "generate", "--n-images", "1", "--seed", "1"], "--size", positive_int),
+    (["specimens", "generate", "--n-images", "1", "--seed", "1"], "--workers", positive_int),
     (["specimens", "train-model", "--data", "d"], "--epochs", positive_int),
     (["specimens", "train-model", "--data", "d"], "--batch-size", positive_int),
     (["specimens", "train-model", "--data", "d"], "--lr", positive_float),
@@ -121,7 +121,7 @@ NUMERIC_OPTIONS: list[tuple[list[str], str, Callable[[str], Any]]] = [
     (["specimens", "score", "localization", "--heatmaps", "h", "--data", "d"], "--tolerance", non_negative_int),
     (["specimens", "score", "suppression", *MODEL, "--sae", "s", "--acts", "a", "--data", "d"], "--n-latents", positive_int),
     (["specimens", "score", "suppression", *MODEL, "--sae", "s", "--acts", "a", "--data", "d"], "--n-random", positive_int),
-    (["demo"], "--images", positive_int),
+    (["demo"], "--n-images", positive_int),
     (["demo"], "--seed", non_negative_int),
 ]
 _NUMBER_TEXT = st.one_of(st.integers(-10**30, 10**30).map(str), st.floats().map(repr), st.text(max_size=12),
@@ -149,11 +149,11 @@ def test_a_bad_number_is_refused_before_anything_is_read(option: tuple[list[str]
 
 
 @pytest.mark.parametrize(("argv", "says"), [
-    (["specimens", "generate", "--n", "4", "--seed", "0", "--size", "16"], "between 32 and 1024"),
-    (["specimens", "generate", "--n", str(10**8 + 1), "--seed", "0"], "between 1 and"),
+    (["specimens", "generate", "--n-images", "4", "--seed", "0", "--size", "16"], "between 32 and 1024"),
+    (["specimens", "generate", "--n-images", str(10**8 + 1), "--seed", "0"], "between 1 and"),
     (["specimens", "train-model", "--embed-dim", "30", "--num-heads", "4"], "not a multiple of the number of heads"),
     (["specimens", "train-model", "--img-size", "30", "--patch-size", "8"], "not a multiple of patch size"),
-    (["demo", "--images", "15"], "--images"),
+    (["demo", "--n-images", "15"], "--n-images"),
 ])
 def test_numbers_that_do_not_fit_together_are_refused_before_any_work(argv: list[str], says: str, tmp_path: Path,
                                                                       specimens_with_sae: tuple[Path, Path]) -> None:
@@ -240,8 +240,8 @@ def test_overwrite_replaces_the_commands_own_result(name: str, commands: dict[st
 def test_resumable_commands_refuse_a_folder_of_the_users(specimens_with_sae: tuple[Path, Path], tmp_path: Path) -> None:
     data, _ = specimens_with_sae
     mine = _user_folder(tmp_path / "mine")
-    for argv in (["specimens", "generate", "--n", "4", "--seed", "0"], ["specimens", "train-model", "--data", str(data / "images")],
-                 ["demo", "--images", "16"]):
+    for argv in (["specimens", "generate", "--n-images", "4", "--seed", "0"], ["specimens", "train-model", "--data", str(data / "images")],
+                 ["demo", "--n-images", "16"]):
         for overwrite in ([], ["--overwrite"]):
             assert_refused([*argv, "--out", str(mine), *overwrite], mine, data, says="not empty and holds no traitlens output")
 
@@ -249,12 +249,16 @@ def test_resumable_commands_refuse_a_folder_of_the_users(specimens_with_sae: tup
 def test_accuracy_never_replaces_a_file_without_overwrite(specimens_with_sae: tuple[Path, Path], tmp_path: Path) -> None:
     data, _ = specimens_with_sae
     (tmp_path / "result.json").write_text("the user's")
+    (tmp_path / "notes").write_text("the user's")
     argv = ["specimens", "accuracy", *MODEL, "--data", str(data / "images"), "--out"]
-    assert_refused([*argv, str(tmp_path / "result.json")], tmp_path, says="already exists")
-    assert_refused([*argv, str(tmp_path)], tmp_path, says="is a folder")
-    code, _, err = run_cli([*argv, str(tmp_path / "result.json"), "--overwrite"])
+    # the file form of --out (deprecated: two lines) refuses an existing file, and so does the folder form
+    code, _, err = run_cli([*argv, str(tmp_path / "result.json")])
+    assert code == 2 and "already exists" in err and (tmp_path / "result.json").read_text() == "the user's"
+    assert_refused([*argv, str(tmp_path / "notes")], tmp_path, says="is a file")
+    code, _, err = run_cli([*argv, str(tmp_path / "acc")])
     assert code == 0, err
-    assert json.loads((tmp_path / "result.json").read_text())["n_images"] == 24
+    assert json.loads((tmp_path / "acc" / "accuracy.json").read_text())["n_images"] == 24
+    assert_refused([*argv, str(tmp_path / "acc")], tmp_path, says="--overwrite")
 
 
 # --- damaged files ---------------------------------------------------------------------------------

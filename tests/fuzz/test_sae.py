@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import traitlens.sae.training as training
-from tests.fuzz.harness import assert_refused, run_cli
+from tests.fuzz.harness import assert_refused, run_cli, snapshot
 from traitlens.sae.architectures import ARCHITECTURES
 from traitlens.sae.config import NORMALIZATIONS, is_int
 from traitlens.store import store_from_arrays
@@ -40,7 +40,7 @@ class Artifacts:
     saev: Path
 
     def train(self, *extra: str) -> list[str]:
-        return ["train", "--acts", str(self.acts), "--layer", "l", "--k", "4", "--tokens", "640", "--batch-size", "64",
+        return ["train", "--acts", str(self.acts), "--layer", "l", "--k", "4", "--n-tokens", "640", "--batch-size", "64",
                 "--checkpoint-every", "3", *extra]
 
     def evaluate(self, sae: Path, out: Path, *extra: str) -> list[str]:
@@ -124,7 +124,7 @@ def swept(bad: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 
 
 TRAIN_FLAGS = {
-    "--tokens": bad_int(1), "--batch-size": bad_int(1), "--checkpoint-every": bad_int(1), "--dead-after-tokens": bad_int(1),
+    "--n-tokens": bad_int(1), "--batch-size": bad_int(1), "--checkpoint-every": bad_int(1), "--dead-after-tokens": bad_int(1),
     "--seed": bad_int(0), "--warmup-steps": bad_int(0), "--k": swept(bad_int(1)), "--width": swept(bad_int(1)), "--matryoshka-widths": swept(bad_int(1)),
     "--lr": swept(bad_float(positive=True)), "--expansion": swept(bad_float(positive=True)), "--l1": swept(bad_float(positive=False)),
     "--log-to": swept(st.sampled_from(["stdout", "", "TensorBoard", "csv"])),
@@ -146,7 +146,7 @@ def test_train_refuses_bad_numbers_when_parsing(artifacts: Artifacts, data: st.D
 @given(data=st.data())
 def test_evaluate_refuses_bad_numbers_when_parsing(artifacts: Artifacts, data: st.DataObject) -> None:
     flag = data.draw(st.sampled_from(sorted(EVALUATE_FLAGS)))
-    argv = artifacts.evaluate(artifacts.sae, artifacts.root / "never.json", f"{flag}={data.draw(EVALUATE_FLAGS[flag])}")
+    argv = artifacts.evaluate(artifacts.sae, artifacts.root / "never", f"{flag}={data.draw(EVALUATE_FLAGS[flag])}")
     assert_refused(argv, artifacts.root, says=f"argument {flag}")
 
 
@@ -172,7 +172,7 @@ def _still_valid(field: str, value: Any) -> bool:
     if field == "k":
         return is_int(value) and 1 <= value <= WIDTH
     if field == "activation":
-        return value in ARCHITECTURES
+        return isinstance(value, str) and value in ARCHITECTURES
     if field == "normalization":
         return value in NORMALIZATIONS
     if field == "matryoshka_widths":
@@ -192,7 +192,7 @@ def test_a_mutated_sae_config_is_one_line(artifacts: Artifacts, field: str, valu
         config = json.loads((sae / "config.json").read_text())
         config["sae"][field] = value
         (sae / "config.json").write_text(json.dumps(config))
-        assert_refused(artifacts.evaluate(sae, scratch / "m.json"), scratch, artifacts.acts)
+        assert_refused(artifacts.evaluate(sae, scratch / "m"), scratch, artifacts.acts)
 
 
 @FUZZ
@@ -203,7 +203,7 @@ def test_a_damaged_config_file_is_one_line(artifacts: Artifacts, text: bytes) ->
     with fresh_folder() as scratch:
         sae = _copy(artifacts.sae, scratch)
         (sae / "config.json").write_bytes(text)
-        assert_refused(artifacts.evaluate(sae, scratch / "m.json"), scratch, artifacts.acts)
+        assert_refused(artifacts.evaluate(sae, scratch / "m"), scratch, artifacts.acts)
 
 
 def test_non_standard_json_in_a_saved_config_is_one_line(artifacts: Artifacts, tmp_path: Path) -> None:
@@ -230,7 +230,7 @@ def test_damaged_weights_are_one_line(artifacts: Artifacts, tmp_path: Path) -> N
         sae = tmp_path / says.replace(" ", "_")
         shutil.copytree(artifacts.sae, sae)
         damage(sae / "sae.safetensors")
-        assert_refused(artifacts.evaluate(sae, tmp_path / "m.json"), tmp_path, artifacts.acts, says=says)
+        assert_refused(artifacts.evaluate(sae, tmp_path / "m"), tmp_path, artifacts.acts, says=says)
 
 
 # -- importing peers' SAEs ------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def test_a_mutated_checkpoint_state_is_one_line(artifacts: Artifacts, field: str
         state = json.loads(state_path.read_text())
         state[field] = value
         state_path.write_text(json.dumps(state))
-        assert_refused([*artifacts.train("--width", str(WIDTH)), "--out", str(run), "--resume"], scratch, artifacts.acts)
+        assert_refused([*artifacts.train("--width", str(WIDTH)), "--out", str(run)], scratch, artifacts.acts)
 
 
 @FUZZ
@@ -309,7 +309,7 @@ def test_a_garbage_checkpoint_state_is_one_line(artifacts: Artifacts, text: byte
     with fresh_folder() as scratch:
         run = _copy(artifacts.killed, scratch)
         (run / "checkpoint" / "state.json").write_bytes(text)
-        assert_refused([*artifacts.train("--width", str(WIDTH)), "--out", str(run), "--resume"], scratch, artifacts.acts,
+        assert_refused([*artifacts.train("--width", str(WIDTH)), "--out", str(run)], scratch, artifacts.acts,
                        says="damaged checkpoint")
 
 
@@ -317,7 +317,7 @@ def test_a_damaged_log_line_is_one_line(artifacts: Artifacts, tmp_path: Path) ->
     run = _copy(artifacts.killed, tmp_path)
     log = run / "train_log.jsonl"
     log.write_bytes(b"garbage\n" + log.read_bytes())
-    assert_refused([*artifacts.train("--width", str(WIDTH)), "--out", str(run), "--resume"], tmp_path, artifacts.acts,
+    assert_refused([*artifacts.train("--width", str(WIDTH)), "--out", str(run)], tmp_path, artifacts.acts,
                    says="line 1 is not a log record")
 
 
@@ -325,7 +325,7 @@ def test_checkpoint_tensors_that_do_not_fit_are_one_line(artifacts: Artifacts, t
     run = _copy(artifacts.killed, tmp_path)
     (weights,) = (run / "checkpoint").glob("state-*.safetensors")
     save_file({"rng.torch": torch.zeros(3, dtype=torch.uint8)}, str(weights))
-    assert_refused([*artifacts.train("--width", str(WIDTH)), "--out", str(run), "--resume"], tmp_path, artifacts.acts,
+    assert_refused([*artifacts.train("--width", str(WIDTH)), "--out", str(run)], tmp_path, artifacts.acts,
                    says="damaged checkpoint")
 
 
@@ -337,19 +337,28 @@ def test_train_output_policy(artifacts: Artifacts, tmp_path: Path) -> None:
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
     assert_refused([*argv, "--out", str(tmp_path / "file")], tmp_path, says="is a file")
     assert_refused([*argv, "--out", str(tmp_path / "file" / "sae")], tmp_path, says="is a file")
-    for resume in ([], ["--resume"]):
-        assert_refused([*argv, "--out", str(tmp_path / "foreign"), *resume], tmp_path, says="holds no traitlens output")
-    assert_refused([*argv, "--out", str(artifacts.killed)], artifacts.root, says="pass --resume to continue it")
-    assert_refused([*argv, "--out", str(artifacts.sae)], artifacts.root, says="it is kept as it is")
+    assert_refused([*argv, "--out", str(tmp_path / "foreign")], tmp_path, says="holds no traitlens output")
+    # the same command on a finished run of the same configuration keeps it as it is
+    finished = _copy(artifacts.sae, tmp_path)
+    before = snapshot(finished)
+    code, out, err = run_cli([*argv, "--out", str(finished)])
+    assert (code, snapshot(finished)) == (0, before) and "saved SAE" in out and "Traceback" not in err
     assert_refused([*argv, "--out", str(artifacts.root / "imported_saelens")], artifacts.root, says="holds the output of traitlens import-sae")
 
 
 def test_evaluate_output_policy(artifacts: Artifacts, tmp_path: Path) -> None:
-    (tmp_path / "m.json").write_text("my notes")
-    assert_refused(artifacts.evaluate(artifacts.sae, tmp_path / "m.json"), tmp_path, says="pass --overwrite")
-    assert_refused(artifacts.evaluate(artifacts.sae, tmp_path), tmp_path, says="is a folder")
-    code, out, _ = run_cli(artifacts.evaluate(artifacts.sae, tmp_path / "m.json", "--overwrite"))
-    assert code == 0 and "NMSE" in out and json.loads((tmp_path / "m.json").read_text())["layer"] == "l"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("my notes")
+    (tmp_path / "file").write_text("my notes")
+    for out in ("mine", "file"):
+        assert_refused(artifacts.evaluate(artifacts.sae, tmp_path / out), tmp_path)
+    code, out, _ = run_cli(artifacts.evaluate(artifacts.sae, tmp_path / "m"))
+    assert code == 0 and "NMSE" in out and json.loads((tmp_path / "m" / "metrics.json").read_text())["layer"] == "l"
+    assert_refused(artifacts.evaluate(artifacts.sae, tmp_path / "m"), tmp_path, says="--overwrite")
+    assert run_cli(artifacts.evaluate(artifacts.sae, tmp_path / "m", "--overwrite"))[0] == 0
+    # the file form of --out still works this release, with a deprecation line
+    code, _, err = run_cli(artifacts.evaluate(artifacts.sae, tmp_path / "old.json"))
+    assert code == 0 and "--out FILE.json is now --out FOLDER" in err and json.loads((tmp_path / "old.json").read_text())["layer"] == "l"
 
 
 def test_import_output_policy(artifacts: Artifacts, tmp_path: Path) -> None:

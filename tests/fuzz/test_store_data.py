@@ -68,7 +68,7 @@ def _inspect(store: Path) -> list[str]:
 
 
 def _train(store: Path) -> list[str]:
-    return ["train", "--acts", str(store), "--layer", "0", "--tokens", "64", "--batch-size", "8", "--width", "16",
+    return ["train", "--acts", str(store), "--layer", "0", "--n-tokens", "64", "--batch-size", "8", "--width", "16",
             "--k", "4", "--out", str(store.parent / "sae")]
 
 

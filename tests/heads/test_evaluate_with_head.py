@@ -19,7 +19,7 @@ from .conftest import HEAD_MODEL
 
 
 def _evaluate(colour_store: Path, tmp_path: Path, *extra: str) -> int:
-    return main(["evaluate", "--sae", str(tmp_path / "sae"), "--acts", str(colour_store), "--out", str(tmp_path / "m.json"),
+    return main(["evaluate", "--sae", str(tmp_path / "sae"), "--acts", str(colour_store), "--out", str(tmp_path / "m"),
                  "--device", "cpu", *extra])
 
 
@@ -34,7 +34,7 @@ def test_evaluate_measures_fidelity_on_a_probe(capsys: pytest.CaptureFixture[str
 
     assert _evaluate(colour_store, tmp_path, *model, "--head", str(tmp_path / "probe")) == 0
     assert f"with the probe {tmp_path / 'probe'}" in capsys.readouterr().out
-    metrics = json.loads((tmp_path / "m.json").read_text())
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     downstream = metrics["downstream"]
     assert metrics["head"] == str(tmp_path / "probe")
     assert downstream["n_images"] == downstream["n_labeled"] == 36  # every colour label is a probe class
@@ -59,4 +59,4 @@ def test_evaluate_refuses_a_probe_it_cannot_use(capsys: pytest.CaptureFixture[st
         assert _evaluate(colour_store, tmp_path, *extra) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not (tmp_path / "m.json").exists()
+    assert not (tmp_path / "m" / "metrics.json").exists()

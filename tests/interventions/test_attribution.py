@@ -209,7 +209,7 @@ def test_the_command_ranks_latents_over_the_target_images(colour_run: dict[str, 
 
 
 def test_all_images_and_class_indices(colour_run: dict[str, Path], tmp_path: Path) -> None:
-    assert main(_args(colour_run, "--target", "0", "--refs", "2", "--images", "all", "--out", str(tmp_path))) == 0
+    assert main(_args(colour_run, "--target", "0", "--refs", "2", "--average-over", "all", "--out", str(tmp_path))) == 0
     result = json.loads((tmp_path / "attribution.json").read_text())
     assert (result["n_images"], result["target"], result["refs"]) == (36, "blue", ["red"])
 

@@ -55,7 +55,7 @@ def test_a_new_architecture_is_one_class_and_one_registration(shifted: Architect
     assert "shifted-relu (test only)" in " ".join(train_help.split())
     out = tmp_path / "sae"
     assert main(["train", "--acts", str(sae_store), "--layer", STORE_LAYER, "--out", str(out), "--arch", "shifted-relu",
-                 "--width", "64", "--l1", "1e-3", "--lr", "4e-3", "--tokens", "8000", "--batch-size", "256"]) == 0
+                 "--width", "64", "--l1", "1e-3", "--lr", "4e-3", "--n-tokens", "8000", "--batch-size", "256"]) == 0
     assert "saved SAE" in capsys.readouterr().out
     sae, saved = load_sae_with_config(out)
     assert saved["sae"]["activation"] == "shifted-relu" and saved["sae"]["shift"] == 0.5

@@ -55,9 +55,9 @@ def test_reconstruction_metrics_match_a_direct_computation(sae_store: Path, tmp_
     sae = _random_sae(store.layer(STORE_LAYER).width, 48)
     save_sae(sae, tmp_path / "sae", {"layer": STORE_LAYER})
     # a batch size that splits shards unevenly
-    metrics = evaluate(EvaluateConfig(sae=tmp_path / "sae", acts=sae_store, out=tmp_path / "m.json", batch_size=37,
+    metrics = evaluate(EvaluateConfig(sae=tmp_path / "sae", acts=sae_store, out=tmp_path / "m", batch_size=37,
                                       device="cpu", show_progress=False))
-    assert json.loads((tmp_path / "m.json").read_text()) == metrics
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text()) == metrics
     x_nd = torch.from_numpy(np.concatenate([np.asarray(s) for s in store.shards(STORE_LAYER)])).double()
     with torch.no_grad():
         latents_nw, recon_nd = sae(x_nd.float())
@@ -164,9 +164,9 @@ def test_a_model_other_than_the_stores_is_refused(mobilenet_store: Path) -> None
 def test_evaluate_cli_and_its_bad_inputs(capsys: pytest.CaptureFixture[str], sae_store: Path, tmp_path: Path) -> None:
     width = ActivationStore(sae_store).layer(STORE_LAYER).width
     save_sae(_random_sae(width, 48), tmp_path / "sae", {"layer": STORE_LAYER})
-    assert main(["evaluate", "--sae", str(tmp_path / "sae"), "--acts", str(sae_store), "--out", str(tmp_path / "m.json"),
+    assert main(["evaluate", "--sae", str(tmp_path / "sae"), "--acts", str(sae_store), "--out", str(tmp_path / "m"),
                  "--device", "cpu"]) == 0
-    assert "NMSE" in capsys.readouterr().out and (tmp_path / "m.json").is_file()
+    assert "NMSE" in capsys.readouterr().out and (tmp_path / "m" / "metrics.json").is_file()
 
     save_sae(_random_sae(width + 1, 48), tmp_path / "wide", {"layer": STORE_LAYER})
     save_sae(_random_sae(width, 48), tmp_path / "nolayer")
@@ -178,13 +178,13 @@ def test_evaluate_cli_and_its_bad_inputs(capsys: pytest.CaptureFixture[str], sae
         "damaged": "damaged SAE config",
     }
     for name, message in cases.items():
-        assert main(["evaluate", "--sae", str(tmp_path / name), "--acts", str(sae_store), "--out", str(tmp_path / "x.json")]) == 2
+        assert main(["evaluate", "--sae", str(tmp_path / name), "--acts", str(sae_store), "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert main(["evaluate", "--sae", str(tmp_path / "sae"), "--acts", str(sae_store), "--layer", "blocks.7",
-                 "--out", str(tmp_path / "x.json")]) == 2
+                 "--out", str(tmp_path / "x")]) == 2
     assert "stored layers" in capsys.readouterr().err
-    assert not (tmp_path / "x.json").exists()
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize(("name", "value"), [("batch_size", 0), ("image_batch_size", -1), ("max_images", 0), ("max_images", 2.5)])

@@ -131,20 +131,20 @@ def test_kill_and_resume_ends_identical(sae_store: Path, tmp_path: Path, monkeyp
 
     monkeypatch.setattr(training.Trainer, "_train_run", dies_mid_run)
     with pytest.raises(KeyboardInterrupt):
-        train(killed, show_progress=False)
+        train(killed, resume=False, show_progress=False)
     monkeypatch.setattr(training.Trainer, "_train_run", real_step)
     assert json.loads((killed.out / "checkpoint" / "state.json").read_text())["step"] == 30
     with (killed.out / "train_log.jsonl").open("ab") as log:  # the kill cut the last log line short
         log.write(b'{"aux_loss": 0.0, "dead_fr')
     with pytest.raises(TrainingError, match="pass --resume to continue it"):
-        train(killed, show_progress=False)
-    train(killed, resume=True, show_progress=False)
+        train(killed, resume=False, show_progress=False)
+    train(killed, show_progress=False)
     assert _tree(tmp_path / "straight") == _tree(tmp_path / "killed")
 
 
 def test_two_workers_match_one_process(sae_store: Path, tmp_path: Path) -> None:
     args = ["-m", "traitlens", "train", "--acts", str(sae_store), "--layer", STORE_LAYER, "--arch", "topk", "--k", "4",
-            "--width", "64", "--tokens", str(256 * 10), "--batch-size", "256", "--lr", "1e-3"]
+            "--width", "64", "--n-tokens", str(256 * 10), "--batch-size", "256", "--lr", "1e-3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], check=True, env=env, capture_output=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]  # a free port: parallel runs never collide
@@ -184,7 +184,7 @@ def test_bad_inputs_are_refused_and_nothing_saved_is_lost(sae_store: Path, tmp_p
     train(config, show_progress=False)
     saved = _tree(tmp_path / "kept")
     with pytest.raises(TrainingError, match="already holds training output"):
-        train(config, show_progress=False)
+        train(config, resume=False, show_progress=False)
     assert not (tmp_path / "kept" / "checkpoint").exists()  # removed once every SAE was saved
     assert train(config, resume=True, show_progress=False) == [tmp_path / "kept"]  # complete: nothing redone
     assert _tree(tmp_path / "kept") == saved

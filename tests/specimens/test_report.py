@@ -34,5 +34,5 @@ def test_report_runs_every_step_and_resumes(tmp_path: Path, capsys: pytest.Captu
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     assert main(["specimens", "report", "--model", "traitlens:specimens-vit", "--out", str(tmp_path / "mine")]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
-    assert main(["specimens", "report", "--model", "traitlens:specimens-vit", "--out", str(tmp_path / "x"), "--n", "8"]) == 2
+    assert main(["specimens", "report", "--model", "traitlens:specimens-vit", "--out", str(tmp_path / "x"), "--n-images", "8"]) == 2
     assert capsys.readouterr().err.count("\n") == 1

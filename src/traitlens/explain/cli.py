@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from traitlens.backbones.preprocess import FITS
-from traitlens.cli_args import add_overwrite_arg, non_negative_float, positive_int
+from traitlens.cli_args import (
+    add_device_arg,
+    add_overwrite_arg,
+    non_negative_float,
+    positive_int,
+    rename_option,
+)
 from traitlens.explain.config import DEFAULT_GAMMA, DEFAULT_N_REFS
 from traitlens.explain.methods import METHODS
 
@@ -20,7 +26,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     if args.refs is not None:
         refs = "auto" if args.refs.strip() == "auto" else tuple(name.strip() for name in args.refs.split(",") if name.strip())
     config = ExplainConfig(
-        model=args.model, images=args.images, method=args.method, out=args.out, weights=args.weights,
+        model=args.model, images=args.data, method=args.method, out=args.out, weights=args.weights,
         pretrained=not args.random_init, head=args.head, target=args.target, refs=refs, gamma=args.gamma,
         n_refs=args.n_refs, layer=args.layer, batch_size=args.batch_size, device=args.device,
         zero_shot=None if args.zero_shot is None else tuple(name.strip() for name in args.zero_shot.split(",") if name.strip()),
@@ -44,8 +50,9 @@ def add_explain_command(commands: Any, add_model_args: Any) -> None:
     explain.add_argument("--concept", metavar="TEXT", help="CLIP-style models: explain this text concept")
     explain.add_argument("--reference", metavar="TEXT",
                          help="with --concept: explain the concept against this prompt (comparative, weighted by --gamma)")
-    explain.add_argument("--images", required=True, type=Path,
+    explain.add_argument("--data", required=True, type=Path,
                          help="class folder, image folder, image file, CSV/Parquet, segmentation folder or saved HF dataset")
+    rename_option(explain, "--images", "--data")
     explain.add_argument("--method", required=True, metavar="NAME", help=f"one of {', '.join(METHODS)}")
     explain.add_argument("--target", help="explained class, name or index (default: each image's predicted class)")
     explain.add_argument("--refs", metavar="C1,C2|auto",
@@ -60,7 +67,7 @@ def add_explain_command(commands: Any, add_model_args: Any) -> None:
                          help="how an image meets the model's input: squash (default) or pad (letterbox) see the whole "
                               "image, so the map covers it; crop is the model's own centre crop (the map is 0 outside it)")
     explain.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
-    explain.add_argument("--device", default="auto")
+    add_device_arg(explain)
     explain.add_argument("--out", required=True, type=Path, help="output folder: <image>.npy, <image>.png, summary.json")
     add_overwrite_arg(explain)
     explain.set_defaults(run=_run_explain)

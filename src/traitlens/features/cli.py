@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from traitlens.cli_args import add_overwrite_arg, positive_float, positive_int
+from traitlens.cli_args import add_device_arg, add_overwrite_arg, positive_float, positive_int
 from traitlens.features.patch_positives import DEFAULT_MIN_COVERAGE
 
 
@@ -54,6 +54,6 @@ def add_features_command(commands: Any) -> None:
     features.add_argument("--report-latents", type=positive_int, metavar="N",
                           help="report only the N most frequent alive latents (default: all alive latents)")
     features.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    features.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    add_device_arg(features)
     add_overwrite_arg(features)
     features.set_defaults(run=_run_features)

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from traitlens.cli_args import non_negative_float, positive_int
+from traitlens.cli_args import non_negative_float, positive_int, rename_option
 
 _SHOWN_LATENTS = 10  # printed each way; the files hold the whole ranking
 
@@ -43,7 +43,7 @@ def _run_attribute(args: argparse.Namespace) -> int:
 
     config = AttributionConfig(model=args.model, sae=args.sae, data=args.data, target=args.target,
                                refs=tuple(ref.strip() for ref in args.refs.split(",") if ref.strip()), gamma=args.gamma,
-                               layer=args.layer, tokens=args.tokens, images=args.images, batch_size=args.batch_size,
+                               layer=args.layer, tokens=args.tokens, images=args.average_over, batch_size=args.batch_size,
                                max_images=args.max_images, top=args.top, out=args.out, weights=args.weights,
                                pretrained=not args.random_init, device=args.device, overwrite=args.overwrite)
     print(format_attribution(comparative_attribution(config)))
@@ -59,11 +59,12 @@ def add_attribute_command(commands: Any, add_model_args: Callable[[argparse.Argu
 
     attribute = commands.add_parser("attribute", help="rank the SAE latents that separate a class from its look-alikes")
     add_model_args(attribute)
-    add_sae_run_args(attribute, 16, "write attribution.json and attribution.md here")
+    add_sae_run_args(attribute, 16, "output folder: attribution.json and attribution.md")
     attribute.add_argument("--target", required=True, help="class A (name or index)")
     attribute.add_argument("--refs", required=True, help="look-alike classes B[,C...] (names or indices)")
     attribute.add_argument("--gamma", type=non_negative_float, default=1.0, help="score y_A - gamma * mean(y_refs) (default 1; 0: A alone)")
-    attribute.add_argument("--images", choices=IMAGE_CHOICES, default="target",
+    attribute.add_argument("--average-over", choices=IMAGE_CHOICES, default="target",
                            help="average over the images labelled with the target class (default) or all images")
+    rename_option(attribute, "--images", "--average-over")
     attribute.add_argument("--top", type=positive_int, default=20, help="latents ranked each way (default 20)")
     attribute.set_defaults(run=_run_attribute)

@@ -157,7 +157,7 @@ class AttributionConfig:
         if not self.refs:
             raise InterventionError("attribution needs at least one reference class (--refs) to compare the target with")
         if self.images not in IMAGE_CHOICES:
-            raise InterventionError(f"--images must be one of {', '.join(IMAGE_CHOICES)}, got {self.images!r}")
+            raise InterventionError(f"--average-over must be one of {', '.join(IMAGE_CHOICES)}, got {self.images!r}")
         check_counts(batch_size=self.batch_size, top=self.top, max_images=self.max_images)
         # a negative gamma would add the references' evidence instead of removing it
         check_float(self.gamma, "--gamma", InterventionError)
@@ -255,7 +255,7 @@ def comparative_attribution(config: AttributionConfig) -> dict[str, Any]:
     indices = [index for index, record in enumerate(source.records)
                if config.images == "all" or record.label == backbone.class_names[target]]
     if not indices:
-        which = "" if config.images == "all" else f" labelled {backbone.class_names[target]!r} (use --images all)"
+        which = "" if config.images == "all" else f" labelled {backbone.class_names[target]!r} (use --average-over all)"
         raise InterventionError(f"no images{which} in {config.data}")
     indices = indices[: config.max_images]
     claim_out_dir(config.out, "attribute", config.overwrite)

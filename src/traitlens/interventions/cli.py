@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from traitlens.backbones import TOKEN_SELECTIONS
-from traitlens.cli_args import add_overwrite_arg, comma_list, non_negative_int, positive_int
+from traitlens.cli_args import (
+    add_device_arg,
+    add_overwrite_arg,
+    comma_list,
+    non_negative_int,
+    positive_int,
+)
 
 _SHOWN_IMAGES = 10  # up to this many images, every image's prediction is printed
 
@@ -64,7 +70,7 @@ def add_sae_run_args(parser: argparse.ArgumentParser, batch_size: int, out_help:
     parser.add_argument("--tokens", choices=TOKEN_SELECTIONS, help="tokens the SAE reads (default: those it was trained on)")
     parser.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per pass (default {batch_size})")
     parser.add_argument("--max-images", type=positive_int, help="only the first N images")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    add_device_arg(parser)
     parser.add_argument("--out", type=Path, help=out_help)
     add_overwrite_arg(parser)
 
@@ -75,7 +81,7 @@ def add_steer_command(commands: Any, add_model_args: Callable[[argparse.Argument
 
     steer = commands.add_parser("steer", help="edit SAE latents inside the forward pass and measure the change in predictions")
     add_model_args(steer)
-    add_sae_run_args(steer, 32, "write predictions.csv and effect.json here")
+    add_sae_run_args(steer, 32, "output folder: predictions.csv and effect.json")
     steer.add_argument("--edit", required=True, action="append", type=LatentEdit.argument, metavar="EDIT",
                        help=f"repeatable: {EDIT_SYNTAX}")
     steer.add_argument("--patches", type=comma_list(non_negative_int),

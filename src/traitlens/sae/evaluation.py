@@ -29,7 +29,7 @@ from traitlens.data import UnreadableImageError, open_image_source
 from traitlens.distributed import Workers
 from traitlens.errors import TraitlensError
 from traitlens.heads import load_head_backbone
-from traitlens.output_folder import claim_output_file
+from traitlens.output_folder import check_output_folder, claim_output_folder
 from traitlens.sae.config import check_int
 from traitlens.sae.io import load_sae_with_config
 from traitlens.sae.layer import stored_sae_layer
@@ -41,6 +41,8 @@ from traitlens.store.manifest import StoredLayer
 
 log = logging.getLogger(__name__)
 
+METRICS_FILE = "metrics.json"
+
 
 class EvaluationError(TraitlensError):
     """An SAE cannot be evaluated as asked."""
@@ -51,7 +53,7 @@ class EvaluateConfig:
     """What to evaluate. ``layer`` defaults to the layer the SAE was trained on (from its config);
     ``model`` adds downstream fidelity over the first ``max_images`` stored images (all by default),
     measured on the model's own head or, with ``head``, on a probe saved by ``traitlens probe``.
-    An existing ``out`` file is replaced only with ``overwrite``."""
+    ``out``, a folder, gets ``metrics.json``; a finished one is replaced only with ``overwrite``."""
 
     sae: Path
     acts: Path
@@ -308,9 +310,9 @@ def _with_head(backbone: Backbone, head_dir: Path, layer: StoredLayer) -> Backbo
 
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
-    """Measure the SAE; writes the metrics as JSON to ``config.out`` when given, and returns them."""
+    """Measure the SAE; writes the metrics to ``config.out``/metrics.json when given, and returns them."""
     if config.out is not None:
-        claim_output_file(config.out, overwrite=config.overwrite, error=EvaluationError)
+        check_output_folder(config.out, EvaluationError)
     device = Workers(0, 1).device(config.device)
     sae, saved = load_sae_with_config(config.sae, device=device)
     sae.eval()
@@ -328,14 +330,15 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             backbone = _with_head(backbone, config.head, layer)
             metrics["head"] = str(config.head)
         backbone.to(device)
+    if config.out is not None:  # claimed once every input has been read and checked, before the long pass
+        claim_output_folder(config.out, "evaluate", overwrite=config.overwrite, own_files=(METRICS_FILE,), error=EvaluationError)
     metrics["reconstruction"] = reconstruction_metrics(sae, store, layer, config.batch_size, config.strict, config.show_progress)
     if backbone is not None:
         metrics["model"] = backbone.spec
         metrics["downstream"] = downstream_metrics(sae, store, layer, backbone, config.max_images,
                                                    config.image_batch_size, config.show_progress)
     if config.out is not None:
-        config.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(config.out, metrics)
+        atomic_write_json(config.out / METRICS_FILE, metrics)
     return metrics
 
 

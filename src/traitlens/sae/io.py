@@ -64,7 +64,10 @@ def _check_header(path: Path, config: SAEConfig) -> None:
             found = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
     except Exception as error:  # safetensors raises several types for missing, truncated or foreign files
         raise SAELoadError(f"cannot read SAE weights {path}: {first_line(error)}") from error
-    expected = SparseAutoencoder.state_shapes(config)
+    try:
+        expected = SparseAutoencoder.state_shapes(config)
+    except SAEConfigError as error:
+        raise SAELoadError(f"{path.parent / CONFIG}: {error}") from error
     if found.keys() != expected.keys():
         missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
         what = "; ".join(f"{label} {', '.join(names)}" for label, names in (("missing", missing), ("unexpected", unexpected)) if names)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from traitlens.sae.config import SAEConfig
+from traitlens.sae.config import SAEConfig, SAEConfigError
 from traitlens.sae.encoding import Encoding
 from traitlens.sae.sparse import decode_codes
 
@@ -52,8 +52,11 @@ class SparseAutoencoder(nn.Module):
     def state_shapes(config: SAEConfig) -> dict[str, tuple[int, ...]]:
         """Name and shape of every tensor of an SAE of ``config``, found without allocating it (on
         the meta device), so a saved file can be checked against its config before it is read."""
-        with torch.device("meta"):
-            return {name: tuple(tensor.shape) for name, tensor in SparseAutoencoder(config).state_dict().items()}
+        try:
+            with torch.device("meta"):
+                return {name: tuple(tensor.shape) for name, tensor in SparseAutoencoder(config).state_dict().items()}
+        except (RuntimeError, TypeError, OverflowError) as error:  # sizes torch cannot even describe
+            raise SAEConfigError(f"an SAE of d_in {config.d_in} and width {config.width} is too large for torch") from error
 
     # -- normalization -----------------------------------------------------------------------
     def normalize(self, x_nd: torch.Tensor) -> torch.Tensor:

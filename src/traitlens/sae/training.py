@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, get_args
@@ -27,7 +28,14 @@ from traitlens.distributed import Workers, workers_from_env
 from traitlens.errors import DataError, TraitlensError
 from traitlens.optim_state import load_optimizer_tensors, optimizer_tensors
 from traitlens.output_folder import OWNER_FILE, claim_output_folder
-from traitlens.sae.config import SAEConfig, check_choice, check_int, check_number, is_int
+from traitlens.sae.config import (
+    Normalization,
+    SAEConfig,
+    check_choice,
+    check_int,
+    check_number,
+    is_int,
+)
 from traitlens.sae.encoding import Encoding
 from traitlens.sae.init import BiasInit, initialize_from_data, set_normalization
 from traitlens.sae.io import (
@@ -205,12 +213,18 @@ class Trainer:
 
     def _claim_output(self, resume: bool, checkpoint: Path) -> None:
         """``--out`` must be new, empty or this command's own; an earlier run is continued only
-        with ``--resume`` (a folder holding nothing but the ownership mark is a run that never began)."""
+        with ``resume`` (a folder holding nothing but the ownership mark is a run that never began),
+        and only when it is this configuration's: saved SAEs of another one are never mixed in."""
         out = self.config.out
         earlier = claim_output_folder(out, "train", resumable=True, own_files=(LOG_FILE, CHECKPOINT_DIR), error=TrainingError)
-        if earlier and not resume and any(path.name != OWNER_FILE for path in out.iterdir()):
+        if not earlier or not any(path.name != OWNER_FILE for path in out.iterdir()):
+            return
+        if not resume:
             hint = "pass --resume to continue it" if checkpoint.is_file() else "it is kept as it is"
             raise TrainingError(f"{out} already holds training output ({hint}); use another --out")
+        saved = [path for path in (out / CONFIG, *out.glob(f"*/{CONFIG}")) if path.is_file()]
+        if saved and not checkpoint.is_file() and not self._finished():
+            raise TrainingError(f"{out} already holds training output of another configuration; use another --out")
 
     def _finished(self) -> bool:
         """Whether every SAE of this configuration is saved; a finished run of another
@@ -470,10 +484,25 @@ def _read_checkpoint_state(path: Path, n_runs: int, total_steps: int, damaged: s
     return state
 
 
-def train(config: TrainConfig, resume: bool = False, show_progress: bool = True) -> list[Path]:
-    """Train every run of ``config``; returns the directories of the saved SAEs."""
+def train(config: TrainConfig, resume: bool = True, show_progress: bool = True) -> list[Path]:
+    """Train every run of ``config``; returns the directories of the saved SAEs. An unfinished
+    run of the same config in ``config.out`` is resumed and a finished one kept (``resume=False``
+    refuses a folder holding either)."""
     with workers_from_env() as workers:
         return Trainer(config, workers, resume).fit(show_progress)
+
+
+def sweep_runs(d_in: int, *, widths: Sequence[int] = (), expansions: Sequence[float] = (16.0,), activation: str = "topk",
+               ks: Sequence[int] = (32,), lrs: Sequence[float] = (3e-4,), sparsity_coefficients: Sequence[float] = (0.0,),
+               matryoshka_widths: Sequence[int] = (), normalization: Normalization = "norm") -> tuple[RunConfig, ...]:
+    """The SAEs ``traitlens train`` sweeps: every width (given, or ``expansions`` times ``d_in``)
+    with every k, learning rate and sparsity coefficient; ``k`` is capped at the width."""
+    runs: list[RunConfig] = []
+    for width in widths or tuple(round(expansion * d_in) for expansion in expansions):
+        base = RunConfig(SAEConfig(d_in=d_in, width=width, activation=activation, k=min(ks[0], width),
+                                   matryoshka_widths=tuple(sorted(set(matryoshka_widths))), normalization=normalization))
+        runs += sweep(base, k=tuple(ks), lr=tuple(lrs), sparsity_coefficient=tuple(sparsity_coefficients))
+    return tuple(runs)
 
 
 def sweep(base: RunConfig, **values: tuple[Any, ...]) -> tuple[RunConfig, ...]:

@@ -8,14 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from traitlens.cli_args import (
+    add_device_arg,
     add_overwrite_arg,
     comma_list,
     fraction,
+    legacy_json_file,
     non_negative_int,
     option_name,
     patch_grid,
     positive_float,
     positive_int,
+    rename_option,
     unit_interval,
 )
 
@@ -38,9 +41,9 @@ def _print_table(args: argparse.Namespace) -> int:
 def _run_generate(args: argparse.Namespace) -> int:
     from traitlens.specimens.generate import GenerateConfig, generate
 
-    out = generate(GenerateConfig(out=args.out, n=args.n, seed=args.seed, size=args.size, workers=args.workers,
+    out = generate(GenerateConfig(out=args.out, n=args.n_images, seed=args.seed, size=args.size, workers=args.workers,
                                   overwrite=args.overwrite, twins=args.twins))
-    print(f"wrote {args.n} specimens (seed {args.seed}, {args.size}x{args.size} px) to {out}")
+    print(f"wrote {args.n_images} specimens (seed {args.seed}, {args.size}x{args.size} px) to {out}")
     print(f"  class folder: {out / 'images'}; segmentation folder: {out}; ground truth: {out / 'traits.json'}")
     if args.twins:
         print(f"  counterfactual twins (each image's look-alike, same organism and scene): {out / 'twins'}")
@@ -88,16 +91,18 @@ def _run_accuracy(args: argparse.Namespace) -> int:
     from traitlens.output_folder import claim_output_file
     from traitlens.specimens.model_accuracy import AccuracyConfig, model_accuracy
 
-    if args.out is not None:
-        claim_output_file(args.out, overwrite=args.overwrite, error=DataError)
-    result = model_accuracy(AccuracyConfig(model=args.model, data=args.data, weights=args.weights, pretrained=not args.random_init))
+    legacy_file = legacy_json_file(args.out, "specimens accuracy")
+    if legacy_file is not None:
+        claim_output_file(legacy_file, overwrite=args.overwrite, error=DataError)
+    result = model_accuracy(AccuracyConfig(model=args.model, data=args.data, weights=args.weights, pretrained=not args.random_init,
+                                           device=args.device, out=None if legacy_file else args.out, overwrite=args.overwrite))
     print(f"{result['model']} on {result['data']}: accuracy {result['accuracy']:.2%} over {result['n_images']} images")
     worst = sorted(result["per_class"].items(), key=lambda item: item[1])[:3]
     print("  lowest classes: " + ", ".join(f"{name} {value:.1%}" for name, value in worst))
-    if args.out is not None:
+    if legacy_file is not None:
         from traitlens.store.atomic import atomic_write_json
 
-        atomic_write_json(args.out, result)
+        atomic_write_json(legacy_file, result)
     return 0
 
 
@@ -133,7 +138,7 @@ def _run_score_suppression(args: argparse.Namespace) -> int:
     options = SuppressionOptions(n_latents=args.n_latents, n_random=args.n_random, seed=args.seed, batch_size=args.batch_size)
     _claim_score_folder(args)
     score_suppression(args.model, args.sae, args.acts, args.data, args.out, options, weights=args.weights,
-                      pretrained=not args.random_init, show_progress=True)
+                      pretrained=not args.random_init, device=args.device, show_progress=True)
     return _print_table(args)
 
 
@@ -141,7 +146,7 @@ def _run_score_reliance(args: argparse.Namespace) -> int:
     from traitlens.specimens.reliance import RelianceConfig, read_twin_benchmark, score_reliance
 
     config = RelianceConfig(model=args.model, data=args.data, out=args.out, layer=args.layer, weights=args.weights,
-                            pretrained=not args.random_init, batch_size=args.batch_size)
+                            pretrained=not args.random_init, batch_size=args.batch_size, device=args.device)
     read_twin_benchmark(args.data)
     _claim_score_folder(args)
     score_reliance(config)
@@ -151,7 +156,7 @@ def _run_score_reliance(args: argparse.Namespace) -> int:
 def _run_report(args: argparse.Namespace) -> int:
     from traitlens.specimens.report import ReportConfig, run_report
 
-    run_report(ReportConfig(model=args.model, out=args.out, seed=args.seed, n_images=args.n, layer=args.layer,
+    run_report(ReportConfig(model=args.model, out=args.out, seed=args.seed, n_images=args.n_images, layer=args.layer,
                             overwrite=args.overwrite))
     print((args.out / "report.md").read_text(), end="")
     print(f"\nreport: {args.out / 'report.md'} (and report.json)")
@@ -168,19 +173,19 @@ def _add_score_commands(sub: Any, add_model_args: Any) -> None:
     discovery.add_argument("--data", required=True, type=Path, help=data_help)
     discovery.add_argument("--sae", type=Path, help="an SAE directory to score beside the neuron, PCA and k-means baselines")
     discovery.add_argument("--layer", help="stored layer (default: the SAE's layer, else the last)")
-    discovery.add_argument("--out", required=True, type=Path, help="writes discovery.md and discovery.json here")
+    discovery.add_argument("--out", required=True, type=Path, help="output folder: discovery.md and discovery.json")
     discovery.add_argument("--min-coverage", type=unit_interval, default=0.1,
                            help="trait share of a patch that makes it positive, in (0, 1] (default 0.1)")
     discovery.add_argument("--pca-components", type=positive_int, default=64)
     discovery.add_argument("--kmeans-clusters", type=positive_int, default=64)
-    discovery.add_argument("--device", default="cpu")
+    add_device_arg(discovery)
     add_overwrite_arg(discovery)
     discovery.set_defaults(run=_run_score_discovery)
 
     localization = kinds.add_parser("localization", help="heatmap mass inside the distinguishing trait and pointing game")
     localization.add_argument("--heatmaps", required=True, type=Path, help="folder of <species>/<stem>.npy or <stem>.npy maps")
     localization.add_argument("--data", required=True, type=Path, help=data_help)
-    localization.add_argument("--out", required=True, type=Path, help="writes localization.md and localization.json here")
+    localization.add_argument("--out", required=True, type=Path, help="output folder: localization.md and localization.json")
     localization.add_argument("--tolerance", type=non_negative_int, default=0, help="pointing-game tolerance in pixels")
     localization.add_argument("--grid", type=patch_grid, help="also score per patch of the model's grid, e.g. 8x8 (for a model "
                                                               "that sees the whole image; pointing within one patch)")
@@ -193,7 +198,7 @@ def _add_score_commands(sub: Any, add_model_args: Any) -> None:
     flips.add_argument("--predictions", required=True, type=Path,
                        help="CSV with columns source,before,after (species names), e.g. predictions.csv of traitlens steer")
     flips.add_argument("--data", required=True, type=Path, help=data_help)
-    flips.add_argument("--out", required=True, type=Path, help="writes flips.md and flips.json here")
+    flips.add_argument("--out", required=True, type=Path, help="output folder: flips.md and flips.json")
     add_overwrite_arg(flips)
     flips.set_defaults(run=_run_score_flips)
 
@@ -202,11 +207,12 @@ def _add_score_commands(sub: Any, add_model_args: Any) -> None:
     suppression.add_argument("--sae", required=True, type=Path, help="SAE directory (its layer and tokens are used)")
     suppression.add_argument("--acts", required=True, type=Path, help="store of the benchmark holding the SAE's layer (picks the trait latents)")
     suppression.add_argument("--data", required=True, type=Path, help=data_help)
-    suppression.add_argument("--out", required=True, type=Path, help="writes suppression.md and suppression.json here")
+    suppression.add_argument("--out", required=True, type=Path, help="output folder: suppression.md and suppression.json")
     suppression.add_argument("--n-latents", type=positive_int, default=10, help="latents zeroed per trait, best by patch AP (default 10)")
     suppression.add_argument("--n-random", type=positive_int, default=5, help="draws of the matched random control (default 5)")
     suppression.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random control")
     suppression.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
+    add_device_arg(suppression)
     add_overwrite_arg(suppression)
     suppression.set_defaults(run=_run_score_suppression)
 
@@ -214,9 +220,10 @@ def _add_score_commands(sub: Any, add_model_args: Any) -> None:
                                                  "and oracle maps of where it reads the trait")
     add_model_args(reliance)
     reliance.add_argument("--data", required=True, type=Path, help="a benchmark drawn with `specimens generate --twins`")
-    reliance.add_argument("--out", required=True, type=Path, help="writes reliance.md, reliance.json and oracle/ here")
+    reliance.add_argument("--out", required=True, type=Path, help="output folder: reliance.md, reliance.json and oracle/")
     reliance.add_argument("--layer", help="layer whose patch grid the oracle maps use (default: the heatmaps' default layer)")
     reliance.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
+    add_device_arg(reliance)
     add_overwrite_arg(reliance)
     reliance.set_defaults(run=_run_score_reliance)
 
@@ -234,7 +241,8 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
 
     generate = sub.add_parser("generate", help="draw a benchmark: images, trait masks and traits.json")
     generate.add_argument("--out", required=True, type=Path, help="new or empty folder (an unfinished one is resumed)")
-    generate.add_argument("--n", required=True, type=positive_int, help="number of images")
+    generate.add_argument("--n-images", required=True, type=positive_int, help="number of images")
+    rename_option(generate, "--n", "--n-images")
     generate.add_argument("--seed", required=True, type=non_negative_int, help="any non-negative integer")
     generate.add_argument("--size", type=positive_int, default=96, help="image side in pixels (32 to 1024)")
     generate.add_argument("--workers", type=positive_int, default=2, help="drawing threads (does not change the output)")
@@ -247,7 +255,7 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     train.add_argument("--data", required=True, type=Path, help="class folder (e.g. DIR/images of a generated benchmark)")
     train.add_argument("--out", required=True, type=Path, help="model directory (an unfinished one is resumed)")
     train.add_argument("--epochs", type=positive_int, default=10)
-    train.add_argument("--batch-size", type=positive_int, default=128)
+    train.add_argument("--batch-size", type=positive_int, default=128, help="images per step (default 128)")
     train.add_argument("--lr", type=positive_float, default=2e-3)
     train.add_argument("--val-fraction", type=fraction, default=0.1)
     train.add_argument("--seed", type=non_negative_int, default=0)
@@ -273,8 +281,9 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     accuracy = sub.add_parser("accuracy", help="top-1 accuracy of a classifier on a class folder")
     add_model_args(accuracy)
     accuracy.add_argument("--data", required=True, type=Path, help="class folder whose class names are the model's")
-    accuracy.add_argument("--out", type=Path, help="also write the result as JSON (a new file)")
-    accuracy.add_argument("--overwrite", action="store_true", help="replace the file --out if it exists")
+    accuracy.add_argument("--out", type=Path, help="also write the result to this folder (accuracy.json)")
+    add_device_arg(accuracy)
+    add_overwrite_arg(accuracy)
     accuracy.set_defaults(run=_run_accuracy)
 
     _add_score_commands(sub, add_model_args)
@@ -285,7 +294,8 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     report.add_argument("--out", required=True, type=Path, help="new or empty folder (an unfinished report is resumed)")
     report.add_argument("--seed", type=non_negative_int, default=1,
                         help="specimens seed to score on (default 1; seed + 1 is the held-out set for confusion references)")
-    report.add_argument("--n", type=positive_int, default=1024, help="images scored, at least 32 (default 1024)")
+    report.add_argument("--n-images", type=positive_int, default=1024, help="images scored, at least 32 (default 1024)")
+    rename_option(report, "--n", "--n-images")
     report.add_argument("--layer", help="layer the SAE reads and the edits change (default: the one before the last)")
     _add_restart_arg(report)
     report.set_defaults(run=_run_report)

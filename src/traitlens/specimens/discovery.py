@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from traitlens.distributed import Workers
 from traitlens.errors import LayerError, StoreError
 from traitlens.features.patch_positives import (
     DEFAULT_MIN_COVERAGE,
@@ -166,7 +167,7 @@ def _scored_patches(store: ActivationStore, stored: StoredLayer, benchmark: Benc
         for image in indices_b[indices_b % 2 == 1]:
             coverage_pl = patch_coverage(geometry(benchmark.annotation(sources[image])), stored.layout.grid_hw, n_labels)
             positive_parts.append(torch.from_numpy(patch_positives(coverage_pl, trait_labels, options.min_coverage)))
-    device = torch.device(options.device)
+    device = Workers(0, 1).device(options.device)
     return _ScoredPatches(torch.cat(fit_parts).to(device), torch.cat(score_parts).to(device), torch.cat(positive_parts).to(device))
 
 
@@ -224,7 +225,7 @@ def score_discovery(acts: Path, data: Path, layer: str | None, sae: Path | None,
     """
     store = ActivationStore(acts)
     benchmark = read_benchmark(data)
-    loaded = None if sae is None else load_sae_with_config(sae, device=options.device)
+    loaded = None if sae is None else load_sae_with_config(sae, device=Workers(0, 1).device(options.device))
     default_layer: str | int = -1 if loaded is None else loaded[1].get("layer", -1)
     stored = store.layer(layer if layer is not None else default_layer)
     feature_sets: dict[str, FeatureSet] = {}

@@ -84,7 +84,7 @@ class GenerateConfig:
     from a benchmark of the same seed without twins."""
 
     def __post_init__(self) -> None:
-        check_int(self.n, "--n (number of images)", DataError)
+        check_int(self.n, "--n-images", DataError)
         check_int(self.seed, "--seed", DataError, minimum=0)
         check_int(self.size, "--size", DataError)
         check_int(self.workers, "--workers", DataError)

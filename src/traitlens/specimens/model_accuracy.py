@@ -10,9 +10,14 @@ import torch
 
 from traitlens.backbones import load_backbone
 from traitlens.data import open_image_source
+from traitlens.distributed import Workers
 from traitlens.errors import DataError
+from traitlens.output_folder import claim_output_folder
 from traitlens.specimens.checks import check_int
 from traitlens.specimens.training import load_labelled_images
+from traitlens.store.atomic import atomic_write_json
+
+RESULT_FILE = "accuracy.json"
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,10 @@ class AccuracyConfig:
     weights: Path | None = None
     pretrained: bool = True
     batch_size: int = 256
+    device: str = "auto"
+    out: Path | None = None
+    """A folder for ``accuracy.json`` (a finished one is replaced only with ``overwrite``)."""
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         check_int(self.batch_size, "--batch-size", DataError)
@@ -30,7 +39,10 @@ class AccuracyConfig:
 @torch.no_grad()
 def model_accuracy(config: AccuracyConfig, show_progress: bool = True) -> dict[str, Any]:
     """Accuracy overall and per class; the source's class names must be the model's."""
+    if config.out is not None:
+        claim_output_folder(config.out, "specimens accuracy", overwrite=config.overwrite, own_files=(RESULT_FILE,), error=DataError)
     backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained)
+    backbone.to(Workers(0, 1).device(config.device))
     if backbone.class_names is None:
         raise DataError(f"{config.model} has no classification head with class names")
     source = open_image_source(config.data)
@@ -40,9 +52,13 @@ def model_accuracy(config: AccuracyConfig, show_progress: bool = True) -> dict[s
         raise DataError(f"classes of {config.data} that {config.model} does not know: {', '.join(unknown[:5])}")
     model_index = torch.tensor([backbone.class_names.index(name) for name in images.class_names])
     targets_n = model_index[images.labels_n]
-    predictions_n = torch.cat([backbone.forward(batch).argmax(-1) for batch in images.pixels_nchw.split(config.batch_size)])
+    predictions_n = torch.cat([backbone.forward(batch.to(backbone.device)).argmax(-1).cpu()
+                               for batch in images.pixels_nchw.split(config.batch_size)])
     correct_n = predictions_n == targets_n
     per_class = {name: float(correct_n[images.labels_n == i].double().mean()) for i, name in enumerate(images.class_names)
                  if bool((images.labels_n == i).any())}
-    return {"model": config.model, "data": str(config.data), "n_images": len(correct_n),
-            "accuracy": float(correct_n.double().mean()), "per_class": per_class}
+    result = {"model": config.model, "data": str(config.data), "n_images": len(correct_n),
+              "accuracy": float(correct_n.double().mean()), "per_class": per_class}
+    if config.out is not None:
+        atomic_write_json(config.out / RESULT_FILE, result)
+    return result

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from traitlens.backbones import Backbone, load_backbone
+from traitlens.distributed import Workers
 from traitlens.errors import DataError
 from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
 from traitlens.specimens.checks import check_int
@@ -44,6 +45,7 @@ class RelianceConfig:
     weights: Path | None = None
     pretrained: bool = True
     batch_size: int = 64
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         check_int(self.batch_size, "--batch-size", ScoringError)
@@ -79,6 +81,7 @@ def score_reliance(config: RelianceConfig) -> dict[str, Any]:
 
     benchmark = read_twin_benchmark(config.data)
     backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained)
+    backbone.to(Workers(0, 1).device(config.device))
     class_index = benchmark.class_index(backbone.class_names, config.model)
     layer = backbone.resolve_layer(config.layer) if config.layer is not None else default_layer(backbone)
     grid_hw = backbone.layer(layer).layout.grid_hw

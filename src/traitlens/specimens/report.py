@@ -70,7 +70,7 @@ class ReportConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        check_int(self.n_images, "--n", ScoringError, minimum=32)
+        check_int(self.n_images, "--n-images", ScoringError, minimum=32)
         check_int(self.seed, "--seed", ScoringError, minimum=0)
         for name in ("sae_expansion", "sae_k", "sae_epochs", "trait_latents", "n_random"):
             check_int(getattr(self, name), name, ScoringError)
@@ -147,9 +147,9 @@ def run_report(config: ReportConfig) -> dict[str, Any]:
              f"{config.n_images // 4} of seed {config.held_out_seed} (held out, for confusion references)")
     generate(GenerateConfig(data, n=config.n_images, seed=config.seed, twins=True))
     generate(GenerateConfig(held_out, n=config.n_images // 4, seed=config.held_out_seed, twins=True))
-    accuracy = model_accuracy(AccuracyConfig(model=config.model, data=data / "images"))
+    accuracy = model_accuracy(AccuracyConfig(model=config.model, data=data / "images", device="cpu"))
     _step(2, "twin reliance and oracle maps")
-    reliance = score_reliance(RelianceConfig(model=config.model, data=data, out=scores / "reliance"))
+    reliance = score_reliance(RelianceConfig(model=config.model, data=data, out=scores / "reliance", device="cpu"))
     benchmark = read_benchmark(data)
     _step(3, f"localization: {', '.join(config.methods)} vs Finer-CAM (three references), pixels, patches and oracle")
     class_index = benchmark.class_index(backbone.class_names, config.model)

@@ -150,7 +150,7 @@ SUPPRESSION_COLUMNS = ["pair", "trait", "n_eligible", "flip_rate", "flip_rate_to
 
 def score_suppression(model: str, sae_dir: Path, acts: Path, data: Path, out: Path,
                       options: SuppressionOptions = SuppressionOptions(), *, weights: Path | None = None,
-                      pretrained: bool = True, discovery: DiscoveryOptions | None = None,
+                      pretrained: bool = True, discovery: DiscoveryOptions | None = None, device: str = "auto",
                       show_progress: bool = False) -> dict[str, Any]:
     """Pick each trait's latents on the store ``acts`` (extracted from ``data``, holding the SAE's
     layer), suppress them in ``model`` on the benchmark ``data``; writes ``out/suppression.json``
@@ -159,7 +159,7 @@ def score_suppression(model: str, sae_dir: Path, acts: Path, data: Path, out: Pa
     benchmark = read_benchmark(data)
     store = ActivationStore(acts)
     check_store_of(store, data)
-    placed = load_sae_on_model(model, sae_dir, weights=weights, pretrained=pretrained, device="cpu")
+    placed = load_sae_on_model(model, sae_dir, weights=weights, pretrained=pretrained, device=device)
     if placed.backbone.weights_fingerprint() != store.manifest["model"]["weights_fingerprint"]:
         raise ScoringError(f"the weights of {model} differ from those the store at {acts} was extracted with")
     stored = store.layer(placed.layer)

@@ -164,7 +164,8 @@ def main() -> None:
     for name, label in (("traitlens", "traitlens"), ("traitlens-saelens-init", "traitlens, sae-lens' init"),
                         ("saelens", "sae-lens (TopKTrainingSAE)"), ("dense", "plain dense PyTorch")):
         r = results[name]
-        print(f"| {label} | {BATCH / r['step_s']:,.0f} | {r['step_s']:.3f} | {r['step_s'] / matmul:.2f} | {r['nmse']:.4f} | {r['peak_rss_mib']:.0f} |")
+        print(f"| {label} | {BATCH / r['step_s']:,.0f} | {r['step_s']:.3f} | {r['step_s'] / matmul:.2f} | {r['nmse']:.4f} "
+              f"| {r['peak_rss_mib']:.0f} |")
     t, s = results["traitlens"], results["saelens"]
     print(f"\ntraitlens / sae-lens tokens/s: {s['step_s'] / t['step_s']:.2f}x (goal >= 1.5x)")
     print(f"traitlens step / matmul: {t['step_s'] / matmul:.2f} (goal <= 2.0)")

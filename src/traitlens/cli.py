@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the old way to resume; a no-op now
     train.add_argument("--strict", action="store_true", help="stop at NaN/Inf activations instead of skipping them")
     add_device_arg(train)
-    train.add_argument("--log-to", type=comma_list(_metrics_sink), default=(), help="also log to tensorboard and/or wandb (comma-separated)")
+    train.add_argument("--log-to", type=comma_list(_metrics_sink), default=(),
+                       help="also log to tensorboard and/or wandb (comma-separated)")
     train.set_defaults(run=_run_train)
 
     evaluate = commands.add_parser("evaluate", help="measure a saved SAE on a store (and, with --model, downstream)")
@@ -212,8 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--layer", help="stored layer (default: the one the SAE was trained on)")
     evaluate.add_argument("--batch-size", type=positive_int, default=4096, help="tokens per batch (default 4096)")
     evaluate.add_argument("--image-batch-size", type=positive_int, default=16, help="images per forward pass (with --model)")
-    evaluate.add_argument("--max-images", type=positive_int, metavar="N", help="downstream fidelity on the first N stored images (default: all)")
-    evaluate.add_argument("--head", type=Path, metavar="DIR", help="with --model: a probe (traitlens probe --out) replaces the model's head")
+    evaluate.add_argument("--max-images", type=positive_int, metavar="N",
+                          help="downstream fidelity on the first N stored images (default: all)")
+    evaluate.add_argument("--head", type=Path, metavar="DIR",
+                          help="with --model: a probe (traitlens probe --out) replaces the model's head")
     evaluate.add_argument("--strict", action="store_true", help="NaN/Inf activations are an error instead of skipped")
     add_device_arg(evaluate)
     evaluate.add_argument("--out", required=True, type=Path, help="output folder: metrics.json")

@@ -125,7 +125,8 @@ def swept(bad: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 
 TRAIN_FLAGS = {
     "--n-tokens": bad_int(1), "--batch-size": bad_int(1), "--checkpoint-every": bad_int(1), "--dead-after-tokens": bad_int(1),
-    "--seed": bad_int(0), "--warmup-steps": bad_int(0), "--k": swept(bad_int(1)), "--width": swept(bad_int(1)), "--matryoshka-widths": swept(bad_int(1)),
+    "--seed": bad_int(0), "--warmup-steps": bad_int(0), "--k": swept(bad_int(1)), "--width": swept(bad_int(1)),
+    "--matryoshka-widths": swept(bad_int(1)),
     "--lr": swept(bad_float(positive=True)), "--expansion": swept(bad_float(positive=True)), "--l1": swept(bad_float(positive=False)),
     "--log-to": swept(st.sampled_from(["stdout", "", "TensorBoard", "csv"])),
 }
@@ -343,7 +344,8 @@ def test_train_output_policy(artifacts: Artifacts, tmp_path: Path) -> None:
     before = snapshot(finished)
     code, out, err = run_cli([*argv, "--out", str(finished)])
     assert (code, snapshot(finished)) == (0, before) and "saved SAE" in out and "Traceback" not in err
-    assert_refused([*argv, "--out", str(artifacts.root / "imported_saelens")], artifacts.root, says="holds the output of traitlens import-sae")
+    assert_refused([*argv, "--out", str(artifacts.root / "imported_saelens")], artifacts.root,
+                   says="holds the output of traitlens import-sae")
 
 
 def test_evaluate_output_policy(artifacts: Artifacts, tmp_path: Path) -> None:

@@ -51,7 +51,8 @@ def test_evaluate_refuses_a_probe_it_cannot_use(capsys: pytest.CaptureFixture[st
     save_sae(_identity_sae(32), tmp_path / "sae", {"layer": "blocks.1"})
     train_probe(ProbeConfig(acts=colour_store, out=tmp_path / "early", layer="blocks.0"))
     cases = {
-        "reads layer blocks.0, before the SAE's layer blocks.1": ["--model", HEAD_MODEL, "--random-init", "--head", str(tmp_path / "early")],
+        "reads layer blocks.0, before the SAE's layer blocks.1": ["--model", HEAD_MODEL, "--random-init",
+                                                                  "--head", str(tmp_path / "early")],
         "--head needs --model": ["--head", str(tmp_path / "early")],
         "head.json missing": ["--model", HEAD_MODEL, "--random-init", "--head", str(tmp_path / "sae")],
     }

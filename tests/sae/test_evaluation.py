@@ -66,7 +66,8 @@ def test_reconstruction_metrics_match_a_direct_computation(sae_store: Path, tmp_
     assert recon["n_tokens"] == len(x_nd) == 40 * 17
     assert recon["nmse"] == pytest.approx(float((recon_nd.double() - x_nd).square().sum() / (x_nd - mean_d).square().sum()), rel=1e-6)
     residual_nd = x_nd - recon_nd.double()
-    assert recon["explained_variance"] == pytest.approx(float(1 - residual_nd.var(0, unbiased=False).sum() / x_nd.var(0, unbiased=False).sum()), rel=1e-6)
+    expected = 1 - residual_nd.var(0, unbiased=False).sum() / x_nd.var(0, unbiased=False).sum()
+    assert recon["explained_variance"] == pytest.approx(float(expected), rel=1e-6)
     assert recon["l0"] == pytest.approx(4.0)  # TopK: exactly k per token
     frequency_w = (latents_nw != 0).double().mean(0)
     np.testing.assert_allclose(recon["latent_frequency"], frequency_w.numpy(), rtol=1e-12)

@@ -147,7 +147,8 @@ def test_two_workers_match_one_process(sae_store: Path, tmp_path: Path) -> None:
             "--width", "64", "--n-tokens", str(256 * 10), "--batch-size", "256", "--lr", "1e-3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], check=True, env=env, capture_output=True)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]  # a free port: parallel runs never collide
+    # --standalone: a free port, so parallel runs never collide
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
     subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], check=True, env=env, capture_output=True)
     one, _ = load_sae_with_config(tmp_path / "one")
     two, _ = load_sae_with_config(tmp_path / "two")

@@ -26,7 +26,8 @@ def _extract(images: Path, out: Path, launcher: list[str]) -> subprocess.Complet
 def test_two_workers_write_the_same_store_as_one(tmp_path: Path) -> None:
     images = make_class_folder(tmp_path / "images", per_class=3)
     _extract(images, tmp_path / "single", [sys.executable])
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]  # a free port: parallel runs never collide
+    # --standalone: a free port, so parallel runs never collide
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
     _extract(images, tmp_path / "multi", torchrun)
     single, multi = tree_bytes(tmp_path / "single"), tree_bytes(tmp_path / "multi")
     assert sorted(single) == sorted(multi)

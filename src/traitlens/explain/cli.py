@@ -43,7 +43,8 @@ def _run_explain(args: argparse.Namespace) -> int:
 def add_explain_command(commands: Any, add_model_args: Any) -> None:
     explain = commands.add_parser("explain", help="heatmaps of the evidence for a class (CAM family, Finer-CAM)")
     add_model_args(explain)
-    explain.add_argument("--head", type=Path, metavar="DIR", help="a head directory (linear probe, zero-shot prompts) whose classes are explained instead")
+    explain.add_argument("--head", type=Path, metavar="DIR",
+                         help="a head directory (linear probe, zero-shot prompts) whose classes are explained instead")
     explain.add_argument("--zero-shot", metavar="C1,C2,...",
                          help="CLIP-style models: explain these class names as zero-shot prompts (see --template)")
     explain.add_argument("--template", default="a photo of a {}.", help="zero-shot prompt template (default: 'a photo of a {}.')")

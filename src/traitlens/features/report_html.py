@@ -227,7 +227,8 @@ def latent_page(row: dict[str, Any], count: int, figures: Sequence[Figure], imag
     if label_definition:
         parts.append(f'<p class="meta">{escape(label_definition)}</p>')
     if labels:
-        table_rows = "".join(f'<tr><td>{escape(name)}</td><td class="num">{number_text(ap)}</td><td class="num">{number_text(chance)}</td></tr>'
+        table_rows = "".join(f'<tr><td>{escape(name)}</td><td class="num">{number_text(ap)}</td>'
+                             f'<td class="num">{number_text(chance)}</td></tr>'
                              for name, ap, chance in labels)
         parts.append('<table><thead><tr><th>label</th><th class="num">AP</th><th class="num">chance</th></tr></thead>'
                      f"<tbody>{table_rows}</tbody></table>")

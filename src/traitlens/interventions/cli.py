@@ -87,6 +87,7 @@ def add_steer_command(commands: Any, add_model_args: Callable[[argparse.Argument
     steer.add_argument("--patches", type=comma_list(non_negative_int),
                        help="comma-separated patch indices (row-major) to edit (default: every token the SAE reads)")
     steer.add_argument("--target", help="class whose gains and losses are the intended effect (name or index)")
-    steer.add_argument("--features", type=Path, help="`traitlens features` output of this SAE, for edits relative to a latent's observed max")
+    steer.add_argument("--features", type=Path,
+                       help="`traitlens features` output of this SAE, for edits relative to a latent's observed max")
     steer.add_argument("--patch-probe", type=Path, help="probe (`traitlens probe`) applied to each patch token: per-patch predictions")
     steer.set_defaults(run=_run_steer)

@@ -352,7 +352,8 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     lines = [
         f"SAE {metrics['sae']} on layer {metrics['layer']} ({recon['n_tokens']:,} {metrics['tokens']} tokens)",
         f"  NMSE {_number(recon['nmse'])}   explained variance {_number(recon['explained_variance'])}   L0 {recon['l0']:.2f}",
-        f"  latents: {recon['width']:,}, dead {recon['dead_latents']:,}, dense (>{recon['dense_threshold']:.0%} of tokens) {recon['dense_latents']:,}",
+        f"  latents: {recon['width']:,}, dead {recon['dead_latents']:,}, "
+        f"dense (>{recon['dense_threshold']:.0%} of tokens) {recon['dense_latents']:,}",
     ]
     if recon["n_nonfinite_skipped"]:
         lines.append(f"  skipped {recon['n_nonfinite_skipped']:,} NaN/Inf tokens")

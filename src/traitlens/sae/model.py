@@ -6,7 +6,8 @@ sparse is the config's registered architecture (:mod:`traitlens.sae.architecture
 Weights (safetensors names, see docs/formats.md): ``W_enc`` (width, d_in), ``b_enc`` (width),
 ``W_dec`` (width, d_in) with unit-norm rows, ``b_dec`` (d_in); buffers ``input_mean`` and
 ``input_scale`` (normalization), ``threshold`` (an inference threshold per latent, which
-BatchTopK learns after training); an architecture may add its own (JumpReLU's ``log_threshold``). Both weight matrices are stored row-per-latent so the
+BatchTopK learns after training); an architecture may add its own (JumpReLU's ``log_threshold``).
+Both weight matrices are stored row-per-latent so the
 rows of active latents are contiguous for the sparse kernels.
 """
 

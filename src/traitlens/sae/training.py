@@ -381,7 +381,8 @@ class Trainer:
                 self.step += 1
                 if logging_step:
                     for run, values in zip(self.runs, metrics, strict=True):
-                        values["dense_fraction"] = float((run.fires_in_window.double() / max(run.tokens_in_window, 1) > DENSE_FREQUENCY).double().mean())
+                        rates_w = run.fires_in_window.double() / max(run.tokens_in_window, 1)
+                        values["dense_fraction"] = float((rates_w > DENSE_FREQUENCY).double().mean())
                         run.fires_in_window.zero_()
                         run.tokens_in_window = 0
                         run.last_metrics = values

@@ -161,7 +161,8 @@ class KMeansFeatures:
 
     def fit(self, acts_nd: torch.Tensor) -> KMeansFeatures:
         if acts_nd.ndim != 2 or len(acts_nd) < self.n_clusters:
-            raise FeatureSetError(f"k-means with {self.n_clusters} clusters needs at least as many tokens (n, d), got shape {tuple(acts_nd.shape)}")
+            raise FeatureSetError(f"k-means with {self.n_clusters} clusters needs at least as many tokens (n, d), "
+                                  f"got shape {tuple(acts_nd.shape)}")
         x_nd = acts_nd.to(torch.float32)
         centers_kd = kmeans_plus_plus(x_nd, self.n_clusters, torch.Generator().manual_seed(self.seed))
         assignment_n = None

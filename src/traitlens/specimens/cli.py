@@ -205,7 +205,8 @@ def _add_score_commands(sub: Any, add_model_args: Any) -> None:
     suppression = kinds.add_parser("suppression", help="look-alike flips when each trait's SAE latents are zeroed in the model")
     add_model_args(suppression)
     suppression.add_argument("--sae", required=True, type=Path, help="SAE directory (its layer and tokens are used)")
-    suppression.add_argument("--acts", required=True, type=Path, help="store of the benchmark holding the SAE's layer (picks the trait latents)")
+    suppression.add_argument("--acts", required=True, type=Path,
+                             help="store of the benchmark holding the SAE's layer (picks the trait latents)")
     suppression.add_argument("--data", required=True, type=Path, help=data_help)
     suppression.add_argument("--out", required=True, type=Path, help="output folder: suppression.md and suppression.json")
     suppression.add_argument("--n-latents", type=positive_int, default=10, help="latents zeroed per trait, best by patch AP (default 10)")

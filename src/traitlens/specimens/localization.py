@@ -257,7 +257,8 @@ def score_localization(heatmaps: Path, data: Path, out: Path, tolerance: int = 0
         traits = benchmark.distinguishing_traits(benchmark.image_species[source])
         mask = benchmark.distinguishing_mask(source)
         if heatmap.shape != mask.shape:
-            raise DataError(f"heatmap {path} is {heatmap.shape[0]}x{heatmap.shape[1]} but image {source} is {mask.shape[0]}x{mask.shape[1]}")
+            raise DataError(f"heatmap {path} is {heatmap.shape[0]}x{heatmap.shape[1]} "
+                            f"but image {source} is {mask.shape[0]}x{mask.shape[1]}")
         if batch_heat and (len(batch_heat) == _HEATMAP_BATCH or batch_heat[0].shape != heatmap.shape):
             flush()
         batch_heat.append(heatmap)

@@ -33,7 +33,8 @@ def lookalike_attribution(backbone: Backbone, sae: SparseAutoencoder, layer: str
     class_index = benchmark.class_index(backbone.class_names, backbone.spec)
     species_of = benchmark.species_of([record.source for record in source.records])
     rows = []
-    directions = [(pair, species, lookalike) for pair in benchmark.lookalikes for species, lookalike in ((pair.a, pair.b), (pair.b, pair.a))]
+    directions = [(pair, species, lookalike) for pair in benchmark.lookalikes
+                  for species, lookalike in ((pair.a, pair.b), (pair.b, pair.a))]
     for pair, species, lookalike in tqdm(directions, unit="species", desc="attribution", disable=not show_progress):
         images = [index for index, name in enumerate(species_of) if name == species]
         if not images:

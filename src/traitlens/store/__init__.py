@@ -7,4 +7,7 @@ from traitlens.store.reader import ActivationStore
 from traitlens.store.shuffle import ShuffleConfig, ShuffledBatches
 from traitlens.store.stats import LayerStats
 
-__all__ = ["ActivationStore", "ExtractConfig", "LayerStats", "ShuffleConfig", "ShuffledBatches", "StoredImage", "extract", "store_from_arrays"]
+__all__ = [
+    "ActivationStore", "ExtractConfig", "LayerStats", "ShuffleConfig", "ShuffledBatches", "StoredImage", "extract",
+    "store_from_arrays",
+]

@@ -140,7 +140,8 @@ def _prepare_batch(source: ImageSource, indices: Sequence[int], backbone: Backbo
     return _PreparedBatch(kept, pixels_bchw, masks, skipped)
 
 
-def _job_identity(config: ExtractConfig, backbone: Backbone, source: ImageSource, layers: Sequence[str], images_per_shard: int) -> dict[str, Any]:
+def _job_identity(config: ExtractConfig, backbone: Backbone, source: ImageSource, layers: Sequence[str],
+                  images_per_shard: int) -> dict[str, Any]:
     """Everything that decides the store's bytes; a resume must match it exactly."""
     job = config.to_dict()
     del job["out"], job["overwrite"]
@@ -187,7 +188,8 @@ def _check_job(root: Path, job: dict[str, Any], resumed: bool, workers: Workers)
 class _Extraction:
     """One worker's part of an extraction job."""
 
-    def __init__(self, config: ExtractConfig, backbone: Backbone, source: ImageSource, layers: Sequence[Layer], device: torch.device) -> None:
+    def __init__(self, config: ExtractConfig, backbone: Backbone, source: ImageSource, layers: Sequence[Layer],
+                 device: torch.device) -> None:
         self.config = config
         self.backbone = backbone
         self.source = source

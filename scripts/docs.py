@@ -52,13 +52,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traitlens.backbones.traitlens_provider import model_directory
+from traitlens.atomic import atomic_write_bytes
 from traitlens.cli import build_parser
 from traitlens.cli_args import join_negative_values
 from traitlens.demo import DemoConfig
 from traitlens.explain.config import DEFAULT_GAMMA
 from traitlens.specimens.catalog import LOOKALIKES, SPECIES, TRAITS
-from traitlens.store.atomic import atomic_write_bytes
+from traitlens.specimens.provider import model_directory
 
 REPO = Path(__file__).resolve().parents[1]
 TRAITLENS = Path(sys.executable).with_name("traitlens")

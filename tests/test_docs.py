@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from traitlens.backbones.traitlens_provider import model_directory
+from traitlens.specimens.provider import model_directory
 
 REPO = Path(__file__).resolve().parents[1]
 

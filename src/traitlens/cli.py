@@ -11,7 +11,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from traitlens import __version__
 from traitlens.cli_args import (
     EXIT_USER_ERROR,
     OneLineParser,
@@ -28,6 +27,7 @@ from traitlens.cli_args import (
     rename_option,
 )
 from traitlens.errors import TraitlensError
+from traitlens.version import __version__
 
 EXIT_INTERRUPTED = 130
 
@@ -79,9 +79,9 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from traitlens.atomic import atomic_write_json
     from traitlens.output_folder import claim_output_file
     from traitlens.sae.evaluation import EvaluateConfig, EvaluationError, evaluate, format_metrics
-    from traitlens.store.atomic import atomic_write_json
 
     legacy_file = legacy_json_file(args.out, "evaluate")
     if legacy_file is not None:

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from traitlens.atomic import atomic_write_json
 from traitlens.backbones import load_backbone
+from traitlens.checks import check_int
 from traitlens.data import open_image_source
 from traitlens.demo_report import write_demo_report
 from traitlens.errors import TraitlensError
@@ -32,7 +34,6 @@ from traitlens.output_folder import claim_output_folder
 from traitlens.specimens.benchmark import read_benchmark
 from traitlens.specimens.cam_localization import LOCALIZATION_COLUMNS, lookalike_localization
 from traitlens.specimens.catalog import SPECIES
-from traitlens.specimens.checks import check_int
 from traitlens.specimens.discovery import DiscoveryOptions, score_discovery
 from traitlens.specimens.generate import JOB_FILE, GenerateConfig, generate
 from traitlens.specimens.model_accuracy import AccuracyConfig, model_accuracy
@@ -43,10 +44,9 @@ from traitlens.specimens.suppression import (
     SuppressionOptions,
     score_suppression,
 )
-from traitlens.specimens.tables import markdown_table
 from traitlens.store import ExtractConfig, extract
-from traitlens.store.atomic import atomic_write_json
 from traitlens.store.summary import summarize_store
+from traitlens.tables import markdown_table
 
 DEMO_MODEL = "traitlens:specimens-vit"
 N_STEPS = 7

@@ -10,11 +10,11 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from traitlens.atomic import atomic_write_bytes
 from traitlens.features import LatentFeatures
 from traitlens.features.patch_positives import describe_positives
 from traitlens.features.report_html import latent_file, number_text, page
 from traitlens.specimens.cam_localization import LOCALIZATION_COLUMNS
-from traitlens.store.atomic import atomic_write_bytes
 
 Cell = str | float | int | None
 

@@ -67,7 +67,7 @@ def claim_output_folder(out: Path, command: str, *, overwrite: bool = False, res
     only this command writes, so that folders from before the owner file are recognized.
     """
     check_output_folder(out, error, option)
-    from traitlens.store.atomic import atomic_write_json
+    from traitlens.atomic import atomic_write_json
 
     try:
         # a folder holding nothing but this command's own mark is a run that failed before its

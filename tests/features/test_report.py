@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from tests.html_pages import local_targets, parse_page
-from traitlens.explain.overlay import MAX_OPACITY
 from traitlens.features import LatentFeatures, write_report
 from traitlens.features.report_html import index_page
+from traitlens.overlay import MAX_OPACITY
 
 
 @pytest.fixture(scope="module")

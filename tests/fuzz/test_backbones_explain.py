@@ -18,7 +18,7 @@ from PIL import Image
 
 from tests.backbones.builders import CodeRunningPayload, compact_json, write_hf_config
 from tests.fuzz.harness import assert_refused, run_cli
-from traitlens.backbones.spec import PROVIDERS
+from traitlens.backbones.spec import registered_providers
 from traitlens.output_folder import OWNER_FILE
 
 FUZZ = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -53,7 +53,7 @@ _KEYS = st.from_regex(r"[a-z][a-z_]{0,24}", fullmatch=True)
 @FUZZ
 @given(provider=st.sampled_from(sorted(SPECS)), key=_KEYS)
 def test_options_outside_a_providers_allow_list_are_refused(provider: str, key: str, tmp_path: Path) -> None:
-    if key in PROVIDERS[provider].options:
+    if key in registered_providers()[provider].options:
         key = f"{key}_x"  # a near miss of an allowed name
     assert_refused(["layers", "--model", f"{SPECS[provider]}?{key}=1"], tmp_path, says=f"take no option '{key}'")
 
@@ -77,7 +77,7 @@ def test_counts_and_sizes_of_the_wrong_type_are_refused(option: tuple[str, str],
 @given(provider=st.text(st.characters(blacklist_characters="\x00:", blacklist_categories=("Cs",)), min_size=1, max_size=12),
        rest=st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=30))
 def test_unknown_providers_and_malformed_specs_are_refused(provider: str, rest: str, tmp_path: Path) -> None:
-    if provider in PROVIDERS:
+    if provider in registered_providers():
         provider += "x"
     for spec in (f"{provider}:{rest}", provider, f":{rest}"):
         assert_refused(["layers", "--model", spec], tmp_path, says="model")

@@ -13,16 +13,15 @@ from traitlens.backbones import (
     open_clip_provider,
     timm_provider,
     torchvision_provider,
-    traitlens_provider,
 )
-from traitlens.backbones.backbone import Backbone, Layer, TokenEdit
+from traitlens.backbones.backbone import Backbone, Layer, TextTower, TokenEdit
 from traitlens.backbones.layout import TOKEN_SELECTIONS, TokenLayout, TokenSelection
 from traitlens.backbones.preprocess import Preprocess
-from traitlens.backbones.spec import PROVIDERS, LoadRequest, ModelSpec, parse_spec
+from traitlens.backbones.spec import LoadRequest, ModelSpec, parse_spec, registered_providers
 from traitlens.backbones.weights import weights_only_loads
 
 # Importing the provider modules registers them; named here so linters see the use.
-_PROVIDER_MODULES = (hf_provider, open_clip_provider, timm_provider, torchvision_provider, traitlens_provider)
+_PROVIDER_MODULES = (hf_provider, open_clip_provider, timm_provider, torchvision_provider)
 
 
 def load_backbone(spec: str, weights: str | Path | None = None, pretrained: bool = True) -> Backbone:
@@ -35,7 +34,7 @@ def load_backbone(spec: str, weights: str | Path | None = None, pretrained: bool
     parsed = parse_spec(spec)
     request = LoadRequest(parsed, Path(weights) if weights is not None else None, pretrained)
     with weights_only_loads():
-        return PROVIDERS[parsed.provider].load(request)
+        return registered_providers()[parsed.provider].load(request)
 
 
 __all__ = [
@@ -45,6 +44,7 @@ __all__ = [
     "LoadRequest",
     "ModelSpec",
     "Preprocess",
+    "TextTower",
     "TokenEdit",
     "TokenLayout",
     "TokenSelection",

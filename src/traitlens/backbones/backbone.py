@@ -39,12 +39,23 @@ class _StopForward(Exception):
     """Raised from a hook to skip the layers after the last one a caller needs."""
 
 
+@dataclass(frozen=True)
+class TextTower:
+    """What a CLIP-style model adds to its image side (a capability a provider gives its Backbone)."""
+
+    embed: Callable[[Sequence[str]], torch.Tensor]
+    """Prompts to (n, e) unit-norm text embeddings, without gradients."""
+    logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    """(b, e) unit-norm image embeddings and (c, e) text embeddings to (b, c) logits, the model's own."""
+
+
 class Backbone:
     """A vision model seen as a sequence of token layers.
 
     ``forward`` maps preprocessed pixels (b, 3, h, w) to the model's head output (class logits when
     it has a classifier, else its image embedding). ``capture`` and ``edit`` reach any layer in
     ``layer_names`` through hooks that are removed when the ``with`` block ends, errors included.
+    ``text_tower`` is set for CLIP-style models (text heads need it).
     """
 
     def __init__(
@@ -55,6 +66,7 @@ class Backbone:
         preprocess: Preprocess,
         forward_fn: Callable[[torch.Tensor], torch.Tensor],
         class_names: Sequence[str] | None = None,
+        text_tower: TextTower | None = None,
     ) -> None:
         if not layers:
             raise LayerError(f"no layer of {spec} yields token sequences or feature maps")
@@ -65,6 +77,7 @@ class Backbone:
         self._layers = {layer.name: layer for layer in layers}
         self._order = {layer.name: index for index, layer in enumerate(layers)}
         self._forward_fn = forward_fn
+        self.text_tower = text_tower
         self._fingerprint: str | None = None
 
     def with_forward(self, forward_fn: Callable[[torch.Tensor], torch.Tensor], class_names: Sequence[str] | None,
@@ -73,7 +86,8 @@ class Backbone:
         with another head: ``forward_fn`` and its ``class_names``. The weights fingerprint is shared."""
         names = self.layer_names
         kept = names if last_layer is None else names[: names.index(last_layer) + 1]
-        other = Backbone(self.spec, self.model, [self._layers[name] for name in kept], self.preprocess, forward_fn, class_names)
+        other = Backbone(self.spec, self.model, [self._layers[name] for name in kept], self.preprocess, forward_fn, class_names,
+                         self.text_tower)
         other._fingerprint = self._fingerprint
         return other
 

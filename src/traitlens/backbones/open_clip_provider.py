@@ -10,12 +10,15 @@ also take a file path there, and local weights go through ``--weights``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
+import torch
 from torch import nn
+from torch.nn import functional as F
 
-from traitlens.backbones.backbone import Backbone
+from traitlens.backbones.backbone import Backbone, TextTower
 from traitlens.backbones.preprocess import Preprocess
 from traitlens.backbones.probe import SequenceHint, probe_layers
 from traitlens.backbones.spec import (
@@ -143,4 +146,38 @@ def load_open_clip(request: LoadRequest) -> Backbone:
     preprocess = open_clip_preprocess(model.visual)
     candidates, hint = _visual_layers(model.visual)
     layers = probe_layers(candidates, model.encode_image, preprocess.size_hw, hint)
-    return Backbone(request.spec.text, model, layers, preprocess, model.encode_image)
+    return Backbone(request.spec.text, model, layers, preprocess, model.encode_image,
+                    text_tower=_text_tower(model, arch, request.spec.text))
+
+
+def _text_tower(model: Any, arch: str, spec_text: str) -> TextTower | None:
+    """The model's text side, when it has one (open_clip also builds image-only towers)."""
+    if not callable(getattr(model, "encode_text", None)) or not hasattr(model, "logit_scale"):
+        return None
+
+    def tokenize(prompts: Sequence[str]) -> torch.Tensor:
+        """(n, context_length) token ids from the model's own tokenizer."""
+        import open_clip
+
+        try:
+            tokenizer = open_clip.get_tokenizer(arch, context_length=model.context_length)
+            ids_nl = tokenizer(list(prompts))
+        except Exception as error:  # hub lookups and tokenizer files fail in many ways; one line says which
+            raise SpecError(f"cannot tokenize prompts for {spec_text}: {str(error).splitlines()[0][:200]}") from error
+        vocab_size = getattr(model, "vocab_size", None)
+        if vocab_size is not None and int(ids_nl.max()) >= vocab_size:
+            raise SpecError(f"the tokenizer of {arch} gives token ids up to {int(ids_nl.max())}, but the text tower of "
+                            f"{spec_text} has a vocabulary of {vocab_size}")
+        return ids_nl
+
+    @torch.no_grad()
+    def embed(prompts: Sequence[str]) -> torch.Tensor:
+        ids_nl = tokenize(prompts).to(next(model.parameters()).device)
+        return F.normalize(model.encode_text(ids_nl).float(), dim=-1)
+
+    def logits(image_be: torch.Tensor, text_ce: torch.Tensor) -> torch.Tensor:
+        logits_bc = model.logit_scale.exp() * image_be @ text_ce.to(image_be).T
+        bias = getattr(model, "logit_bias", None)  # SigLIP's
+        return logits_bc + bias if bias is not None else logits_bc
+
+    return TextTower(embed, logits)

@@ -10,13 +10,17 @@ safe loading off (``weights_only=False``, ``trust_remote_code``): no spec may na
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from traitlens.errors import SpecError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -123,13 +127,14 @@ def parse_spec(text: str) -> ModelSpec:
     """Parse ``text`` and check its options against the provider's allow-list (one-line SpecError)."""
     provider, sep, rest = text.partition(":")
     shown = repr(shorten(text))
+    providers = registered_providers()
     if not sep or not provider or not rest:
-        raise SpecError(f"model spec {shown} is not PROVIDER:NAME; providers: {', '.join(sorted(PROVIDERS))}")
-    if provider not in PROVIDERS:
+        raise SpecError(f"model spec {shown} is not PROVIDER:NAME; providers: {', '.join(sorted(providers))}")
+    if provider not in providers:
         raise SpecError(f"unknown model provider {shorten(provider, 40)!r} in {shown}; "
-                        f"providers: {', '.join(sorted(PROVIDERS))}")
+                        f"providers: {', '.join(sorted(providers))}")
     name, _, query = rest.partition("?")
-    allowed = PROVIDERS[provider].options
+    allowed = providers[provider].options
     options: dict[str, Any] = {}
     for pair in filter(None, query.split("&")):
         key, eq, value = pair.partition("=")
@@ -155,9 +160,28 @@ class Provider:
     options: Mapping[str, OptionType]
 
 
-# Providers register themselves on import (see ``traitlens.backbones.__init__``). Kept as a plain
-# dict so a plug-in can add one.
+# The built-in providers register themselves on import (see ``traitlens.backbones.__init__``);
+# other packages declare theirs under this entry-point group, loaded on first use.
 PROVIDERS: dict[str, Provider] = {}
+PLUGIN_GROUP = "traitlens.backbones"
+_plugins: list[str] = []
+"""The entry points loaded so far (empty until the first spec is parsed)."""
+
+
+def registered_providers() -> dict[str, Provider]:
+    """Every provider: the built-in ones and, loaded once, those of installed packages' entry points
+    (``[project.entry-points."traitlens.backbones"]``); a plug-in that fails to import is skipped
+    with a warning, so it cannot break the others."""
+    if not _plugins:
+        _plugins.append(PLUGIN_GROUP)  # marks the group loaded even if a plug-in below fails
+        for entry in entry_points(group=PLUGIN_GROUP):
+            try:
+                entry.load()
+            except Exception as error:  # a third party's import error: any type
+                log.warning("model provider plug-in %s (%s) did not load: %s", entry.name, entry.value, error)
+            else:
+                _plugins.append(entry.name)
+    return PROVIDERS
 
 
 def register_provider(prefix: str, options: Mapping[str, OptionType] | None = None,

@@ -33,6 +33,7 @@ class SegmentationSource(FileImageSource):
     """
 
     kind = "segmentation"
+    has_masks = True
 
     def __init__(self, root: Path) -> None:
         image_paths = find_images(root / "images", recursive=True)

@@ -35,6 +35,8 @@ class ImageSource(ABC):
     """
 
     kind: ClassVar[str]
+    has_masks: ClassVar[bool] = False
+    """Whether ``load_mask`` can give masks (a capability, so readers never test ``kind``)."""
 
     def __init__(
         self, root: Path, records: list[ImageRecord], class_names: list[str] | None = None

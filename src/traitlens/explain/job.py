@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-import traitlens
+from traitlens.atomic import atomic_save_npy, atomic_save_png, atomic_write_json
 from traitlens.backbones import Backbone, load_backbone
 from traitlens.data import ImageSource, open_image_source
 from traitlens.data.batches import pixel_batches
@@ -29,9 +29,9 @@ from traitlens.explain.contrast import (
 )
 from traitlens.explain.maps import CamResult, compute_cams, default_layer
 from traitlens.explain.methods import method_by_name
-from traitlens.explain.overlay import overlay
 from traitlens.output_folder import claim_output_folder
-from traitlens.store.atomic import atomic_save_npy, atomic_save_png, atomic_write_json
+from traitlens.overlay import overlay
+from traitlens.version import __version__
 
 FORMAT = "traitlens.explain"
 SUMMARY = "summary.json"
@@ -154,7 +154,7 @@ def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progre
                                             image_hw, class_names))
             progress.update(count)
     summary = {
-        "format": FORMAT, "version": 1, "software": {"traitlens": traitlens.__version__},
+        "format": FORMAT, "version": 1, "software": {"traitlens": __version__},
         "config": config.to_dict(), "model": {"spec": backbone.spec, "weights_fingerprint": backbone.weights_fingerprint()},
         "layer": layer, "images": images,
     }

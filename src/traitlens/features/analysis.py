@@ -40,6 +40,7 @@ import torch
 from safetensors.numpy import save
 from tqdm import tqdm
 
+from traitlens.atomic import atomic_write_bytes, atomic_write_json, remove_temp_files
 from traitlens.distributed import Workers
 from traitlens.features.association import (
     BlockNonzeros,
@@ -85,7 +86,6 @@ from traitlens.sae.io import WEIGHTS, SAELoadError, load_sae_with_config
 from traitlens.sae.layer import stored_sae_layer
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.store import ActivationStore
-from traitlens.store.atomic import atomic_write_bytes, atomic_write_json, remove_temp_files
 from traitlens.store.files import MANIFEST as STORE_MANIFEST
 from traitlens.store.manifest import StoredLayer
 

@@ -19,16 +19,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from traitlens.atomic import atomic_write_bytes
 from traitlens.backbones.preprocess import Preprocess
 from traitlens.data import ImageSource, UnreadableImageError
 from traitlens.errors import TraitlensError
-from traitlens.explain.overlay import MAX_OPACITY, colorize
 from traitlens.features.files import FeaturesError
 from traitlens.features.latents import LatentFeatures
 from traitlens.features.report_html import Figure, index_page, latent_file, latent_page
 from traitlens.features.store_images import open_store_source, source_indices
+from traitlens.overlay import MAX_OPACITY, colorize
 from traitlens.store import ActivationStore
-from traitlens.store.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _open_views(features: LatentFeatures) -> tuple[_ModelViews | None, Activatio
 def _heat_layer(features: LatentFeatures, latent: int, image: int) -> str | None:
     """The latent's patch map on one image as a data-URI PNG of the patch grid's size, colour and
     opacity from the activation divided by the latent's max as
-    :func:`traitlens.explain.overlay.overlay` draws them. The page stretches it over the image, so
+    :func:`traitlens.overlay.overlay` draws them. The page stretches it over the image, so
     the browser does the bilinear upsampling. None for CLS tokens, which have no patch map."""
     if features.manifest["tokens"] == "cls":
         return None

@@ -19,15 +19,15 @@ from typing import IO
 import numpy as np
 import numpy.typing as npt
 
-from traitlens.features.files import CHUNKS, COLUMNS_RECORD, INDPTR, ROWS, VALUES, FeaturesError
-from traitlens.json_config import parse_standard_json
-from traitlens.store.atomic import (
+from traitlens.atomic import (
     atomic_save_npy,
     atomic_write,
     atomic_write_json,
     commit,
     temp_path,
 )
+from traitlens.features.files import CHUNKS, COLUMNS_RECORD, INDPTR, ROWS, VALUES, FeaturesError
+from traitlens.json_config import parse_standard_json
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]

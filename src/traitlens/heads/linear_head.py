@@ -15,12 +15,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from traitlens.atomic import atomic_write_json, save_tensors
+from traitlens.checks import saved_class_names
 from traitlens.heads.errors import HeadError
 from traitlens.heads.pooling import POOLINGS, Pooling
 from traitlens.json_config import read_json_config
-from traitlens.sae.io import save_tensors
-from traitlens.specimens.checks import saved_class_names
-from traitlens.store.atomic import atomic_write_json
 
 WEIGHTS = "head.safetensors"
 CONFIG = "head.json"

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from traitlens.backbones.layout import TokenSelection
+from traitlens.checks import check_float, check_int
 from traitlens.heads.errors import HeadError
 from traitlens.heads.linear_head import LinearHead, save_head
 from traitlens.heads.logistic import fit_logistic_regression
 from traitlens.heads.pooling import POOLINGS, Pooling, check_pooling, pool_tokens
 from traitlens.output_folder import check_output_folder, claim_output_folder
-from traitlens.specimens.checks import check_float, check_int
-from traitlens.specimens.training import split
+from traitlens.splits import train_val_split
 from traitlens.store import ActivationStore
 from traitlens.store.manifest import StoredLayer
 
@@ -111,7 +111,7 @@ def train_probe(config: ProbeConfig) -> LinearHead:
     _check_store_pooling(store, layer, pooling)  # before reading any shard
     labels_n, class_names = _labels(store)
     labelled_n = (labels_n >= 0).nonzero().squeeze(1)
-    train_n, val_n = (labelled_n[part] for part in split(len(labelled_n), config.val_fraction, config.seed))
+    train_n, val_n = (labelled_n[part] for part in train_val_split(len(labelled_n), config.val_fraction, config.seed))
     if len(train_n) < len(class_names):
         raise HeadError(f"{len(train_n)} labelled training images for {len(class_names)} classes in {config.acts}; "
                         "a probe needs more (or a smaller --val-fraction)")

@@ -24,8 +24,9 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm
 
-import traitlens
+from traitlens.atomic import atomic_write_json
 from traitlens.backbones import Backbone, TokenSelection
+from traitlens.checks import check_float
 from traitlens.data import ImageSource, open_image_source
 from traitlens.data.batches import pixel_batches
 from traitlens.explain.config import ClassKey, ExplainError
@@ -41,9 +42,8 @@ from traitlens.interventions.setup import (
 )
 from traitlens.sae.evaluation import splice
 from traitlens.sae.model import SparseAutoencoder
-from traitlens.specimens.checks import check_float
-from traitlens.specimens.tables import markdown_table, write_text
-from traitlens.store.atomic import atomic_write_json
+from traitlens.tables import markdown_table, write_text
+from traitlens.version import __version__
 
 FORMAT = "traitlens.attribution"
 RESULT = "attribution.json"
@@ -264,7 +264,7 @@ def comparative_attribution(config: AttributionConfig) -> dict[str, Any]:
     n = totals.n_images
     mean_w, share_w, activation_w = totals.attribution_w / n, totals.active_w / n, totals.activation_w / n
     result: dict[str, Any] = {
-        "format": FORMAT, "version": 1, "software": {"traitlens": traitlens.__version__}, "config": config_dict(config),
+        "format": FORMAT, "version": 1, "software": {"traitlens": __version__}, "config": config_dict(config),
         "layer": layer, "tokens": tokens, "target": backbone.class_names[target], "refs": [backbone.class_names[r] for r in refs],
         "images": config.images, "n_images": n, "mean_score": totals.score / n,
         "mean_latent_attribution": float(mean_w.sum()), "mean_error_attribution": totals.error / n,

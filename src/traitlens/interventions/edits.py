@@ -20,10 +20,10 @@ import torch
 
 from traitlens.backbones import TokenEdit, TokenSelection
 from traitlens.backbones.layout import TokenLayout
+from traitlens.checks import check_int
 from traitlens.errors import TraitlensError
 from traitlens.sae.evaluation import splice
 from traitlens.sae.model import SparseAutoencoder
-from traitlens.specimens.checks import check_int
 
 EditOp = Literal["set", "scale", "zero", "max"]
 EDIT_OPS: tuple[EditOp, ...] = get_args(EditOp)

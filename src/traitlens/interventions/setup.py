@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from traitlens.backbones import TOKEN_SELECTIONS, Backbone, TokenSelection, load_backbone
+from traitlens.checks import check_int
 from traitlens.cli_args import option_name
 from traitlens.distributed import Workers
 from traitlens.errors import TraitlensError
@@ -19,7 +20,6 @@ from traitlens.interventions.edits import InterventionError
 from traitlens.output_folder import check_output_folder, claim_output_folder
 from traitlens.sae.io import load_sae_with_config
 from traitlens.sae.model import SparseAutoencoder
-from traitlens.specimens.checks import check_int
 from traitlens.store.manifest import read_manifest
 
 log = logging.getLogger(__name__)

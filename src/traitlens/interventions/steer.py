@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-import traitlens
+from traitlens.atomic import atomic_write_bytes, atomic_write_json
 from traitlens.backbones import Backbone, TokenEdit, TokenSelection
+from traitlens.checks import check_int
 from traitlens.data import ImageSource, open_image_source
 from traitlens.data.batches import pixel_batches
 from traitlens.heads.attach import check_head_model
@@ -34,8 +35,7 @@ from traitlens.interventions.setup import (
     load_sae_on_model,
     resolve_classes,
 )
-from traitlens.specimens.checks import check_int
-from traitlens.store.atomic import atomic_write_bytes, atomic_write_json
+from traitlens.version import __version__
 
 FORMAT = "traitlens.steer"
 EFFECT = "effect.json"
@@ -267,7 +267,7 @@ def steer(config: SteerConfig) -> dict[str, Any]:
         raise InterventionError(f"no images in {config.data}")
     claim_out_dir(config.out, "steer", config.overwrite)
     predictions = steer_source(backbone, layer, edit, source, range(count), config.batch_size, patch_probe, config.show_progress)
-    effect = {"format": FORMAT, "version": 1, "software": {"traitlens": traitlens.__version__}, "config": config_dict(config),
+    effect = {"format": FORMAT, "version": 1, "software": {"traitlens": __version__}, "config": config_dict(config),
               "layer": layer, "tokens": tokens, **effect_summary(predictions, class_names, target)}
     if config.out is not None:
         atomic_write_bytes(config.out / PREDICTIONS, _predictions_csv(predictions, class_names))

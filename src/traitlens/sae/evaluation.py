@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from traitlens.atomic import atomic_write_json
 from traitlens.backbones import Backbone, TokenSelection, load_backbone
 from traitlens.backbones.layout import TokenLayout
 from traitlens.data import UnreadableImageError, open_image_source
@@ -36,7 +37,6 @@ from traitlens.sae.layer import stored_sae_layer
 from traitlens.sae.metrics import DENSE_FREQUENCY
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.store import ActivationStore
-from traitlens.store.atomic import atomic_write_json
 from traitlens.store.manifest import StoredLayer
 
 log = logging.getLogger(__name__)

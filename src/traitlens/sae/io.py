@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from traitlens.atomic import atomic_write_json, save_tensors
 from traitlens.errors import TraitlensError, first_line
 from traitlens.json_config import read_json_config
 from traitlens.sae.config import SAEConfig, SAEConfigError
 from traitlens.sae.model import SparseAutoencoder
-from traitlens.store.atomic import atomic_write, atomic_write_json
 
 WEIGHTS = "sae.safetensors"
 CONFIG = "config.json"
@@ -27,13 +27,6 @@ FORMAT = "traitlens.sae"
 
 class SAELoadError(TraitlensError):
     """A saved SAE is missing, damaged, or not an SAE."""
-
-
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Atomically write tensors as safetensors (contiguous CPU copies)."""
-    cpu = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
-    # safetensors writes to a file name, not a handle: it writes the temporary file atomic_write opened
-    atomic_write(path, lambda handle: save_file(cpu, handle.name, metadata=metadata))
 
 
 def save_sae(sae: SparseAutoencoder, directory: Path, extra: dict[str, Any] | None = None) -> None:

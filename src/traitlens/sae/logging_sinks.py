@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from traitlens.atomic import atomic_write_bytes
 from traitlens.errors import TraitlensError
 from traitlens.sae.config import is_int
-from traitlens.store.atomic import atomic_write_bytes
 
 LOG_FILE = "train_log.jsonl"
 SINKS = ("tensorboard", "wandb")

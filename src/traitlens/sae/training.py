@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from traitlens.atomic import atomic_write_json, save_tensors
 from traitlens.distributed import Workers, workers_from_env
 from traitlens.errors import DataError, TraitlensError
 from traitlens.optim_state import load_optimizer_tensors, optimizer_tensors
@@ -44,7 +45,6 @@ from traitlens.sae.io import (
     first_line,
     read_sae_config,
     save_sae,
-    save_tensors,
 )
 from traitlens.sae.logging_sinks import LOG_FILE, SINKS, MetricSinks
 from traitlens.sae.metrics import DENSE_FREQUENCY, explained_variance
@@ -52,7 +52,6 @@ from traitlens.sae.model import SparseAutoencoder
 from traitlens.sae.schedule import learning_rate, sparsity_coefficient
 from traitlens.sae.sparse import SparseCodes, decode_codes, gather_preactivations, topk_selection
 from traitlens.store import ActivationStore, ShuffleConfig
-from traitlens.store.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -100,7 +100,7 @@ def _run_accuracy(args: argparse.Namespace) -> int:
     worst = sorted(result["per_class"].items(), key=lambda item: item[1])[:3]
     print("  lowest classes: " + ", ".join(f"{name} {value:.1%}" for name, value in worst))
     if legacy_file is not None:
-        from traitlens.store.atomic import atomic_write_json
+        from traitlens.atomic import atomic_write_json
 
         atomic_write_json(legacy_file, result)
     return 0

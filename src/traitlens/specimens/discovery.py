@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from traitlens.atomic import atomic_write_json
 from traitlens.distributed import Workers
 from traitlens.errors import LayerError, StoreError
 from traitlens.features.patch_positives import (
@@ -30,10 +31,9 @@ from traitlens.specimens.baselines import (
     SAEFeatures,
 )
 from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
-from traitlens.specimens.tables import markdown_table, write_text
-from traitlens.store.atomic import atomic_write_json
 from traitlens.store.manifest import StoredLayer
 from traitlens.store.reader import ActivationStore
+from traitlens.tables import markdown_table, write_text
 
 _FEATURE_CHUNK_ELEMENTS = 1 << 24  # feature scores are computed this many elements (rows x features) at a time
 

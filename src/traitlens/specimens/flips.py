@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
+from traitlens.atomic import atomic_write_json
 from traitlens.errors import DataError
 from traitlens.output_folder import check_output_folder
 from traitlens.specimens.average_precision import ArrayOrTensor
 from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
-from traitlens.specimens.tables import markdown_table, write_text
-from traitlens.store.atomic import atomic_write_json
+from traitlens.tables import markdown_table, write_text
 
 PREDICTION_COLUMNS = ("source", "before", "after")
 

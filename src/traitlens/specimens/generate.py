@@ -35,18 +35,18 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from traitlens.errors import DataError
-from traitlens.output_folder import claim_output_folder
-from traitlens.specimens.catalog import SPECIES, Species, catalog_dict, label_names, lookalike_of
-from traitlens.specimens.checks import check_int
-from traitlens.specimens.render import Specimen, render_specimen
-from traitlens.store.atomic import (
+from traitlens.atomic import (
     atomic_save_npy,
     atomic_save_png,
     atomic_write_bytes,
     atomic_write_json,
     remove_temp_files,
 )
+from traitlens.checks import check_int
+from traitlens.errors import DataError
+from traitlens.output_folder import claim_output_folder
+from traitlens.specimens.catalog import SPECIES, Species, catalog_dict, label_names, lookalike_of
+from traitlens.specimens.render import Specimen, render_specimen
 
 FORMAT = "traitlens.specimens"
 VERSION = 1

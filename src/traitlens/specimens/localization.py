@@ -13,16 +13,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from traitlens.atomic import atomic_write_json
+from traitlens.checks import check_int
 from traitlens.errors import DataError
 from traitlens.output_folder import check_output_folder
 from traitlens.specimens.average_precision import ArrayOrTensor
 from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
-from traitlens.specimens.checks import check_int
 from traitlens.specimens.oracle import cell_bounds
 from traitlens.specimens.patch_scores import score_patch_maps, trait_patches
 from traitlens.specimens.reliance import read_oracle_map
-from traitlens.specimens.tables import markdown_table, write_text
-from traitlens.store.atomic import atomic_write_json
+from traitlens.tables import markdown_table, write_text
 
 _HEATMAP_BATCH = 256
 

@@ -8,14 +8,14 @@ from typing import Any
 
 import torch
 
+from traitlens.atomic import atomic_write_json
 from traitlens.backbones import load_backbone
+from traitlens.checks import check_int
 from traitlens.data import open_image_source
 from traitlens.distributed import Workers
 from traitlens.errors import DataError
 from traitlens.output_folder import claim_output_folder
-from traitlens.specimens.checks import check_int
 from traitlens.specimens.training import load_labelled_images
-from traitlens.store.atomic import atomic_write_json
 
 RESULT_FILE = "accuracy.json"
 

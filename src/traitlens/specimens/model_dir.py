@@ -13,13 +13,13 @@ from typing import Any, ClassVar
 
 import torch
 
+from traitlens.atomic import atomic_write_json
 from traitlens.backbones.preprocess import HALF_MEAN, HALF_STD, Preprocess
+from traitlens.checks import check_float, check_int, saved_class_names
 from traitlens.cli_args import option_name
 from traitlens.errors import SpecError, WeightsUnavailableError
 from traitlens.json_config import read_json_config
-from traitlens.specimens.checks import check_float, check_int, saved_class_names
 from traitlens.specimens.conv_stem import ConvStem, conv_stem_depth
-from traitlens.store.atomic import atomic_write_json
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model.json"
@@ -148,7 +148,7 @@ class SavedModel:
 
 def save_model_dir(directory: Path, model: torch.nn.Module, saved: SavedModel) -> None:
     """Weights first, then the config that makes the directory complete."""
-    from traitlens.sae.io import save_tensors
+    from traitlens.atomic import save_tensors
 
     directory.mkdir(parents=True, exist_ok=True)
     save_tensors(directory / WEIGHTS, dict(model.state_dict()))

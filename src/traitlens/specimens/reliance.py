@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from traitlens.atomic import atomic_save_npy, atomic_write_json
 from traitlens.backbones import Backbone, load_backbone
+from traitlens.checks import check_int
 from traitlens.distributed import Workers
 from traitlens.errors import DataError
 from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
-from traitlens.specimens.checks import check_int
 from traitlens.specimens.oracle import oracle_maps
-from traitlens.specimens.tables import markdown_table, write_text
-from traitlens.store.atomic import atomic_save_npy, atomic_write_json
+from traitlens.tables import markdown_table, write_text
 
 ORACLE_DIR = "oracle"
 

@@ -24,7 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from traitlens.atomic import atomic_write_json
 from traitlens.backbones import Backbone, load_backbone
+from traitlens.checks import check_int
 from traitlens.data import open_image_source
 from traitlens.output_folder import claim_output_folder
 from traitlens.sae import RunConfig, SAEConfig, TrainConfig, train
@@ -37,16 +39,14 @@ from traitlens.specimens.cam_localization import (
     confusion_references,
     lookalike_localization,
 )
-from traitlens.specimens.checks import check_int
 from traitlens.specimens.discovery import DiscoveryOptions, score_discovery, trait_feature_ap
 from traitlens.specimens.generate import JOB_FILE, GenerateConfig, generate
 from traitlens.specimens.model_accuracy import AccuracyConfig, model_accuracy
 from traitlens.specimens.reliance import RelianceConfig, read_oracle_map, score_reliance
 from traitlens.specimens.suppression import SuppressionOptions, suppression_flips, top_trait_latents
-from traitlens.specimens.tables import markdown_table, write_text
 from traitlens.specimens.twin_latents import top_twin_latents, twin_difference
 from traitlens.store import ActivationStore, ExtractConfig, extract
-from traitlens.store.atomic import atomic_write_json
+from traitlens.tables import markdown_table, write_text
 
 COMMAND = "specimens report"
 N_STEPS = 6

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from traitlens.atomic import atomic_write_json
 from traitlens.backbones import Backbone, TokenSelection
+from traitlens.checks import check_int
 from traitlens.cli_args import option_name
 from traitlens.data import ImageSource, open_image_source
 from traitlens.data.batches import pixel_batches
@@ -30,12 +32,10 @@ from traitlens.output_folder import check_output_folder
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.specimens.baselines import SAEFeatures
 from traitlens.specimens.benchmark import Benchmark, ScoringError, check_store_of, read_benchmark
-from traitlens.specimens.checks import check_int
 from traitlens.specimens.discovery import DiscoveryOptions, trait_feature_ap
 from traitlens.specimens.flips import lookalike_flip_rate
-from traitlens.specimens.tables import markdown_table, write_text
-from traitlens.store.atomic import atomic_write_json
 from traitlens.store.reader import ActivationStore
+from traitlens.tables import markdown_table, write_text
 
 
 @dataclass(frozen=True)

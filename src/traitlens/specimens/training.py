@@ -21,15 +21,15 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
+from traitlens.atomic import atomic_write_json, save_tensors
 from traitlens.backbones.preprocess import Preprocess
 from traitlens.backbones.weights import fixed_seed
+from traitlens.checks import check_float, check_int
 from traitlens.cli_args import option_name
 from traitlens.data import ImageSource, UnreadableImageError, open_image_source
 from traitlens.errors import DataError, TraitlensError
 from traitlens.optim_state import load_optimizer_tensors, optimizer_tensors
 from traitlens.output_folder import claim_output_folder
-from traitlens.sae.io import save_tensors
-from traitlens.specimens.checks import check_float, check_int
 from traitlens.specimens.model_dir import (
     CONFIG,
     CNNShape,
@@ -38,7 +38,7 @@ from traitlens.specimens.model_dir import (
     ViTShape,
     save_model_dir,
 )
-from traitlens.store.atomic import atomic_write_json
+from traitlens.splits import train_val_split
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +112,6 @@ def load_labelled_images(source: ImageSource, preprocess: Preprocess, show_progr
             continue
         labels.append(index[str(source.records[i].label)])
     return LabelledImages(torch.stack(pixels), torch.tensor(labels), list(source.class_names))
-
-
-def split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
-    return order[n_val:].sort().values, order[:n_val].sort().values
 
 
 def learning_rate(config: TrainModelConfig, step: int, steps_per_epoch: int) -> float:
@@ -210,7 +204,7 @@ def train_model(config: TrainModelConfig, show_progress: bool = True) -> Path:
         return config.out
     preprocess = config.shape.preprocess()
     images = load_labelled_images(open_image_source(config.data), preprocess, show_progress)
-    train_idx, val_idx = split(len(images.labels_n), config.val_fraction, config.seed)
+    train_idx, val_idx = train_val_split(len(images.labels_n), config.val_fraction, config.seed)
     saved = SavedModel(config.shape, tuple(images.class_names))
     with fixed_seed(config.seed):
         model = saved.build()

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from traitlens.atomic import atomic_save_npy, atomic_write_json
 from traitlens.backbones.layout import TokenLayout
 from traitlens.errors import StoreError
-from traitlens.store.atomic import atomic_save_npy, atomic_write_json
 from traitlens.store.files import MANIFEST, acts_path, stats_path
 from traitlens.store.manifest import StoredLayer, manifest_header
 from traitlens.store.stats import StatsAccumulator

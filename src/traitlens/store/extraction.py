@@ -19,14 +19,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import traitlens
+from traitlens.atomic import atomic_save_npy, atomic_write_json, remove_temp_files
 from traitlens.backbones import Backbone, Layer, TokenSelection, load_backbone, parse_spec
 from traitlens.backbones.layout import TOKEN_SELECTIONS
 from traitlens.data import ImageSource, UnreadableImageError, open_image_source, patch_labels
 from traitlens.distributed import Workers, workers_from_env
 from traitlens.errors import DataError, LayerError, StoreError
 from traitlens.output_folder import claim_output_folder
-from traitlens.store.atomic import atomic_save_npy, atomic_write_json, remove_temp_files
 from traitlens.store.checked import read_json_object, shown_key
 from traitlens.store.files import (
     JOB,
@@ -39,6 +38,7 @@ from traitlens.store.files import (
 from traitlens.store.manifest import STORE_DTYPES, StoredLayer, manifest_header, read_manifest
 from traitlens.store.reader import NO_PATCH_LABEL, read_patch_labels, read_shard
 from traitlens.store.stats import StatsAccumulator
+from traitlens.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _job_identity(config: ExtractConfig, backbone: Backbone, source: ImageSource
         weights_fingerprint=backbone.weights_fingerprint(),
         dataset_fingerprint=source.fingerprint(),
         n_source_images=len(source),
-        traitlens_version=traitlens.__version__,
+        traitlens_version=__version__,
     )
     return job
 
@@ -195,7 +195,7 @@ class _Extraction:
         self.source = source
         self.layers = list(layers)
         self.device = device
-        self.want_masks = source.kind == "segmentation"
+        self.want_masks = source.has_masks
         self.root = config.out
 
     def run(self, shards: Sequence[ShardPlan], show_progress: bool) -> None:
@@ -355,7 +355,7 @@ def _finalize(config: ExtractConfig, job: dict[str, Any], backbone: Backbone, so
             shard_files=tuple(str(acts_path(root, layer.name, p.index).relative_to(root)) for p in shards),
             shard_rows=tuple(record.rows[layer.name] for record in records),
             patch_label_files=tuple(str(patch_labels_path(root, layer.name, p.index).relative_to(root)) for p in shards)
-            if source.kind == "segmentation" else None,
+            if source.has_masks else None,
         )
         _check_arrays(root, stored_layers[layer.name], config.dtype)
     for _, reason in skipped:

@@ -23,9 +23,9 @@ def manifest_header() -> dict[str, Any]:
     """The fields every manifest starts with: format, version, and the software that wrote it."""
     import torch
 
-    import traitlens
+    from traitlens.version import __version__
 
-    return {"format": FORMAT, "version": VERSION, "software": {"traitlens": traitlens.__version__, "torch": torch.__version__}}
+    return {"format": FORMAT, "version": VERSION, "software": {"traitlens": __version__, "torch": torch.__version__}}
 
 
 @dataclass(frozen=True)

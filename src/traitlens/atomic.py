@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 TEMP_SUFFIX = ".tmp"
 
@@ -74,3 +76,10 @@ def remove_temp_files(root: Path) -> int:
     for leftover in leftovers:
         leftover.unlink()
     return len(leftovers)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Atomically write tensors as safetensors (contiguous CPU copies)."""
+    cpu = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
+    # safetensors writes to a file name, not a handle: it writes the temporary file atomic_write opened
+    atomic_write(path, lambda handle: save_file(cpu, handle.name, metadata=metadata))

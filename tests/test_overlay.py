@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from traitlens.explain.overlay import MAX_OPACITY, colorize, overlay
+from traitlens.overlay import MAX_OPACITY, colorize, overlay
 
 
 def test_cold_pixels_keep_the_image_and_hot_ones_turn_red() -> None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from traitlens.store.atomic import atomic_write_bytes
+from traitlens.atomic import atomic_write_bytes
 
 
 def _cell(value: Any) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from traitlens.specimens.tables import markdown_table
+from traitlens.tables import markdown_table
 
 
 def test_markdown_table_formats_and_aligns() -> None:

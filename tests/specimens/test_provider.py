@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from traitlens.backbones import load_backbone
-from traitlens.backbones.traitlens_provider import EMBEDDED, model_directory
 from traitlens.specimens.catalog import SPECIES
 from traitlens.specimens.model_accuracy import AccuracyConfig, model_accuracy
 from traitlens.specimens.model_dir import WEIGHTS
+from traitlens.specimens.provider import EMBEDDED, model_directory
 
 
 @pytest.mark.parametrize("name", sorted(EMBEDDED))

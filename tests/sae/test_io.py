@@ -84,7 +84,7 @@ def test_a_failed_weights_write_leaves_the_old_file_and_no_temporary(tmp_path: P
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("traitlens.sae.io.save_file", disk_full)
+    monkeypatch.setattr("traitlens.atomic.save_file", disk_full)
     with pytest.raises(OSError, match="No space"):
         save_sae(sae, directory)
     assert (directory / WEIGHTS).read_bytes() == before and not list(directory.glob("*.tmp"))

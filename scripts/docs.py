@@ -374,8 +374,8 @@ def _accuracy(seed: int) -> Callable[[Workspace], Any]:
     def load(workspace: Workspace) -> Any:
         workspace.run(specimens_command(f"specimens/s{seed}", 1600, seed))
         workspace.run(f"traitlens specimens accuracy --model {EMBEDDED_MODEL} --data specimens/s{seed}/images "
-                      f"--out accuracy-s{seed}.json")
-        return workspace.json(f"accuracy-s{seed}.json")
+                      f"--out accuracy-s{seed}")
+        return workspace.json(f"accuracy-s{seed}/accuracy.json")
 
     return load
 

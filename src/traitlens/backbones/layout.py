@@ -40,6 +40,13 @@ class TokenLayout:
     def tokens_per_image(self, selection: TokenSelection) -> int:
         return {"patch": self.n_patches, "cls": 1, "all": self.n_tokens}[selection]
 
+    def first_patch(self, selection: TokenSelection) -> int:
+        """Where an image's patch tokens start among its tokens of ``selection`` (the one place
+        this offset is computed); a ``cls`` selection holds none."""
+        if selection == "cls":
+            raise LayerError("CLS tokens alone hold no patch tokens; use --tokens patch or --tokens all")
+        return self.n_prefix if selection == "all" else 0
+
     def select(self, tokens_btd: torch.Tensor, selection: TokenSelection) -> torch.Tensor:
         """Keep the tokens named by ``selection``: (b, t, d) -> (b, t', d)."""
         if selection == "all":

@@ -79,7 +79,7 @@ def read_features_manifest(root: Path) -> dict[str, Any]:
         layout = TokenLayout.from_dict(manifest["layout"])
     except (KeyError, TypeError, ValueError) as error:
         raise FeaturesError(f"damaged features manifest {path}: layout is not a token layout ({error})") from error
-    first = {"all": layout.n_prefix, "patch": 0}.get(manifest["tokens"])
+    first = None if manifest["tokens"] == "cls" else layout.first_patch(manifest["tokens"])
     if first is not None and manifest["tokens_per_image"] != first + layout.n_patches:
         raise FeaturesError(f"damaged features manifest {path}: {manifest['tokens_per_image']} {manifest['tokens']} tokens per "
                             f"image do not fit its layout ({layout.n_prefix} prefix + {layout.n_patches} patches)")

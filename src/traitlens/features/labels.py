@@ -31,18 +31,13 @@ class LabelTargets:
 
 def _first_patch(store: ActivationStore, layer: StoredLayer) -> int:
     """Index of the first patch token among an image's stored tokens, checked against the layout."""
-    kind = store.manifest["tokens"]
-    first = layer.layout.n_prefix if kind == "all" else 0
-    if layer.tokens_per_image - first != layer.layout.n_patches:
-        raise FeaturesError(f"layer {layer.name} of {store.root} stores {layer.tokens_per_image} {kind} tokens per image, "
-                            f"which do not match its layout ({layer.layout.n_prefix} prefix + {layer.layout.n_patches} patches)")
-    return first
+    return layer.layout.first_patch(store.tokens)  # the manifest was checked to fit the layout
 
 
 def label_targets(store: ActivationStore, layer: StoredLayer, min_coverage: float) -> LabelTargets:
     """The patch positives of every store image that has a mask (see the module docstring); no
     targets for CLS tokens or a source without masks."""
-    if store.manifest["tokens"] == "cls" or layer.patch_label_files is None:
+    if store.tokens == "cls" or layer.patch_label_files is None:
         return LabelTargets(None, [])
     first = _first_patch(store, layer)
     source = open_store_source(store)
@@ -50,7 +45,7 @@ def label_targets(store: ActivationStore, layer: StoredLayer, min_coverage: floa
         return LabelTargets(None, [], f"no patch-label AP: {source}")
     index_of = source_indices(store, source)
     geometry = mask_geometry(store.manifest.get("preprocess"))
-    names = list(store.manifest["dataset"].get("mask_names") or ["background"])
+    names = list(store.dataset.mask_names or ["background"])
     images, positives = [], []
     for image in range(store.n_images):
         if image not in index_of:

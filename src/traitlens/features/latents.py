@@ -143,7 +143,7 @@ class LatentFeatures:
             raise FeaturesError(f"the features at {self.root} come from CLS tokens only; there are no patch maps")
         if not 0 <= image < self.n_images:
             raise FeaturesError(f"image {image} out of range 0..{self.n_images - 1}")
-        first = image * self.tokens_per_image + (layout.n_prefix if kind == "all" else 0)
+        first = image * self.tokens_per_image + layout.first_patch(kind)
         rows_n, values_n = self.latent(latent)
         lo, hi = np.searchsorted(rows_n, [first, first + layout.n_patches])
         map_p = np.zeros(layout.n_patches, dtype=np.float32)

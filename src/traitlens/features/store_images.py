@@ -13,7 +13,9 @@ from traitlens.store import ActivationStore
 def _dataset_root(store: ActivationStore) -> Path | None:
     """The store's image source. A relative path is tried from the working directory, then from
     the store's parent folders (the extraction ran in one of them)."""
-    recorded = Path(store.manifest["dataset"]["path"])
+    if store.dataset.path is None:
+        return None
+    recorded = Path(store.dataset.path)
     candidates = [recorded] if recorded.is_absolute() else [recorded, *(parent / recorded for parent in store.root.resolve().parents)]
     return next((path for path in candidates if path.exists()), None)
 
@@ -22,7 +24,7 @@ def open_store_source(store: ActivationStore) -> ImageSource | str:
     """The image source the store was extracted from, or why it cannot be used (a sentence without
     its capital: it was not recorded, is gone, cannot be read, or is not the one extracted, by its
     fingerprint)."""
-    recorded = store.manifest["dataset"].get("path")
+    recorded = store.dataset.path
     if recorded is None:
         return "the store records no image source"
     root = _dataset_root(store)
@@ -30,7 +32,7 @@ def open_store_source(store: ActivationStore) -> ImageSource | str:
         return f"the store's images at {recorded} are gone"
     try:
         source = open_image_source(root)
-        same = source.fingerprint() == store.manifest["dataset"].get("fingerprint")
+        same = source.fingerprint() == store.dataset.fingerprint
     except (TraitlensError, OSError) as error:
         return f"the store's images cannot be read ({error})"
     if not same:

@@ -37,5 +37,4 @@ def pool_tokens(tokens_btd: torch.Tensor, layout: TokenLayout, selection: TokenS
     :func:`check_pooling` accepted."""
     if pooling == "cls":
         return tokens_btd[:, 0].float()  # the CLS token leads both the "cls" and "all" selections
-    first_patch = layout.n_prefix if selection == "all" else 0
-    return tokens_btd[:, first_patch:].float().mean(dim=1)
+    return tokens_btd[:, layout.first_patch(selection):].float().mean(dim=1)

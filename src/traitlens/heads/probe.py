@@ -67,12 +67,12 @@ def default_pooling(layer: StoredLayer, selection: TokenSelection) -> Pooling:
 
 
 def _check_store_pooling(store: ActivationStore, layer: StoredLayer, pooling: Pooling) -> None:
-    check_pooling(layer.layout, store.manifest["tokens"], pooling, f"layer {layer.name} of the store at {store.root}")
+    check_pooling(layer.layout, store.tokens, pooling, f"layer {layer.name} of the store at {store.root}")
 
 
 def pooled_store_features(store: ActivationStore, layer: StoredLayer, pooling: Pooling) -> torch.Tensor:
     """(n_images, width) float32 features of every stored image, in store order, one shard at a time."""
-    selection: TokenSelection = store.manifest["tokens"]
+    selection: TokenSelection = store.tokens
     _check_store_pooling(store, layer, pooling)
     # a float32 copy of one shard at a time (the memory maps are read-only and may be float16), of
     # only the CLS token when that is all the pooling reads
@@ -106,7 +106,7 @@ def train_probe(config: ProbeConfig) -> LinearHead:
     check_output_folder(config.out, HeadError)
     store = ActivationStore(config.acts)
     layer = store.layer(config.layer if config.layer is not None else -1)
-    selection: TokenSelection = store.manifest["tokens"]
+    selection: TokenSelection = store.tokens
     pooling = config.pooling or default_pooling(layer, selection)
     _check_store_pooling(store, layer, pooling)  # before reading any shard
     labels_n, class_names = _labels(store)
@@ -124,7 +124,7 @@ def train_probe(config: ProbeConfig) -> LinearHead:
     if len(labelled_n) < len(labels_n):
         log.warning("%d of %d stored images have no label and are left out", len(labels_n) - len(labelled_n), len(labels_n))
     fit = fit_logistic_regression(features_nd[train_n], labels_n[train_n], len(class_names), config.l2, config.max_iter)
-    model = {key: store.manifest["model"][key] for key in ("spec", "weights", "pretrained", "weights_fingerprint")}
+    model = {key: getattr(store.model, key) for key in ("spec", "weights", "pretrained", "weights_fingerprint")}
     head = LinearHead(fit.weight_cd, fit.bias_c, layer.name, pooling, class_names, model)
     metrics = {
         "train_accuracy": _accuracy(head, features_nd[train_n], labels_n[train_n]),

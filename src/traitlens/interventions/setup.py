@@ -19,8 +19,9 @@ from traitlens.explain.contrast import resolve_class
 from traitlens.interventions.edits import InterventionError
 from traitlens.output_folder import check_output_folder, claim_output_folder
 from traitlens.sae.io import load_sae_with_config
+from traitlens.sae.layer import check_sae_width, sae_layer_key
 from traitlens.sae.model import SparseAutoencoder
-from traitlens.store.manifest import read_manifest
+from traitlens.store.manifest import load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def _trained_fingerprint(saved: dict[str, Any]) -> str | None:
     if not isinstance(acts, str) or not acts:
         return None
     try:
-        return str(read_manifest(Path(acts))["model"]["weights_fingerprint"])
+        return load_manifest(Path(acts)).model.weights_fingerprint
     except TraitlensError:
         return None
 
@@ -68,17 +69,13 @@ def sae_layer(backbone: Backbone, sae: SparseAutoencoder, saved: dict[str, Any],
               tokens: TokenSelection | None = None) -> tuple[str, TokenSelection]:
     """The layer of ``backbone`` an SAE (saved at ``where``, its config ``saved``) reads and the
     tokens it reads there: ``layer`` and ``tokens`` when given, else those it was trained on."""
-    layer_key = layer or saved.get("layer")
-    if layer_key is None:
-        raise InterventionError(f"the SAE at {where} does not say which layer it was trained on; pass --layer")
+    layer_key = sae_layer_key(saved, where, layer, InterventionError)
     trained, trained_tokens = saved.get("layer"), saved.get("tokens_kind")
     if (trained is not None and not isinstance(trained, str)) or trained_tokens not in (None, *TOKEN_SELECTIONS):
         raise InterventionError(f"damaged SAE config in {where}: layer {trained!r} and tokens_kind {trained_tokens!r} "
                                 f"must be a layer name and one of {', '.join(TOKEN_SELECTIONS)}")
     resolved = backbone.layer(backbone.resolve_layer(layer_key))
-    if resolved.width != sae.config.d_in:
-        raise InterventionError(f"the SAE at {where} reads {sae.config.d_in}-dim tokens; layer {resolved.name} of "
-                                f"{backbone.spec} is {resolved.width}-dim")
+    check_sae_width(sae, where, resolved.width, resolved.name, backbone.spec, InterventionError)
     if trained is not None and resolved.name != backbone.resolve_layer(trained):
         log.warning("the SAE at %s was trained on %s; it is applied to %s as asked", where, trained, resolved.name)
     selection: TokenSelection = tokens or trained_tokens or "all"

@@ -251,8 +251,10 @@ def downstream_metrics(sae: SparseAutoencoder, store: ActivationStore, layer: St
     backbone_layer = backbone.layer(layer.name)
     if backbone_layer.width != sae.config.d_in:
         raise EvaluationError(f"layer {layer.name} of {backbone.spec} has width {backbone_layer.width}, the SAE expects {sae.config.d_in}")
-    selection: TokenSelection = store.manifest["tokens"]
-    dataset_path = Path(store.manifest["dataset"]["path"])
+    selection: TokenSelection = store.tokens
+    if store.dataset.path is None:
+        raise EvaluationError(f"the store at {store.root} records no image source; downstream fidelity re-reads its images")
+    dataset_path = Path(store.dataset.path)
     if not dataset_path.exists():
         raise EvaluationError(f"the store's images at {dataset_path} are gone; downstream fidelity re-reads them")
     source = open_image_source(dataset_path)
@@ -290,11 +292,11 @@ def downstream_metrics(sae: SparseAutoencoder, store: ActivationStore, layer: St
 
 
 def _check_model_matches_store(backbone: Backbone, store: ActivationStore) -> None:
-    stored = store.manifest["model"]
-    if backbone.weights_fingerprint() != stored["weights_fingerprint"]:
+    stored = store.model
+    if backbone.weights_fingerprint() != stored.weights_fingerprint:
         raise EvaluationError(
             f"the weights of {backbone.spec} differ from those the store was extracted with "
-            f"({stored['spec']}, weights {stored['weights'] or ('pretrained' if stored['pretrained'] else 'random-init')}); "
+            f"({stored.spec}, weights {stored.weights or ('pretrained' if stored.pretrained else 'random-init')}); "
             "pass the same --model, --weights or --random-init"
         )
 
@@ -319,7 +321,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     store = ActivationStore(config.acts)
     layer = stored_sae_layer(store, saved, sae, config.sae, config.layer, EvaluationError)
     metrics: dict[str, Any] = {
-        "sae": str(config.sae), "acts": str(config.acts), "layer": layer.name, "tokens": store.manifest["tokens"],
+        "sae": str(config.sae), "acts": str(config.acts), "layer": layer.name, "tokens": store.tokens,
         "architecture": sae.config.to_dict(),
     }
     backbone = None

@@ -441,9 +441,9 @@ class Trainer:
             run.config.sae.architecture.after_training(run.sae, sample_nd)
         for run, directory in zip(self.runs, self.result_dirs, strict=True):
             if self.workers.is_main:
-                extra = {"layer": self.layer.name, "acts": str(self.config.acts), "model": self.store.manifest["model"]["spec"],
-                         "weights_fingerprint": self.store.manifest["model"]["weights_fingerprint"],
-                         "tokens_kind": self.store.manifest["tokens"], "run": run.config.to_dict(),
+                extra = {"layer": self.layer.name, "acts": str(self.config.acts), "model": self.store.model.spec,
+                         "weights_fingerprint": self.store.model.weights_fingerprint,
+                         "tokens_kind": self.store.tokens, "run": run.config.to_dict(),
                          "training": self.config.to_dict(), "metrics": run.last_metrics}
                 save_sae(run.sae, directory, extra)
         if self.workers.is_main:  # every SAE is saved: the checkpoint has done its job

@@ -306,9 +306,9 @@ def read_benchmark(root: Path) -> Benchmark:
 def check_store_of(store: ActivationStore, data: Path) -> None:
     """Refuse a store extracted from other images than the benchmark at ``data`` (the folder or its
     ``images/``), by the image source's fingerprint the store recorded."""
-    recorded = store.manifest["dataset"]["fingerprint"]
+    recorded = store.dataset.fingerprint
     for root in (data, data / "images"):
         if root.is_dir() and open_image_source(root).fingerprint() == recorded:
             return
-    raise ScoringError(f"the store at {store.root} was extracted from {store.manifest['dataset']['path']}, "
+    raise ScoringError(f"the store at {store.root} was extracted from {store.dataset.path}, "
                        f"not from the benchmark at {data}; extract it from {data}")

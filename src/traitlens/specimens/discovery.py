@@ -12,7 +12,7 @@ import torch
 
 from traitlens.atomic import atomic_write_json
 from traitlens.distributed import Workers
-from traitlens.errors import LayerError, StoreError
+from traitlens.errors import LayerError
 from traitlens.features.patch_positives import (
     DEFAULT_MIN_COVERAGE,
     check_min_coverage,
@@ -94,14 +94,11 @@ class TraitDiscovery:
 
 
 def _patch_token_slice(store: ActivationStore, stored: StoredLayer) -> slice:
-    kind = store.manifest["tokens"]
+    kind = store.tokens
     if kind == "cls":
         raise LayerError(f"the store at {store.root} holds only CLS tokens; trait discovery needs patch tokens "
                          "(extract with --tokens patch or --tokens all)")
-    first = stored.layout.n_prefix if kind == "all" else 0
-    if stored.tokens_per_image - first != stored.layout.n_patches:
-        raise StoreError(f"layer {stored.name} stores {stored.tokens_per_image} {kind} tokens per image, which does not "
-                         f"match its layout ({stored.layout.n_prefix} prefix + {stored.layout.n_patches} patches)")
+    first = stored.layout.first_patch(kind)  # the manifest was checked to fit the layout
     return slice(first, first + stored.layout.n_patches)
 
 

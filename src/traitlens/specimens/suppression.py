@@ -160,7 +160,7 @@ def score_suppression(model: str, sae_dir: Path, acts: Path, data: Path, out: Pa
     store = ActivationStore(acts)
     check_store_of(store, data)
     placed = load_sae_on_model(model, sae_dir, weights=weights, pretrained=pretrained, device=device)
-    if placed.backbone.weights_fingerprint() != store.manifest["model"]["weights_fingerprint"]:
+    if placed.backbone.weights_fingerprint() != store.model.weights_fingerprint:
         raise ScoringError(f"the weights of {model} differ from those the store at {acts} was extracted with")
     stored = store.layer(placed.layer)
     ap_tw, frequency_w = trait_feature_ap(SAEFeatures(placed.sae), store, stored.name, benchmark, discovery or DiscoveryOptions())

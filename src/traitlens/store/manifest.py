@@ -90,13 +90,40 @@ class StoredImage:
 
 
 @dataclass(frozen=True)
+class StoredModel:
+    """The model a store was extracted with."""
+
+    spec: str
+    weights: str | None
+    pretrained: bool
+    weights_fingerprint: str
+    class_names: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class StoredDataset:
+    """The image source a store was extracted from."""
+
+    path: str | None
+    kind: str
+    fingerprint: str
+    class_names: tuple[str, ...] | None
+    mask_names: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A checked manifest: ``data`` is the JSON as written, every field listed in docs/formats.md
-    checked for type and consistency; ``layers`` and ``images`` are its typed parts."""
+    checked for type and consistency; the other fields are its typed parts, which code outside
+    ``store`` reads instead of the JSON."""
 
     data: dict[str, Any]
     layers: dict[str, StoredLayer]
     images: tuple[StoredImage, ...]
+    model: StoredModel
+    dataset: StoredDataset
+    tokens: TokenSelection
+    """Which tokens of each image the store keeps (``patch``, ``cls`` or ``all``)."""
 
 
 def _check_preprocess(fields: Fields | None) -> None:
@@ -111,20 +138,18 @@ def _check_preprocess(fields: Fields | None) -> None:
     fields.choice("resize_mode", ("shortest", "squash"))
 
 
-def _check_model(fields: Fields) -> None:
-    fields.text("spec")
-    fields.optional_text("weights")
-    fields.flag("pretrained")
-    fields.text("weights_fingerprint")
-    fields.optional_texts("class_names")
+def _names(values: list[str] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(values)
 
 
-def _check_dataset(fields: Fields) -> None:
-    fields.optional_text("path")
-    fields.text("kind")
-    fields.text("fingerprint")
-    fields.optional_texts("class_names")
-    fields.optional_texts("mask_names")
+def _read_model(fields: Fields) -> StoredModel:
+    return StoredModel(fields.text("spec"), fields.optional_text("weights"), fields.flag("pretrained"),
+                       fields.text("weights_fingerprint"), _names(fields.optional_texts("class_names")))
+
+
+def _read_dataset(fields: Fields) -> StoredDataset:
+    return StoredDataset(fields.optional_text("path"), fields.text("kind"), fields.text("fingerprint"),
+                         _names(fields.optional_texts("class_names")), _names(fields.optional_texts("mask_names")))
 
 
 def _check_header(fields: Fields, path: Path) -> None:
@@ -144,9 +169,9 @@ def load_manifest(root: Path) -> Manifest:
     fields = read_json_object(path, "activation store manifest")
     _check_header(fields, path)
     fields.child("job")
-    _check_model(fields.child("model"))
+    model = _read_model(fields.child("model"))
     _check_preprocess(fields.optional_child("preprocess"))
-    _check_dataset(fields.child("dataset"))
+    dataset = _read_dataset(fields.child("dataset"))
     tokens = cast(TokenSelection, fields.choice("tokens", TOKEN_SELECTIONS))
     fields.choice("dtype", STORE_DTYPES)
     n_images = fields.integer("n_images", minimum=1)
@@ -163,7 +188,7 @@ def load_manifest(root: Path) -> Manifest:
         raise StoreError(f"{path}: no layers are stored")
     layers = {name: StoredLayer.from_fields(name, layer_fields.child(name), tokens, n_images) for name in layer_fields.keys()}
     stored = tuple(StoredImage(entry.text("source"), entry.optional_text("label")) for entry in images)
-    return Manifest(fields.data, layers, stored)
+    return Manifest(fields.data, layers, stored, model, dataset, tokens)
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

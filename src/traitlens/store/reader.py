@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from traitlens.backbones.layout import TokenSelection
 from traitlens.errors import StoreError
 from traitlens.store.checked import read_array, read_json_object
 from traitlens.store.files import inside_store, stats_path
@@ -49,8 +50,13 @@ class ActivationStore:
         self.root = Path(root)
         manifest = load_manifest(self.root)
         self.manifest: dict[str, Any] = manifest.data
+        """The manifest's JSON as written (for provenance records); read its parts below."""
         self.layers = manifest.layers
         self.images = list(manifest.images)
+        self.model = manifest.model
+        self.dataset = manifest.dataset
+        self.tokens: TokenSelection = manifest.tokens
+        """Which tokens of each image the store keeps."""
         self._shards: dict[str, list[np.ndarray]] = {}
 
     @property
@@ -63,7 +69,7 @@ class ActivationStore:
 
     @cached_property
     def class_names(self) -> list[str] | None:
-        return self.manifest["dataset"]["class_names"]
+        return None if self.dataset.class_names is None else list(self.dataset.class_names)
 
     def layer(self, key: str | int) -> StoredLayer:
         """A stored layer by name or by index into the stored layers (negative from the end)."""

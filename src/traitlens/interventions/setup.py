@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from traitlens.backbones import TOKEN_SELECTIONS, Backbone, TokenSelection, load_backbone
+from traitlens.backbones import Backbone, TokenSelection, load_backbone
 from traitlens.checks import check_int
 from traitlens.cli_args import option_name
 from traitlens.distributed import Workers
@@ -18,7 +18,7 @@ from traitlens.explain.config import ClassKey, ExplainError
 from traitlens.explain.contrast import resolve_class
 from traitlens.interventions.edits import InterventionError
 from traitlens.output_folder import check_output_folder, claim_output_folder
-from traitlens.sae.io import load_sae_with_config
+from traitlens.sae.io import SAEProvenance, load_sae_with_config, sae_provenance
 from traitlens.sae.layer import check_sae_width, sae_layer_key
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.store.manifest import load_manifest
@@ -36,16 +36,15 @@ class SAEOnModel:
     tokens: TokenSelection
 
 
-def _trained_fingerprint(saved: dict[str, Any]) -> str | None:
+def _trained_fingerprint(provenance: SAEProvenance) -> str | None:
     """The weights fingerprint of the model whose activations the SAE learned: recorded in its
     config since training records it, else read from its store if that is still where it was."""
-    if saved.get("weights_fingerprint"):
-        return str(saved["weights_fingerprint"])
-    acts = saved.get("acts")
-    if not isinstance(acts, str) or not acts:
+    if provenance.weights_fingerprint:
+        return provenance.weights_fingerprint
+    if not provenance.acts:
         return None
     try:
-        return load_manifest(Path(acts)).model.weights_fingerprint
+        return load_manifest(Path(provenance.acts)).model.weights_fingerprint
     except TraitlensError:
         return None
 
@@ -53,16 +52,16 @@ def _trained_fingerprint(saved: dict[str, Any]) -> str | None:
 def check_sae_model(backbone: Backbone, saved: dict[str, Any], where: Path) -> None:
     """Refuse an SAE trained on another model's activations: by weights fingerprint when it is
     known (:func:`_trained_fingerprint`), else by the model spec the SAE names."""
-    fingerprint = _trained_fingerprint(saved)
+    provenance = sae_provenance(saved, where)
+    fingerprint = _trained_fingerprint(provenance)
     if fingerprint is not None:
         if fingerprint != backbone.weights_fingerprint():
-            raise InterventionError(f"the SAE at {where} was trained on activations of {saved.get('model')} (weights "
+            raise InterventionError(f"the SAE at {where} was trained on activations of {provenance.model} (weights "
                                     f"{fingerprint[:12]}), not of {backbone.spec} ({backbone.weights_fingerprint()[:12]}); "
                                     "pass the same --model, --weights or --random-init")
         return
-    named = saved.get("model")
-    if named is not None and named != backbone.spec:
-        raise InterventionError(f"the SAE at {where} was trained on {named}, not {backbone.spec}")
+    if provenance.model is not None and provenance.model != backbone.spec:
+        raise InterventionError(f"the SAE at {where} was trained on {provenance.model}, not {backbone.spec}")
 
 
 def sae_layer(backbone: Backbone, sae: SparseAutoencoder, saved: dict[str, Any], where: Path, layer: str | None = None,
@@ -70,10 +69,8 @@ def sae_layer(backbone: Backbone, sae: SparseAutoencoder, saved: dict[str, Any],
     """The layer of ``backbone`` an SAE (saved at ``where``, its config ``saved``) reads and the
     tokens it reads there: ``layer`` and ``tokens`` when given, else those it was trained on."""
     layer_key = sae_layer_key(saved, where, layer, InterventionError)
-    trained, trained_tokens = saved.get("layer"), saved.get("tokens_kind")
-    if (trained is not None and not isinstance(trained, str)) or trained_tokens not in (None, *TOKEN_SELECTIONS):
-        raise InterventionError(f"damaged SAE config in {where}: layer {trained!r} and tokens_kind {trained_tokens!r} "
-                                f"must be a layer name and one of {', '.join(TOKEN_SELECTIONS)}")
+    provenance = sae_provenance(saved, where)
+    trained, trained_tokens = provenance.layer, provenance.tokens_kind
     resolved = backbone.layer(backbone.resolve_layer(layer_key))
     check_sae_width(sae, where, resolved.width, resolved.name, backbone.spec, InterventionError)
     if trained is not None and resolved.name != backbone.resolve_layer(trained):

@@ -7,6 +7,7 @@ read or allocated, so a config claiming a width of 10^12 costs nothing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from traitlens.atomic import atomic_write_json, save_tensors
+from traitlens.backbones.layout import TOKEN_SELECTIONS, TokenSelection
 from traitlens.errors import TraitlensError, first_line
 from traitlens.json_config import read_json_config
 from traitlens.sae.config import SAEConfig, SAEConfigError
@@ -34,6 +36,31 @@ def save_sae(sae: SparseAutoencoder, directory: Path, extra: dict[str, Any] | No
     directory.mkdir(parents=True, exist_ok=True)
     save_tensors(directory / WEIGHTS, dict(sae.state_dict()))
     atomic_write_json(directory / CONFIG, {"format": FORMAT, "sae": sae.config.to_dict(), **(extra or {})})
+
+
+@dataclass(frozen=True)
+class SAEProvenance:
+    """What a saved SAE's config records about where its training tokens came from (written by
+    ``traitlens train`` and ``import-sae --layer``; any of it may be missing in an imported SAE)."""
+
+    layer: str | None
+    acts: str | None
+    model: str | None
+    weights_fingerprint: str | None
+    tokens_kind: TokenSelection | None
+
+
+def sae_provenance(saved: dict[str, Any], directory: Path) -> SAEProvenance:
+    """The typed provenance of the config ``saved`` of the SAE at ``directory`` (one line when damaged)."""
+    texts = {key: saved.get(key) for key in ("layer", "acts", "model", "weights_fingerprint")}
+    bad = [key for key, value in texts.items() if value is not None and not isinstance(value, str)]
+    tokens = saved.get("tokens_kind")
+    if tokens is not None and tokens not in TOKEN_SELECTIONS:
+        bad.append("tokens_kind")
+    if bad:
+        raise SAELoadError(f"damaged SAE config in {directory}: {', '.join(f'{key} {saved.get(key)!r}' for key in bad)} "
+                           f"(layer, acts, model and weights_fingerprint are text; tokens_kind one of {', '.join(TOKEN_SELECTIONS)})")
+    return SAEProvenance(texts["layer"], texts["acts"], texts["model"], texts["weights_fingerprint"] or None, tokens)
 
 
 def read_sae_config(directory: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from traitlens.errors import LayerError, TraitlensError
+from traitlens.sae.io import sae_provenance
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.store import ActivationStore
 from traitlens.store.manifest import StoredLayer
@@ -16,11 +17,9 @@ def sae_layer_key(saved: dict[str, Any], sae_dir: Path, layer: str | None = None
                   error: type[TraitlensError] = LayerError) -> str:
     """The layer (name or index) the SAE saved at ``sae_dir`` reads: ``layer`` when given, else
     the one its config ``saved`` says it was trained on."""
-    key = layer if layer is not None else saved.get("layer")
+    key = layer if layer is not None else sae_provenance(saved, sae_dir).layer
     if key is None:
         raise error(f"the SAE at {sae_dir} does not say which layer it was trained on; pass --layer")
-    if not isinstance(key, str):
-        raise error(f"damaged SAE config in {sae_dir}: layer {key!r} must be a layer name")
     return key
 
 

@@ -98,8 +98,8 @@ def write_demo_report(path: Path, results: dict[str, Any], features: LatentFeatu
     link = _LatentLinks(path, features_index)
     accuracy = results["accuracy"]
     discovery = results["discovery"]
-    positives = features.manifest["label_positives"]
-    all_images = "n/a" if positives is None else f"{positives['n_images']:,}"
+    positives = features.label_positives
+    all_images = "n/a" if positives is None else f"{positives.n_images:,}"
     n_alive = len(features.alive)
     index_href = escape(Path(os.path.relpath(features_index, path.parent)).as_posix())
     body = f"""

@@ -20,15 +20,14 @@ def _run_features(args: argparse.Namespace) -> int:
                                           batch_size=args.batch_size, chunk_tokens=args.chunk_tokens, device=args.device,
                                           min_coverage=args.min_coverage, overwrite=args.overwrite))
     features = LatentFeatures(out)
-    manifest = features.manifest
-    summary = manifest["summary"]
-    print(f"latents of {args.sae} on layer {manifest['layer']} ({manifest['n_tokens']:,} {manifest['tokens']} tokens of "
-          f"{manifest['n_images']:,} images): {summary['alive']:,} alive, {summary['dead']:,} dead of {manifest['width']:,}; "
-          f"L0 {summary['mean_l0']:.2f}")
-    if summary["n_nonfinite_tokens"]:
-        print(f"  skipped {summary['n_nonfinite_tokens']:,} NaN/Inf tokens")
-    if manifest["label_note"]:
-        print(f"  {manifest['label_note']}")
+    summary = features.summary
+    print(f"latents of {args.sae} on layer {features.layer} ({features.n_tokens:,} {features.tokens} tokens of "
+          f"{features.n_images:,} images): {summary.alive:,} alive, {summary.dead:,} dead of {features.width:,}; "
+          f"L0 {summary.mean_l0:.2f}")
+    if summary.n_nonfinite_tokens:
+        print(f"  skipped {summary.n_nonfinite_tokens:,} NaN/Inf tokens")
+    if features.label_note:
+        print(f"  {features.label_note}")
     print(f"  features in {out}")
     if not args.no_report:
         index = write_report(out, max_latents=args.report_latents, images_per_latent=min(args.top_k, 8))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from traitlens.backbones.layout import TokenLayout
+from traitlens.backbones.layout import TokenLayout, TokenSelection
 from traitlens.features.association import BlockNonzeros, image_activations
 from traitlens.features.directory import member, read_features_manifest, read_statistics
 from traitlens.features.files import FeaturesError
@@ -26,8 +27,31 @@ def _best(ap_c: np.ndarray, prevalence_c: np.ndarray) -> tuple[int | None, float
     return index, float(ap_c[index])
 
 
+@dataclass(frozen=True)
+class FeaturesSummary:
+    """Counts over every latent of a features directory."""
+
+    nnz: int
+    alive: int
+    dead: int
+    mean_l0: float
+    n_nonfinite_tokens: int
+
+
+@dataclass(frozen=True)
+class LabelPositives:
+    """Which patches the label AP counts as positive, and over how many."""
+
+    rule: str
+    min_coverage: float
+    n_images: int
+    n_patches: int
+
+
 class LatentFeatures:
-    """A features directory written by :func:`traitlens.features.analyze_features`."""
+    """A features directory written by :func:`traitlens.features.analyze_features`. Its manifest
+    is checked on reading and read through the typed properties below (``manifest`` is the JSON as
+    written, for provenance)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -43,6 +67,49 @@ class LatentFeatures:
     @property
     def width(self) -> int:
         return int(self.manifest["width"])
+
+    @property
+    def sae(self) -> str:
+        """Where the SAE was when the features were computed."""
+        return str(self.manifest["sae"])
+
+    @property
+    def acts(self) -> str:
+        """The activation store the features were computed on."""
+        return str(self.manifest["acts"])
+
+    @property
+    def layer(self) -> str:
+        return str(self.manifest["layer"])
+
+    @property
+    def tokens(self) -> TokenSelection:
+        """Which tokens of each image the features cover."""
+        return cast(TokenSelection, self.manifest["tokens"])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.manifest["n_tokens"])
+
+    @property
+    def summary(self) -> FeaturesSummary:
+        summary = self.manifest["summary"]  # each value checked by the reader
+        return FeaturesSummary(int(summary["nnz"]), int(summary["alive"]), int(summary["dead"]), float(summary["mean_l0"]),
+                               int(summary["n_nonfinite_tokens"]))
+
+    @property
+    def label_positives(self) -> LabelPositives | None:
+        positives = self.manifest["label_positives"]
+        if positives is None:
+            return None
+        return LabelPositives(str(positives["rule"]), float(positives["min_coverage"]), int(positives["n_images"]),
+                              int(positives["n_patches"]))
+
+    @property
+    def label_note(self) -> str | None:
+        """Why there is no label AP (the store's masks could not be read), when there is none."""
+        note = self.manifest["label_note"]
+        return None if note is None else str(note)
 
     @property
     def sae_sha256(self) -> str:

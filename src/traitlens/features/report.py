@@ -14,7 +14,6 @@ import base64
 import io
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -63,7 +62,7 @@ class _ModelViews:
 
 def _open_views(features: LatentFeatures) -> tuple[_ModelViews | None, ActivationStore | None, str | None]:
     """The model views of the store's images, the store, and why images cannot be shown (or None)."""
-    acts = Path(features.manifest["acts"])
+    acts = Path(features.acts)
     try:
         store = ActivationStore(acts)
     except TraitlensError:
@@ -79,7 +78,7 @@ def _heat_layer(features: LatentFeatures, latent: int, image: int) -> str | None
     opacity from the activation divided by the latent's max as
     :func:`traitlens.overlay.overlay` draws them. The page stretches it over the image, so
     the browser does the bilinear upsampling. None for CLS tokens, which have no patch map."""
-    if features.manifest["tokens"] == "cls":
+    if features.tokens == "cls":
         return None
     peak = max(float(features.max_activation[latent]), 1e-12)
     heat_hw = np.clip(features.patch_map(latent, image) / peak, 0.0, 1.0).astype(np.float64)
@@ -107,14 +106,14 @@ def _draw_views(views: _ModelViews, images: list[int], images_dir: Path) -> dict
     return sizes
 
 
-def label_ap_definition(manifest: dict[str, Any]) -> str | None:
+def label_ap_definition(features: LatentFeatures) -> str | None:
     """What a features directory's label AP is over, and what a positive patch is, as a sentence;
     why there is none when the store's masks could not be read; None without masks."""
-    positives = manifest["label_positives"]
+    positives = features.label_positives
     if positives is not None:
-        return (f"Label AP is over the {positives['n_patches']:,} patches of the {positives['n_images']:,} store images "
-                f"with a mask, where {positives['rule']}.")
-    note = manifest["label_note"]
+        return (f"Label AP is over the {positives.n_patches:,} patches of the {positives.n_images:,} store images "
+                f"with a mask, where {positives.rule}.")
+    note = features.label_note
     return f"{note[0].upper()}{note[1:]}." if note else None
 
 
@@ -164,7 +163,7 @@ def write_report(features_dir: str | Path, out: str | Path | None = None, max_la
             image_note = f"{n_missing} of the store's images could not be read, so they are not shown."
 
     classes, labels = features.class_names, features.label_names
-    label_definition = label_ap_definition(features.manifest)
+    label_definition = label_ap_definition(features)
     for position, latent in enumerate(latents):
         figures = []
         for image, value in tops[latent]:
@@ -185,17 +184,16 @@ def write_report(features_dir: str | Path, out: str | Path | None = None, max_la
                            neighbours)
         atomic_write_bytes(root / latent_file(latent), page.encode())
 
-    manifest = features.manifest
-    summary = manifest["summary"]
-    shown = "all alive latents" if len(latents) == summary["alive"] else f"the {len(latents)} most frequent alive latents"
-    meta = [f"SAE {manifest['sae']} on layer {manifest['layer']} of {manifest['acts']}",
-            f"{manifest['n_tokens']:,} {manifest['tokens']} tokens of {manifest['n_images']:,} images; "
-            f"{summary['alive']:,} of {manifest['width']:,} latents fire ({summary['dead']:,} dead), "
-            f"{summary['mean_l0']:.1f} per token on average; listing {shown}.",
+    summary = features.summary
+    shown = "all alive latents" if len(latents) == summary.alive else f"the {len(latents)} most frequent alive latents"
+    meta = [f"SAE {features.sae} on layer {features.layer} of {features.acts}",
+            f"{features.n_tokens:,} {features.tokens} tokens of {features.n_images:,} images; "
+            f"{summary.alive:,} of {features.width:,} latents fire ({summary.dead:,} dead), "
+            f"{summary.mean_l0:.1f} per token on average; listing {shown}.",
             "Class AP: how well the latent's image activation (its max over the image's tokens) ranks the class's images "
             "among the store's images with a class. Label AP: how well its patch activations rank the patches positive for a "
             "mask label. The top class and best label are those furthest above chance (their prevalence, the AP of an "
             "unrelated latent).", *([label_definition] if label_definition else [])]
     index = root / "index.html"
-    atomic_write_bytes(index, index_page([rows[latent] for latent in latents], f"SAE latents of {manifest['layer']}", meta).encode())
+    atomic_write_bytes(index, index_page([rows[latent] for latent in latents], f"SAE latents of {features.layer}", meta).encode())
     return index

@@ -201,9 +201,9 @@ def _observed_max(features: Path | None, sae_dir: Path, layer: str, tokens: Toke
 
     analyzed = LatentFeatures(features)
     if analyzed.sae_sha256 != sae_weights_sha256(sae_dir):
-        raise InterventionError(f"the features at {features} were computed for another SAE ({analyzed.manifest['sae']}), "
+        raise InterventionError(f"the features at {features} were computed for another SAE ({analyzed.sae}), "
                                 f"not {sae_dir}")
-    measured = (analyzed.manifest["layer"], analyzed.manifest["tokens"])
+    measured = (analyzed.layer, analyzed.tokens)
     if measured != (layer, tokens):
         raise InterventionError(f"the features at {features} measured the SAE on the {measured[1]} tokens of {measured[0]}, "
                                 f"not on the {tokens} tokens of {layer} edited here")

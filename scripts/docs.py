@@ -710,7 +710,7 @@ def _cli_options(_: Workspace) -> str:
             rows.append([cell(f"`{action.option_strings[0]}{takes}`"), "yes" if action.required else "", shown,
                          cell(action.help or "")])
         renamed = "; ".join(f"`{old}` is now `{new}`" for old, new in getattr(parser, "old_spellings", {}).items())
-        lines = [f"### `traitlens {command}`", ""] + ([f"Old spellings still read in this release: {renamed}.", ""] if renamed else [])
+        lines = [f"### {command}", ""] + ([f"Old spellings still read in this release: {renamed}.", ""] if renamed else [])
         lines += ["| option | required | default | meaning |", "|---|---|---|---|", *("| " + " | ".join(row) + " |" for row in rows)]
         sections.append("\n".join(lines))
     return "\n\n".join(sections)

@@ -53,7 +53,7 @@ def test_each_word_means_one_thing(command: str) -> None:
 def test_docs_list_every_command_and_option() -> None:
     text = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
     for command in COMMANDS:
-        section = text.split(f"### `traitlens {command}`", 1)
+        section = text.split(f"\n### {command}\n", 1)
         assert len(section) == 2, f"docs/cli.md has no section for {command}"
         body = section[1].split("\n### ", 1)[0]
         for name in _options(command):

@@ -136,7 +136,7 @@ def test_kill_and_resume_ends_identical(sae_store: Path, tmp_path: Path, monkeyp
     assert json.loads((killed.out / "checkpoint" / "state.json").read_text())["step"] == 30
     with (killed.out / "train_log.jsonl").open("ab") as log:  # the kill cut the last log line short
         log.write(b'{"aux_loss": 0.0, "dead_fr')
-    with pytest.raises(TrainingError, match="pass --resume to continue it"):
+    with pytest.raises(TrainingError, match=r"train\(\.\.\., resume=True\) continues it"):
         train(killed, resume=False, show_progress=False)
     train(killed, show_progress=False)
     assert _tree(tmp_path / "straight") == _tree(tmp_path / "killed")

@@ -219,7 +219,7 @@ class Trainer:
         if not earlier or not any(path.name != OWNER_FILE for path in out.iterdir()):
             return
         if not resume:
-            hint = "pass --resume to continue it" if checkpoint.is_file() else "it is kept as it is"
+            hint = "train(..., resume=True) continues it" if checkpoint.is_file() else "it is kept as it is"
             raise TrainingError(f"{out} already holds training output ({hint}); use another --out")
         saved = [path for path in (out / CONFIG, *out.glob(f"*/{CONFIG}")) if path.is_file()]
         if saved and not checkpoint.is_file() and not self._finished():

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -189,7 +190,7 @@ def test_bad_inputs_are_refused_and_nothing_saved_is_lost(sae_store: Path, tmp_p
     assert not (tmp_path / "kept" / "checkpoint").exists()  # removed once every SAE was saved
     assert train(config, resume=True, show_progress=False) == [tmp_path / "kept"]  # complete: nothing redone
     assert _tree(tmp_path / "kept") == saved
-    with pytest.raises(TrainingError, match="trained with a different configuration"):
+    with pytest.raises(TrainingError, match="another configuration"):
         train(replace(config, tokens=256 * 30), resume=True, show_progress=False)
     assert _tree(tmp_path / "kept") == saved
 
@@ -269,3 +270,49 @@ def test_run_configs_refuse_bad_values(name: str, value: object) -> None:
     fields: dict[str, object] = {"sae": SAEConfig(d_in=4, width=8, k=2), name: value}
     with pytest.raises(TrainingError, match="SAEConfig" if name == "sae" else name.replace("_", " ")):
         RunConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_a_finished_run_of_the_previous_release_is_recognized(sae_store: Path, tmp_path: Path) -> None:
+    # until SAE architectures had their own fields, every run's SAE config carried JumpReLU's two
+    config = _config(sae_store, tmp_path / "old", RunConfig(SAEConfig(d_in=32, width=64, k=4)), tokens=256 * 10)
+    train(config, show_progress=False)
+    path = config.out / "config.json"
+    saved = json.loads(path.read_text())
+    for sae in (saved["sae"], saved["training"]["runs"][0]["sae"]):
+        sae.update(jumprelu_initial_threshold=0.001, jumprelu_bandwidth=0.001)
+    path.write_text(json.dumps(saved))
+    before = _tree(config.out)
+    assert train(config, show_progress=False) == [config.out] and _tree(config.out) == before
+
+
+def test_a_sweep_killed_while_saving_is_trained_again_and_another_store_is_refused(sae_store: Path, tmp_path: Path) -> None:
+    runs = sweep(RunConfig(SAEConfig(d_in=32, width=64, k=4)), k=(2, 4))
+    config = _config(sae_store, tmp_path / "sweep", *runs, tokens=256 * 10)
+    first, second = train(config, show_progress=False)
+    whole = _tree(config.out)
+    shutil.rmtree(second)  # killed after saving the first SAE, before the second
+    assert train(config, show_progress=False) == [first, second] and _tree(config.out) == whole
+
+
+def test_saved_saes_of_a_store_extracted_again_are_not_taken_for_this_run(tmp_path: Path) -> None:
+    acts = tmp_path / "acts"
+    store_from_arrays(acts, {"l": np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)}, source="model-a")
+    config = TrainConfig(acts=acts, layer="l", out=tmp_path / "sae", runs=(RunConfig(SAEConfig(d_in=4, width=8, k=2)),),
+                         tokens=128, batch_size=32)
+    train(config, show_progress=False)
+    before = _tree(config.out)
+    shutil.rmtree(acts)  # the same --acts, extracted again from other activations
+    store_from_arrays(acts, {"l": np.random.default_rng(1).normal(size=(64, 4)).astype(np.float32)}, source="model-b")
+    with pytest.raises(TrainingError, match="another configuration or store"):
+        train(config, show_progress=False)
+    assert _tree(config.out) == before
+
+
+def test_the_traitlens_models_load_without_package_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    import traitlens.backbones.spec as spec
+
+    monkeypatch.setattr(spec, "entry_points", lambda group: [])
+    monkeypatch.setattr(spec, "_plugins", [])
+    monkeypatch.setattr(spec, "PROVIDERS", {name: value for name, value in spec.PROVIDERS.items() if name != "traitlens"})
+    monkeypatch.delitem(sys.modules, "traitlens.specimens.provider")
+    assert "traitlens" in spec.registered_providers()

@@ -9,6 +9,7 @@ safe loading off (``weights_only=False``, ``trust_remote_code``): no spec may na
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import re
@@ -164,6 +165,9 @@ class Provider:
 # other packages declare theirs under this entry-point group, loaded on first use.
 PROVIDERS: dict[str, Provider] = {}
 PLUGIN_GROUP = "traitlens.backbones"
+SHIPPED_PLUGINS = {"traitlens": "traitlens.specimens.provider"}
+"""This package's own plug-ins, imported by name when its metadata is missing (a source tree on
+PYTHONPATH, a stale editable install): the default model must load whatever the install."""
 _plugins: list[str] = []
 """The entry points loaded so far (empty until the first spec is parsed)."""
 
@@ -181,6 +185,9 @@ def registered_providers() -> dict[str, Provider]:
                 log.warning("model provider plug-in %s (%s) did not load: %s", entry.name, entry.value, error)
             else:
                 _plugins.append(entry.name)
+        for name, module in SHIPPED_PLUGINS.items():
+            if name not in PROVIDERS:
+                importlib.import_module(module)
     return PROVIDERS
 
 
@@ -189,6 +196,9 @@ def register_provider(prefix: str, options: Mapping[str, OptionType] | None = No
     """Register the decorated loader for ``prefix:`` specs, accepting only ``options``."""
 
     def decorate(loader: Callable[[LoadRequest], Any]) -> Callable[[LoadRequest], Any]:
+        if prefix in PROVIDERS and PROVIDERS[prefix].load is not loader:
+            log.warning("model provider %r is registered again; the later one (%s.%s) replaces it", prefix,
+                        loader.__module__, loader.__qualname__)
         PROVIDERS[prefix] = Provider(loader, dict(options or {}))
         return loader
 

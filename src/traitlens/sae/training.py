@@ -32,6 +32,7 @@ from traitlens.output_folder import OWNER_FILE, claim_output_folder
 from traitlens.sae.config import (
     Normalization,
     SAEConfig,
+    SAEConfigError,
     check_choice,
     check_int,
     check_number,
@@ -221,9 +222,12 @@ class Trainer:
         if not resume:
             hint = "train(..., resume=True) continues it" if checkpoint.is_file() else "it is kept as it is"
             raise TrainingError(f"{out} already holds training output ({hint}); use another --out")
-        saved = [path for path in (out / CONFIG, *out.glob(f"*/{CONFIG}")) if path.is_file()]
-        if saved and not checkpoint.is_file() and not self._finished():
-            raise TrainingError(f"{out} already holds training output of another configuration; use another --out")
+        # saved SAEs of this configuration (a sweep killed while saving) are its own: trained again
+        # to the same bytes; those of any other configuration or store are never mixed in
+        for path in (out / CONFIG, *out.glob(f"*/{CONFIG}")):
+            if path.is_file() and not self._is_own(path.parent):
+                raise TrainingError(f"{out} already holds training output of another configuration or store "
+                                    f"({path.parent}); use another --out")
 
     def _finished(self) -> bool:
         """Whether every SAE of this configuration is saved; a finished run of another
@@ -231,10 +235,24 @@ class Trainer:
         if not all((directory / CONFIG).is_file() for directory in self.result_dirs):
             return False
         for directory in self.result_dirs:
-            saved = read_sae_config(directory).get("training")
-            if not isinstance(saved, dict) or _identity(saved) != self._checkpoint_identity():
-                raise TrainingError(f"{directory} holds an SAE trained with a different configuration; use another --out")
+            if not self._is_own(directory):
+                raise TrainingError(f"{directory} holds an SAE trained with a different configuration or on another store; "
+                                    "use another --out")
         return True
+
+    def _store_identity(self) -> dict[str, Any]:
+        """What the tokens trained on are: a store extracted again with another model or images is another run."""
+        return {"model": self.store.model.spec, "weights_fingerprint": self.store.model.weights_fingerprint,
+                "dataset_fingerprint": self.store.dataset.fingerprint, "tokens_kind": self.store.tokens}
+
+    def _is_own(self, directory: Path) -> bool:
+        """Whether the SAE saved in ``directory`` was trained by this configuration on this store
+        (fields an older traitlens did not record are not compared)."""
+        saved = read_sae_config(directory)
+        training = saved.get("training")
+        if not isinstance(training, dict) or _identity(training) != self._checkpoint_identity():
+            return False
+        return all(saved.get(key, value) == value for key, value in self._store_identity().items())
 
     @property
     def result_dirs(self) -> list[Path]:
@@ -409,7 +427,7 @@ class Trainer:
             save_tensors(weights, tensors)
             state = {"step": self.step, "weights": weights.name, "n_nonfinite": self.n_nonfinite,
                      "tokens_in_window": [run.tokens_in_window for run in self.runs],
-                     "config": self._checkpoint_identity()}
+                     "config": self._checkpoint_identity(), "store": self._store_identity()}
             atomic_write_json(folder / CHECKPOINT_STATE, state)
             for old in folder.glob("state-*.safetensors"):
                 if old != weights:
@@ -419,8 +437,10 @@ class Trainer:
     def _load_checkpoint(self, path: Path) -> None:
         damaged = f"damaged checkpoint in {path.parent}"
         state = _read_checkpoint_state(path, len(self.runs), self.config.total_steps, damaged)
-        if state["config"] != self._checkpoint_identity():
-            raise TrainingError(f"the checkpoint in {path.parent} is from a different training configuration; use another --out")
+        same_store = state.get("store", self._store_identity()) == self._store_identity()  # older checkpoints lack it
+        if _identity(state["config"]) != self._checkpoint_identity() or not same_store:
+            raise TrainingError(f"the checkpoint in {path.parent} is from a different training configuration or store; "
+                                "use another --out")
         try:
             tensors = load_file(str(path.parent / state["weights"]), device=str(self.device))
             torch.random.set_rng_state(tensors["rng.torch"].cpu())
@@ -441,9 +461,7 @@ class Trainer:
             run.config.sae.architecture.after_training(run.sae, sample_nd)
         for run, directory in zip(self.runs, self.result_dirs, strict=True):
             if self.workers.is_main:
-                extra = {"layer": self.layer.name, "acts": str(self.config.acts), "model": self.store.model.spec,
-                         "weights_fingerprint": self.store.model.weights_fingerprint,
-                         "tokens_kind": self.store.tokens, "run": run.config.to_dict(),
+                extra = {"layer": self.layer.name, "acts": str(self.config.acts), **self._store_identity(), "run": run.config.to_dict(),
                          "training": self.config.to_dict(), "metrics": run.last_metrics}
                 save_sae(run.sae, directory, extra)
         if self.workers.is_main:  # every SAE is saved: the checkpoint has done its job
@@ -453,8 +471,23 @@ class Trainer:
 
 
 def _identity(training: dict[str, Any]) -> dict[str, Any]:
-    """What fixes a training run's result: its config without where and how it is run and logged."""
-    return {key: value for key, value in training.items() if key not in ("out", "device", "log_to", "checkpoint_every")}
+    """What fixes a training run's result: its config without where and how it is run and logged,
+    each SAE config in today's form (one written before architectures had their own fields
+    carried JumpReLU's on every SAE; it is the same configuration)."""
+    identity = {key: value for key, value in training.items() if key not in ("out", "device", "log_to", "checkpoint_every")}
+    runs = identity.get("runs")
+    if isinstance(runs, list):
+        identity["runs"] = [_current_run(run) for run in runs]
+    return identity
+
+
+def _current_run(run: Any) -> Any:
+    if not isinstance(run, dict) or not isinstance(run.get("sae"), dict):
+        return run
+    try:
+        return {**run, "sae": SAEConfig.from_dict(run["sae"]).to_dict()}
+    except SAEConfigError:
+        return run  # damaged: compared as written, so it never matches
 
 
 def _weights_name(step: int) -> str:

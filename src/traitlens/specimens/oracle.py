@@ -64,5 +64,6 @@ def oracle_maps(forward: Forward, pixels_bchw: torch.Tensor, twins_bchw: torch.T
                 (r0, r1), (c0, c1) = rows[cell // len(cols)], cols[cell % len(cols)]
                 batch[slot, :, r0:r1, c0:c1] = twins_bchw[image, :, r0:r1, c0:c1]
             count = len(chunk)
-            maps[image, chunk] = clean[image] - margins(batch, species_b[image].repeat(count), lookalike_b[image].repeat(count))
+            drop = clean[image] - margins(batch, species_b[image].repeat(count), lookalike_b[image].repeat(count))
+            maps[image, chunk] = drop.to(maps)  # the model may run on a GPU; the maps stay on the CPU
     return maps.reshape(len(pixels_bchw), len(rows), len(cols))

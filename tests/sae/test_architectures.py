@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -32,7 +33,7 @@ class ShiftedReLU(Architecture):
     config_fields: ClassVar[dict[str, float]] = {"shift": 0.5}
 
     def activate(self, sae: SparseAutoencoder, pre_nw: torch.Tensor) -> torch.Tensor:
-        return (pre_nw - sae.config.architecture_fields["shift"]).relu()
+        return (pre_nw - sae.config.own_fields["shift"]).relu()
 
     def sparsity_penalty(self, sae: SparseAutoencoder, encoding: Encoding) -> torch.Tensor:
         return encoding.dense().sum(1).mean()
@@ -86,6 +87,16 @@ def test_batchtopk_calibrates_a_threshold_giving_k_active_latents_on_average() -
 
 
 def test_matryoshka_nests_a_sixteenth_and_a_quarter_unless_told_otherwise() -> None:
-    assert SAEConfig(d_in=8, width=64, activation="matryoshka", k=4).matryoshka_widths == (4, 16, 64)
-    assert SAEConfig(d_in=8, width=64, activation="matryoshka", k=4, matryoshka_widths=(8, 64)).matryoshka_widths == (8, 64)
-    assert SAEConfig(d_in=8, width=64, activation="batchtopk", k=4).matryoshka_widths == ()
+    assert SAEConfig(d_in=8, width=64, activation="matryoshka", k=4).nested_widths == (4, 16, 64)
+    assert SAEConfig(d_in=8, width=64, activation="matryoshka", k=4, matryoshka_widths=(8, 64)).nested_widths == (8, 64)
+    assert SAEConfig(d_in=8, width=64, activation="batchtopk", k=4).nested_widths == ()
+
+
+def test_replace_derives_defaults_again_and_configs_hash() -> None:
+    nested = SAEConfig(d_in=8, width=64, activation="matryoshka", k=4)
+    assert replace(nested, width=128).nested_widths == (8, 32, 128)
+    assert replace(nested, activation="batchtopk").nested_widths == ()
+    jump = SAEConfig(d_in=8, width=64, activation="jumprelu")
+    assert replace(jump, activation="topk", k=4).own_fields == {}
+    assert jump == SAEConfig.from_dict(jump.to_dict()) and hash(jump) == hash(SAEConfig.from_dict(jump.to_dict()))
+    assert nested == SAEConfig.from_dict(nested.to_dict()) and len({nested, SAEConfig.from_dict(nested.to_dict())}) == 1

@@ -88,21 +88,43 @@ class SAEConfig:
             unknown = sorted(set(given) - set(own)) if isinstance(given, dict) else given
             raise SAEConfigError(f"the {self.activation} architecture has no fields {unknown}; it has "
                                  f"{', '.join(own) or 'none of its own'}")
-        object.__setattr__(self, "architecture_fields", own | given)  # a copy: the caller's dict stays theirs
-        problem = self.architecture.check(self.architecture_fields)
+        object.__setattr__(self, "architecture_fields", dict(given))  # a copy: the caller's dict stays theirs
+        problem = self.architecture.check(self.own_fields)
         if problem:
             raise SAEConfigError(problem)
-        if not self.matryoshka_widths:
-            object.__setattr__(self, "matryoshka_widths", self.architecture.default_matryoshka_widths(self.width))
-        widths = self.matryoshka_widths
-        if not isinstance(widths, tuple) or not all(is_int(width) for width in widths):
+        if not isinstance(self.matryoshka_widths, tuple):
+            raise SAEConfigError(f"matryoshka widths must be a list of integers, got {self.matryoshka_widths!r}")
+        widths = self.nested_widths
+        if not all(is_int(width) for width in widths):
             raise SAEConfigError(f"matryoshka widths must be a list of integers, got {widths!r}")
         if widths and (list(widths) != sorted(set(widths)) or widths[0] < 1 or widths[-1] != self.width):
             raise SAEConfigError(f"matryoshka widths must increase strictly and end at the width {self.width}, got {widths}")
 
+    # Defaults are not written into the fields, so ``dataclasses.replace`` (another width, another
+    # architecture) derives them again; equality and hashing compare what the values mean.
     @property
     def architecture(self) -> Architecture:
         return ARCHITECTURES[self.activation]
+
+    @property
+    def own_fields(self) -> dict[str, Any]:
+        """The architecture's own fields, defaults filled in."""
+        return self.architecture.config_fields | self.architecture_fields
+
+    @property
+    def nested_widths(self) -> tuple[int, ...]:
+        """The Matryoshka prefixes trained: those given, else the architecture's defaults (none for most)."""
+        return self.matryoshka_widths or self.architecture.default_matryoshka_widths(self.width)
+
+    def _meaning(self) -> tuple[Any, ...]:
+        return (self.d_in, self.width, self.activation, self.k, self.nested_widths, self.normalization,
+                tuple(sorted(self.own_fields.items())))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SAEConfig) and self._meaning() == other._meaning()
+
+    def __hash__(self) -> int:
+        return hash(self._meaning())
 
     @property
     def is_sparse_coded(self) -> bool:
@@ -112,8 +134,9 @@ class SAEConfig:
     def to_dict(self) -> dict[str, Any]:
         """The shared fields, then the architecture's own at the same level."""
         data = asdict(self)
-        data["matryoshka_widths"] = list(self.matryoshka_widths)
-        return data | data.pop("architecture_fields")
+        data["matryoshka_widths"] = list(self.nested_widths)
+        del data["architecture_fields"]
+        return data | self.own_fields
 
     @classmethod
     def from_dict(cls, data: Any) -> SAEConfig:

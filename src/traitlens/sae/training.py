@@ -85,7 +85,7 @@ class RunConfig:
         parts = [cfg.activation, f"w{cfg.width}"]
         parts += [f"k{cfg.k}"] if cfg.is_sparse_coded else [f"c{self.sparsity_coefficient:g}"]
         # nesting is named unless the architecture nests by default
-        parts += ["matryoshka"] if cfg.matryoshka_widths and not cfg.architecture.default_matryoshka_widths(cfg.width) else []
+        parts += ["matryoshka"] if cfg.nested_widths and not cfg.architecture.default_matryoshka_widths(cfg.width) else []
         return "_".join([*parts, f"lr{self.lr:g}"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -322,7 +322,7 @@ class Trainer:
         xn_nd = sae.normalize(x_nd)
         encoding = sae.encode_for_training(xn_nd)
         recon_nd = sae.decode_normalized(encoding)
-        prefixes = cfg.matryoshka_widths[:-1]
+        prefixes = cfg.nested_widths[:-1]
         errors = [(sae.decode_normalized(encoding, p) - xn_nd).square().sum(1).mean() for p in prefixes]
         errors.append((recon_nd - xn_nd).square().sum(1).mean())
         recon_loss = torch.stack(errors).mean()

@@ -46,13 +46,13 @@ class JumpReLU(Architecture):
     config_fields: ClassVar[dict[str, float]] = {"jumprelu_initial_threshold": 0.001, "jumprelu_bandwidth": 0.001}
 
     def add_parameters(self, sae: SparseAutoencoder) -> None:
-        initial = sae.config.architecture_fields["jumprelu_initial_threshold"]
+        initial = sae.config.own_fields["jumprelu_initial_threshold"]
         sae.log_threshold = nn.Parameter(torch.full((sae.config.width,), math.log(initial)))
 
     def activate(self, sae: SparseAutoencoder, pre_nw: torch.Tensor) -> torch.Tensor:
-        return _Threshold.apply(pre_nw, sae.log_threshold, sae.config.architecture_fields["jumprelu_bandwidth"], False)
+        return _Threshold.apply(pre_nw, sae.log_threshold, sae.config.own_fields["jumprelu_bandwidth"], False)
 
     def sparsity_penalty(self, sae: SparseAutoencoder, encoding: Encoding) -> torch.Tensor:
         """Mean number of active latents per token, differentiable in the thresholds."""
-        step_nw = _Threshold.apply(encoding.pre_nw, sae.log_threshold, sae.config.architecture_fields["jumprelu_bandwidth"], True)
+        step_nw = _Threshold.apply(encoding.pre_nw, sae.log_threshold, sae.config.own_fields["jumprelu_bandwidth"], True)
         return step_nw.sum(1).mean()

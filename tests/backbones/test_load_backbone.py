@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,14 @@ def test_the_backbone_keeps_its_spec_text() -> None:
         backbone = load_backbone(spec, pretrained=False)
         assert isinstance(backbone, Backbone)
         assert backbone.spec == spec
+
+
+def test_the_traitlens_models_load_without_package_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    import traitlens.backbones.spec as spec
+
+    monkeypatch.setattr(spec, "entry_points", lambda group: [])
+    spec._load_plugins.cache_clear()
+    monkeypatch.setattr(spec, "PROVIDERS", {name: value for name, value in spec.PROVIDERS.items() if name != "traitlens"})
+    monkeypatch.delitem(sys.modules, "traitlens.specimens.provider")
+    assert "traitlens" in spec.registered_providers()
+    spec._load_plugins.cache_clear()

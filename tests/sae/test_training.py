@@ -307,12 +307,3 @@ def test_saved_saes_of_a_store_extracted_again_are_not_taken_for_this_run(tmp_pa
         train(config, show_progress=False)
     assert _tree(config.out) == before
 
-
-def test_the_traitlens_models_load_without_package_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
-    import traitlens.backbones.spec as spec
-
-    monkeypatch.setattr(spec, "entry_points", lambda group: [])
-    monkeypatch.setattr(spec, "_plugins", [])
-    monkeypatch.setattr(spec, "PROVIDERS", {name: value for name, value in spec.PROVIDERS.items() if name != "traitlens"})
-    monkeypatch.delitem(sys.modules, "traitlens.specimens.provider")
-    assert "traitlens" in spec.registered_providers()

@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -168,26 +169,27 @@ PLUGIN_GROUP = "traitlens.backbones"
 SHIPPED_PLUGINS = {"traitlens": "traitlens.specimens.provider"}
 """This package's own plug-ins, imported by name when its metadata is missing (a source tree on
 PYTHONPATH, a stale editable install): the default model must load whatever the install."""
-_plugins: list[str] = []
-"""The entry points loaded so far (empty until the first spec is parsed)."""
+
+
+@cache
+def _load_plugins() -> None:
+    """Import, once, the provider modules installed packages declare under :data:`PLUGIN_GROUP`,
+    then this package's own where its metadata did not declare them."""
+    for entry in entry_points(group=PLUGIN_GROUP):
+        try:
+            entry.load()
+        except Exception as error:  # a third party's import error: any type
+            log.warning("model provider plug-in %s (%s) did not load: %s", entry.name, entry.value, error)
+    for name, module in SHIPPED_PLUGINS.items():
+        if name not in PROVIDERS:
+            importlib.import_module(module)
 
 
 def registered_providers() -> dict[str, Provider]:
     """Every provider: the built-in ones and, loaded once, those of installed packages' entry points
     (``[project.entry-points."traitlens.backbones"]``); a plug-in that fails to import is skipped
     with a warning, so it cannot break the others."""
-    if not _plugins:
-        _plugins.append(PLUGIN_GROUP)  # marks the group loaded even if a plug-in below fails
-        for entry in entry_points(group=PLUGIN_GROUP):
-            try:
-                entry.load()
-            except Exception as error:  # a third party's import error: any type
-                log.warning("model provider plug-in %s (%s) did not load: %s", entry.name, entry.value, error)
-            else:
-                _plugins.append(entry.name)
-        for name, module in SHIPPED_PLUGINS.items():
-            if name not in PROVIDERS:
-                importlib.import_module(module)
+    _load_plugins()
     return PROVIDERS
 
 

@@ -69,7 +69,7 @@ def run_traitlens(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, saelens
 
     with tempfile.TemporaryDirectory() as temp:
         store = store_from_arrays(Path(temp) / "acts", {"layer": train_nd})
-        config = TrainConfig(acts=store, layer="layer", out=Path(temp) / "sae", tokens=steps * BATCH, batch_size=BATCH,
+        config = TrainConfig(acts=store, layer="layer", out=Path(temp) / "sae", n_tokens=steps * BATCH, batch_size=BATCH,
                              runs=(RunConfig(SAEConfig(d_in=D, width=WIDTH, activation="topk", k=K,
                                                        normalization="none" if saelens_init else "norm"), lr=LR),),
                              bias_init="zero" if saelens_init else "geometric_median",

@@ -7,8 +7,10 @@ of values read from artifacts' JSON.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
+import re
 from typing import Any
 
 from traitlens.errors import TraitlensError
@@ -39,3 +41,8 @@ def saved_class_names(value: Any) -> tuple[str, ...]:
             or len(set(value)) != len(value):
         raise ValueError("class_names must be a list of distinct non-empty names")
     return tuple(value)
+
+
+def shown_key(key: str) -> str:
+    """A key as shown in a field path; quoted when it is not a plain name (it may hold anything)."""
+    return key if re.fullmatch(r"[\w.\-]+", key) else json.dumps(key)

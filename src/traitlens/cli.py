@@ -65,7 +65,7 @@ def _run_train(args: argparse.Namespace) -> int:
                       lrs=args.lr, sparsity_coefficients=args.l1, matryoshka_widths=args.matryoshka_widths or (),
                       normalization=args.normalize)
     config = TrainConfig(
-        acts=args.acts, layer=layer.name, out=args.out, runs=runs, tokens=args.n_tokens, batch_size=args.batch_size,
+        acts=args.acts, layer=layer.name, out=args.out, runs=runs, n_tokens=args.n_tokens, batch_size=args.batch_size,
         seed=args.seed, warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, strict=args.strict, device=args.device,
         data_init=args.data_init, bias_init=args.bias_init, dead_after_tokens=args.dead_after_tokens,
         log_to=args.log_to,

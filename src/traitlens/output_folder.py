@@ -17,7 +17,9 @@ import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from traitlens.checks import shown_key
 from traitlens.errors import TraitlensError
 
 OWNER_FILE = "traitlens-output.json"
@@ -96,6 +98,16 @@ def claim_output_folder(out: Path, command: str, *, overwrite: bool = False, res
     except OSError as cause:
         raise error(f"cannot write to {option} {out}: {cause.strerror or cause}") from cause
     return False
+
+
+def refuse_another_job(out: Path, what: str, previous: dict[str, Any], job: dict[str, Any],
+                       error: type[TraitlensError] = TraitlensError) -> None:
+    """Raise ``error`` naming the settings that differ when the ``job`` a resumable command was given
+    is not the one whose output (``what``, e.g. ``"features"``) ``out`` holds."""
+    if previous != job:
+        changed = sorted(shown_key(key) for key in set(job) | set(previous) if job.get(key) != previous.get(key))
+        raise error(f"{out} holds {what} of another job (different {', '.join(changed)}); "
+                    "choose another --out, or pass --overwrite to replace it")
 
 
 def claim_output_file(path: Path, *, overwrite: bool = False, error: type[TraitlensError] = TraitlensError,

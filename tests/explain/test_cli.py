@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import traitlens.explain.job as explain_job
 from tests.backbones.builders import CLIP_WITH_TOKENIZER
 from tests.explain.conftest import photo
+from tests.files import file_bytes
 from tests.pretrained import mobilenet_checkpoint
 from traitlens.backbones import load_backbone
 from traitlens.cli import main
+from traitlens.explain import ExplainConfig, explain
 from traitlens.heads import LinearHead, save_head
 
 TINY_VIT = "timm:vit_tiny_patch16_224?img_size=32&depth=2&embed_dim=32&num_heads=2&num_classes=3"
@@ -105,13 +109,75 @@ def test_an_earlier_result_is_replaced_only_with_overwrite(capsys: pytest.Captur
     first = sorted(path.relative_to(tmp_path) for path in (tmp_path / "maps").rglob("*.npy"))
 
     code, _, err = _run(capsys, *common, "--data", str(folder / "cats"))
-    _assert_one_line_error(code, err, ["already holds a traitlens explain result", "--overwrite"])
+    _assert_one_line_error(code, err, ["holds explain maps of another job (different data, dataset_fingerprint, n_images)",
+                                       "--overwrite"])
     assert sorted(path.relative_to(tmp_path) for path in (tmp_path / "maps").rglob("*.npy")) == first
 
     assert _run(capsys, *common, "--data", str(folder / "cats"), "--overwrite")[0] == 0
     # the earlier maps are gone with the earlier summary: the folder is this run's alone
     assert [path.name for path in (tmp_path / "maps").rglob("*.npy")] == ["chelsea.npy"]
     assert len(json.loads((tmp_path / "maps" / "summary.json").read_text())["images"]) == 1
+
+
+def test_a_killed_run_resumes_to_the_same_files_and_a_finished_one_is_kept(folder: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def config(out: Path) -> ExplainConfig:
+        return ExplainConfig(model=TINY_VIT, pretrained=False, data=folder, method="grad-cam", refs="auto", batch_size=1, out=out)
+
+    explain(config(tmp_path / "whole"), show_progress=False)
+    real = explain_job.compute_cams
+    calls = 0
+
+    def killed_at_the_second_batch(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(explain_job, "compute_cams", killed_at_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        explain(config(tmp_path / "killed"), show_progress=False)
+    assert sorted(path.name for path in (tmp_path / "killed" / "progress").iterdir()) == ["batch-000000.json"]
+    monkeypatch.setattr(explain_job, "compute_cams", real)
+
+    calls = 0
+    explain(config(tmp_path / "killed"), show_progress=False)  # resumed: only the last two images are computed
+
+    def outputs(root: Path) -> dict[str, object]:
+        files: dict[str, object] = dict(file_bytes(root))
+        summary = json.loads(files.pop("summary.json"))  # type: ignore[arg-type]
+        del summary["config"]["out"]
+        return {**files, "summary.json": summary}
+
+    assert outputs(tmp_path / "killed") == outputs(tmp_path / "whole")
+    assert not (tmp_path / "killed" / "progress").exists() and not (tmp_path / "killed" / "job.json").exists()
+    finished = file_bytes(tmp_path / "whole")
+    monkeypatch.setattr(explain_job, "compute_cams", killed_at_the_second_batch)  # a finished run computes nothing
+    assert explain(config(tmp_path / "whole"), show_progress=False)["images"] == json.loads(finished["summary.json"])["images"]
+    assert file_bytes(tmp_path / "whole") == finished
+
+
+def test_a_damaged_progress_file_is_one_line(capsys: pytest.CaptureFixture[str], folder: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = ["--model", TINY_VIT, "--random-init", "--data", str(folder), "--method", "grad-cam", "--batch-size", "2",
+            "--out", str(tmp_path / "maps")]
+    monkeypatch.setattr(explain_job, "atomic_write_json", _stop_at_the_summary(explain_job.atomic_write_json))
+    assert _run(capsys, *argv)[0] == 130  # the command line reports the interruption
+    monkeypatch.undo()
+    (tmp_path / "maps" / "progress" / "batch-000000.json").write_text('{"format": "traitlens.explain.batch", "images": 3}')
+
+    code, _, err = _run(capsys, *argv)
+    _assert_one_line_error(code, err, ["explain progress file", "batch-000000.json is damaged", "--overwrite"])
+    assert _run(capsys, *argv, "--overwrite")[0] == 0
+
+
+def _stop_at_the_summary(write: Any) -> Any:
+    def stopping(path: Path, data: Any) -> None:
+        if path.name == "summary.json":
+            raise KeyboardInterrupt
+        write(path, data)
+    return stopping
 
 
 def test_named_classes_and_gamma_zero_through_the_command_line(capsys: pytest.CaptureFixture[str], folder: Path,

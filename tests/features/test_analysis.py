@@ -14,6 +14,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from tests.files import file_bytes
 from traitlens.backbones.preprocess import Preprocess
 from traitlens.data import open_image_source
 from traitlens.errors import StoreError, TraitlensError
@@ -42,10 +43,6 @@ def dense(specimens_store: Path, relu_sae: Path) -> np.ndarray:
     sae, _ = load_sae_with_config(relu_sae)
     with torch.no_grad():
         return sae.encode(torch.from_numpy(tokens_nd)).numpy()
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 def test_columns_hold_exactly_the_dense_latents(features_dir: Path, dense: np.ndarray) -> None:
@@ -187,24 +184,24 @@ def test_a_killed_run_resumes_to_the_same_bytes(features_dir: Path, specimens_st
     monkeypatch.setattr(analysis_module, "_encode_chunk", encode_and_note)
     analyze_features(_config(relu_sae, specimens_store, out))
     assert 0 not in encoded and len(encoded) > 1  # the first chunk was kept, the others were encoded
-    assert _files(out) == _files(features_dir)
+    assert file_bytes(out) == file_bytes(features_dir)
 
     # a kill after the pass: the manifest and a statistics file gone, then the columns too
     for lost in ("features.json", "latent_statistics.safetensors"):
         (out / lost).unlink()
     analyze_features(_config(relu_sae, specimens_store, out))
-    assert _files(out) == _files(features_dir)
+    assert file_bytes(out) == file_bytes(features_dir)
     for lost in ("features.json", "columns.json", "latent_rows.npy"):
         (out / lost).unlink()
     analyze_features(_config(relu_sae, specimens_store, out))
-    assert _files(out) == _files(features_dir)
+    assert file_bytes(out) == file_bytes(features_dir)
 
 
 def test_a_finished_directory_is_returned_as_it_is(features_dir: Path, specimens_store: Path, relu_sae: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
     shutil.copytree(features_dir, out)
-    before = _files(out)
+    before = file_bytes(out)
 
     def fail(*args: object) -> None:
         raise AssertionError("a finished directory was recomputed")
@@ -212,7 +209,7 @@ def test_a_finished_directory_is_returned_as_it_is(features_dir: Path, specimens
     monkeypatch.setattr(analysis_module, "_write_columns", fail)
     monkeypatch.setattr(analysis_module, "_statistics", fail)
     assert analyze_features(_config(relu_sae, specimens_store, out)) == out
-    assert _files(out) == before
+    assert file_bytes(out) == before
     with pytest.raises(FeaturesError, match="another job.*top_k"):
         analyze_features(_config(relu_sae, specimens_store, out, top_k=3))
 
@@ -261,7 +258,7 @@ def test_blocks_of_latents_that_never_fire(specimens_store: Path, tmp_path: Path
     assert (whole.count[8:20] == 0).all() and whole.count[:8].any()
     monkeypatch.setattr(analysis_module, "_BLOCK_ELEMENTS", 4 * N_IMAGES)  # blocks of 4 latents: 8-11, 12-15, 16-19 dead
     blocks = analyze_features(_config(sae_dir, specimens_store, tmp_path / "blocks"))
-    assert _files(blocks) == _files(whole.root)
+    assert file_bytes(blocks) == file_bytes(whole.root)
     top_rows, top_values = LatentFeatures(blocks).top_tokens(12)
     assert len(top_rows) == len(top_values) == 0
 

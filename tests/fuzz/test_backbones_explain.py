@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.backbones.builders import CodeRunningPayload, compact_json, write_hf_config
+from tests.files import file_bytes
 from tests.fuzz.harness import assert_refused, run_cli
 from traitlens.backbones.spec import registered_providers
 from traitlens.output_folder import OWNER_FILE
@@ -252,12 +253,16 @@ def test_another_commands_output_is_never_touched(images: Path, tmp_path: Path) 
     assert_refused(_explain(images, store, "--overwrite"), store, says="holds the output of traitlens extract")
 
 
-def test_an_earlier_explain_result_needs_overwrite(images: Path, tmp_path: Path) -> None:
+def test_an_earlier_explain_result_is_kept_and_another_job_needs_overwrite(images: Path, tmp_path: Path) -> None:
     out = tmp_path / "maps"
     code, _, err = run_cli(_explain(images, out))
     assert code == 0, err
+    finished = file_bytes(out)
+    code, _, err = run_cli(_explain(images, out))  # the same command: the finished maps are kept
+    assert code == 0 and file_bytes(out) == finished, err
 
-    assert_refused(_explain(images, out), out, says="pass --overwrite")
+    assert_refused(_explain(images, out, "--fit", "pad"), out,
+                   says="another job (different fit); choose another --out, or pass --overwrite")
     code, _, err = run_cli(_explain(images, out, "--overwrite", "--fit", "pad"))
     assert code == 0, err
     assert json.loads((out / "summary.json").read_text())["config"]["fit"] == "pad"

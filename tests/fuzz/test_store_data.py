@@ -343,7 +343,7 @@ def test_an_unfinished_store_is_resumed_to_the_same_bytes(pristine: tuple[Path, 
 
 
 @pytest.mark.parametrize(("content", "says"), [
-    (b"\xff\xfe", "damaged"), (b"[1]", "expected a JSON object"), (b'{"model": "other"}', "different job"),
+    (b"\xff\xfe", "damaged"), (b"[1]", "expected a JSON object"), (b'{"model": "other"}', "another job"),
 ])
 def test_a_damaged_job_file_is_refused_on_resume(pristine: tuple[Path, Path], content: bytes, says: str) -> None:
     with unfinished_copy(pristine) as store:
@@ -441,4 +441,4 @@ def test_extract_refuses_a_different_job_in_its_own_folder(pristine: tuple[Path,
     with store_copy(pristine) as store:
         argv = _extract_args(pristine[0], store)
         argv[argv.index("--layers") + 1] = "0"
-        assert_refused(argv, store, says="different job")
+        assert_refused(argv, store, says="another job")

@@ -22,7 +22,7 @@ from traitlens.store import ActivationStore, store_from_arrays
 
 
 def _config(store: Path, out: Path, *runs: RunConfig, **overrides: object) -> TrainConfig:
-    base: dict[str, object] = dict(acts=store, layer=STORE_LAYER, out=out, runs=runs, tokens=256 * 60, batch_size=256,
+    base: dict[str, object] = dict(acts=store, layer=STORE_LAYER, out=out, runs=runs, n_tokens=256 * 60, batch_size=256,
                                    warmup_steps=5, sparsity_warmup_steps=10, checkpoint_every=20, dead_after_tokens=2000)
     base.update(overrides)
     return TrainConfig(**base)  # type: ignore[arg-type]
@@ -80,7 +80,7 @@ def test_matryoshka_prefixes_reconstruct_on_their_own(sae_store: Path, tmp_path:
 
 def test_decoder_rows_stay_unit_norm_and_bias_starts_at_the_median(sae_store: Path, tmp_path: Path) -> None:
     run = RunConfig(SAEConfig(d_in=32, width=64, activation="topk", k=4))
-    (directory,) = train(_config(sae_store, tmp_path / "sae", run, tokens=256 * 3), show_progress=False)
+    (directory,) = train(_config(sae_store, tmp_path / "sae", run, n_tokens=256 * 3), show_progress=False)
     sae, _ = load_sae_with_config(directory)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
 
@@ -89,7 +89,7 @@ def test_sweep_trains_each_sae_as_if_alone(sae_store: Path, tmp_path: Path) -> N
     base = RunConfig(SAEConfig(d_in=32, width=64, activation="topk", k=4), lr=1e-3)
     runs = sweep(base, k=(4, 8), lr=(1e-3, 3e-3))
     assert [r.name for r in runs] == ["topk_w64_k4_lr0.001", "topk_w64_k4_lr0.003", "topk_w64_k8_lr0.001", "topk_w64_k8_lr0.003"]
-    config = _config(sae_store, tmp_path / "sweep", *runs, tokens=256 * 8)
+    config = _config(sae_store, tmp_path / "sweep", *runs, n_tokens=256 * 8)
     directories = train(config, show_progress=False)
     (alone,) = train(replace(config, out=tmp_path / "alone", runs=(runs[2],)), show_progress=False)
     swept, _ = load_sae_with_config(directories[2])
@@ -117,7 +117,7 @@ def _tree(root: Path) -> dict[str, object]:
 
 def test_kill_and_resume_ends_identical(sae_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs = sweep(RunConfig(SAEConfig(d_in=32, width=64, activation="batchtopk", k=4)), lr=(1e-3, 3e-3))
-    config = _config(sae_store, tmp_path / "straight", *runs, tokens=256 * 50, checkpoint_every=10, dead_after_tokens=512)
+    config = _config(sae_store, tmp_path / "straight", *runs, n_tokens=256 * 50, checkpoint_every=10, dead_after_tokens=512)
     train(config, show_progress=False)
 
     killed = replace(config, out=tmp_path / "killed")
@@ -168,11 +168,11 @@ def test_nan_tokens_are_skipped_or_refused(sae_store: Path, tmp_path: Path) -> N
     shard[7, 0] = np.inf
     shard.flush()
     run = RunConfig(SAEConfig(d_in=32, width=64, activation="topk", k=4))
-    (directory,) = train(_config(poisoned, tmp_path / "lenient", run, tokens=680 * 2, batch_size=680), show_progress=False)
+    (directory,) = train(_config(poisoned, tmp_path / "lenient", run, n_tokens=680 * 2, batch_size=680), show_progress=False)
     sae, _ = load_sae_with_config(directory)
     assert all(torch.isfinite(t).all() for t in sae.state_dict().values())
     with pytest.raises(DataError, match="NaN/Inf.*--strict"):
-        train(_config(poisoned, tmp_path / "strict", run, tokens=680 * 2, batch_size=680, strict=True), show_progress=False)
+        train(_config(poisoned, tmp_path / "strict", run, n_tokens=680 * 2, batch_size=680, strict=True), show_progress=False)
 
 
 def test_bad_inputs_are_refused_and_nothing_saved_is_lost(sae_store: Path, tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ def test_bad_inputs_are_refused_and_nothing_saved_is_lost(sae_store: Path, tmp_p
     with pytest.raises(StoreError, match="stored layers: blocks.1"):
         train(_config(sae_store, tmp_path / "x", run, layer="blocks.7"), show_progress=False)
     good = RunConfig(SAEConfig(d_in=32, width=64, activation="topk", k=4))
-    config = _config(sae_store, tmp_path / "kept", good, tokens=256 * 25, checkpoint_every=10)
+    config = _config(sae_store, tmp_path / "kept", good, n_tokens=256 * 25, checkpoint_every=10)
     train(config, show_progress=False)
     saved = _tree(tmp_path / "kept")
     with pytest.raises(TrainingError, match="already holds training output"):
@@ -191,7 +191,7 @@ def test_bad_inputs_are_refused_and_nothing_saved_is_lost(sae_store: Path, tmp_p
     assert train(config, resume=True, show_progress=False) == [tmp_path / "kept"]  # complete: nothing redone
     assert _tree(tmp_path / "kept") == saved
     with pytest.raises(TrainingError, match="another configuration"):
-        train(replace(config, tokens=256 * 30), resume=True, show_progress=False)
+        train(replace(config, n_tokens=256 * 30), resume=True, show_progress=False)
     assert _tree(tmp_path / "kept") == saved
 
     (tmp_path / "foreign").mkdir()
@@ -201,7 +201,7 @@ def test_bad_inputs_are_refused_and_nothing_saved_is_lost(sae_store: Path, tmp_p
             train(replace(config, out=tmp_path / "foreign"), resume=resume, show_progress=False)
     assert [p.name for p in (tmp_path / "foreign").iterdir()] == ["notes.txt"]
 
-    interrupted = replace(config, out=tmp_path / "damaged", tokens=256 * 25)
+    interrupted = replace(config, out=tmp_path / "damaged", n_tokens=256 * 25)
     (interrupted.out / "checkpoint").mkdir(parents=True)
     (interrupted.out / "checkpoint" / "state.json").write_text("{ not json")
     with pytest.raises(TrainingError, match="damaged checkpoint"):
@@ -213,7 +213,7 @@ def test_a_run_that_failed_before_its_first_step_can_start_again(tmp_path: Path,
     tokens = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
     store_from_arrays(tmp_path / "acts", {"l": tokens})
     run = RunConfig(SAEConfig(d_in=4, width=8, k=2))
-    config = TrainConfig(acts=tmp_path / "acts", layer="l", out=tmp_path / "sae", runs=(run,), tokens=128, batch_size=32)
+    config = TrainConfig(acts=tmp_path / "acts", layer="l", out=tmp_path / "sae", runs=(run,), n_tokens=128, batch_size=32)
 
     def fails(self: training.Trainer, n_tokens: int) -> torch.Tensor:
         raise TrainingError("stop")
@@ -229,7 +229,7 @@ def test_a_run_that_failed_before_its_first_step_can_start_again(tmp_path: Path,
 def test_a_store_without_finite_tokens_is_refused(tmp_path: Path) -> None:
     store_from_arrays(tmp_path / "acts", {"l": np.full((8, 4), np.nan, dtype=np.float32)})
     config = TrainConfig(acts=tmp_path / "acts", layer="l", out=tmp_path / "sae", runs=(RunConfig(SAEConfig(d_in=4, width=8, k=2)),),
-                         tokens=64, batch_size=8)
+                         n_tokens=64, batch_size=8)
     with pytest.raises(TrainingError, match="no finite tokens to train on .8 stored, 8 NaN/Inf"):
         train(config, show_progress=False)
     assert not config.out.exists()
@@ -246,8 +246,9 @@ def test_the_log_drops_a_torn_last_line_and_refuses_damage(tmp_path: Path) -> No
     assert log.read_bytes() == b'{"step": 10}\n{"step": 20}\n'
 
 
-BAD_TRAIN_FIELDS = [("tokens", 0, "tokens must be"), ("batch_size", -4, "batch_size must be"), ("batch_size", 2.5, "batch_size must be"),
-                    ("seed", -1, "seed must be"), ("checkpoint_every", 0, "checkpoint_every must be"),
+BAD_TRAIN_FIELDS = [("n_tokens", 0, "n_tokens must be"), ("batch_size", -4, "batch_size must be"),
+                    ("batch_size", 2.5, "batch_size must be"), ("seed", -1, "seed must be"),
+                    ("checkpoint_every", 0, "checkpoint_every must be"),
                     ("dead_after_tokens", -1, "dead_after_tokens must be"), ("log_every", True, "log_every must be"),
                     ("warmup_steps", -1, "warmup_steps must be"), ("final_lr_fraction", 1.5, "at most 1"),
                     ("grad_clip", float("nan"), "grad_clip must be"), ("aux_coefficient", -0.1, "aux_coefficient must be"),
@@ -259,7 +260,7 @@ BAD_TRAIN_FIELDS = [("tokens", 0, "tokens must be"), ("batch_size", -4, "batch_s
 @pytest.mark.parametrize(("name", "value", "message"), BAD_TRAIN_FIELDS)
 def test_train_configs_refuse_bad_values(tmp_path: Path, name: str, value: object, message: str) -> None:
     run = RunConfig(SAEConfig(d_in=4, width=8, k=2))
-    fields: dict[str, object] = dict(acts=tmp_path, layer="l", out=tmp_path / "sae", runs=(run,), tokens=64)
+    fields: dict[str, object] = dict(acts=tmp_path, layer="l", out=tmp_path / "sae", runs=(run,), n_tokens=64)
     with pytest.raises(TrainingError, match=message):
         TrainConfig(**{**fields, name: value})  # type: ignore[arg-type]
 
@@ -274,12 +275,13 @@ def test_run_configs_refuse_bad_values(name: str, value: object) -> None:
 
 def test_a_finished_run_of_the_previous_release_is_recognized(sae_store: Path, tmp_path: Path) -> None:
     # until SAE architectures had their own fields, every run's SAE config carried JumpReLU's two
-    config = _config(sae_store, tmp_path / "old", RunConfig(SAEConfig(d_in=32, width=64, k=4)), tokens=256 * 10)
+    config = _config(sae_store, tmp_path / "old", RunConfig(SAEConfig(d_in=32, width=64, k=4)), n_tokens=256 * 10)
     train(config, show_progress=False)
     path = config.out / "config.json"
     saved = json.loads(path.read_text())
     for sae in (saved["sae"], saved["training"]["runs"][0]["sae"]):
         sae.update(jumprelu_initial_threshold=0.001, jumprelu_bandwidth=0.001)
+    saved["training"]["tokens"] = saved["training"].pop("n_tokens")  # and the token count was named tokens
     path.write_text(json.dumps(saved))
     before = _tree(config.out)
     assert train(config, show_progress=False) == [config.out] and _tree(config.out) == before
@@ -287,7 +289,7 @@ def test_a_finished_run_of_the_previous_release_is_recognized(sae_store: Path, t
 
 def test_a_sweep_killed_while_saving_is_trained_again_and_another_store_is_refused(sae_store: Path, tmp_path: Path) -> None:
     runs = sweep(RunConfig(SAEConfig(d_in=32, width=64, k=4)), k=(2, 4))
-    config = _config(sae_store, tmp_path / "sweep", *runs, tokens=256 * 10)
+    config = _config(sae_store, tmp_path / "sweep", *runs, n_tokens=256 * 10)
     first, second = train(config, show_progress=False)
     whole = _tree(config.out)
     shutil.rmtree(second)  # killed after saving the first SAE, before the second
@@ -298,7 +300,7 @@ def test_saved_saes_of_a_store_extracted_again_are_not_taken_for_this_run(tmp_pa
     acts = tmp_path / "acts"
     store_from_arrays(acts, {"l": np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)}, source="model-a")
     config = TrainConfig(acts=acts, layer="l", out=tmp_path / "sae", runs=(RunConfig(SAEConfig(d_in=4, width=8, k=2)),),
-                         tokens=128, batch_size=32)
+                         n_tokens=128, batch_size=32)
     train(config, show_progress=False)
     before = _tree(config.out)
     shutil.rmtree(acts)  # the same --acts, extracted again from other activations

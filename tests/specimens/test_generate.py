@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from skimage.measure import label as connected_components
 
+from tests.files import file_bytes
 from traitlens.data import open_image_source
 from traitlens.errors import DataError
 from traitlens.specimens.catalog import (
@@ -28,11 +29,6 @@ from traitlens.specimens.render import MAX_OCCLUDED_FRACTION, render_specimen
 
 N_IMAGES = 40
 SEED = 3
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` (hidden ones included) by relative path."""
-    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -214,21 +210,21 @@ def test_a_damaged_description_is_one_line(bench: Path, description: dict, tmp_p
 
 def test_same_config_gives_identical_bytes_whatever_the_threads(bench: Path, tmp_path: Path) -> None:
     again = generate(GenerateConfig(tmp_path / "out", n=N_IMAGES, seed=SEED, workers=1), show_progress=False)
-    assert _files(again) == _files(bench)
+    assert file_bytes(again) == file_bytes(bench)
 
 
 def test_an_image_does_not_depend_on_n(bench: Path, tmp_path: Path) -> None:
     small = generate(GenerateConfig(tmp_path / "out", n=5, seed=SEED), show_progress=False)
-    small_files = {path: data for path, data in _files(small).items() if path.startswith(("images/", "annotations/"))}
+    small_files = {path: data for path, data in file_bytes(small).items() if path.startswith(("images/", "annotations/"))}
     assert len(small_files) == 10
-    assert all(_files(bench)[path] == data for path, data in small_files.items())
+    assert all(file_bytes(bench)[path] == data for path, data in small_files.items())
     assert json.loads((small / "traits.json").read_text())["images"] == \
         json.loads((bench / "traits.json").read_text())["images"][:5]
 
 
 def test_different_seeds_give_different_images(bench: Path, tmp_path: Path) -> None:
     other = generate(GenerateConfig(tmp_path / "out", n=len(SPECIES), seed=SEED + 1), show_progress=False)
-    other_files, bench_files = _files(other), _files(bench)
+    other_files, bench_files = file_bytes(other), file_bytes(bench)
     images = [path for path in other_files if path.startswith("images/")]
     assert len(images) == len(SPECIES)
     assert all(other_files[path] != bench_files[path] for path in images)
@@ -244,7 +240,7 @@ def test_interrupted_run_resumes_to_identical_bytes(bench: Path, tmp_path: Path)
     (out / "annotations" / sources[12].removeprefix("images/")).unlink()
     (out / (sources[3] + ".tmp")).write_bytes(b"half a png")
     generate(GenerateConfig(out, n=N_IMAGES, seed=SEED), show_progress=False)
-    assert _files(out) == _files(bench)
+    assert file_bytes(out) == file_bytes(bench)
 
 
 def test_a_different_config_on_the_same_folder_is_refused(bench: Path, tmp_path: Path) -> None:
@@ -262,9 +258,9 @@ def test_a_different_config_on_the_same_folder_is_refused(bench: Path, tmp_path:
 
 
 def test_a_finished_benchmark_is_left_as_it_is(bench: Path) -> None:
-    before = _files(bench)
+    before = file_bytes(bench)
     assert generate(GenerateConfig(bench, n=N_IMAGES, seed=SEED), show_progress=False) == bench
-    assert _files(bench) == before
+    assert file_bytes(bench) == before
 
 
 @pytest.mark.parametrize("options", [{"n": 0}, {"n": 10**8 + 1}, {"size": 16}, {"size": 4096},

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.files import file_bytes
 from tests.store.conftest import TINY_VIT, make_class_folder
-from tests.store.test_resume import tree_bytes
 from traitlens.distributed import Workers
 from traitlens.errors import TraitlensError
 
@@ -29,7 +29,7 @@ def test_two_workers_write_the_same_store_as_one(tmp_path: Path) -> None:
     # --standalone: a free port, so parallel runs never collide
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
     _extract(images, tmp_path / "multi", torchrun)
-    single, multi = tree_bytes(tmp_path / "single"), tree_bytes(tmp_path / "multi")
+    single, multi = file_bytes(tmp_path / "single"), file_bytes(tmp_path / "multi")
     assert sorted(single) == sorted(multi)
     assert single == multi
 

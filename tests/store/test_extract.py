@@ -88,7 +88,7 @@ def test_manifest_describes_the_job(class_folder: Path, tmp_path: Path) -> None:
 
 def test_a_different_job_cannot_reuse_the_output(class_folder: Path, tmp_path: Path) -> None:
     extract(_config(class_folder, tmp_path / "acts"), show_progress=False)
-    with pytest.raises(StoreError, match="different job.*layers"):
+    with pytest.raises(StoreError, match=r"a store of another job \(different .*layers"):
         extract(_config(class_folder, tmp_path / "acts", layers=("0",)), show_progress=False)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")

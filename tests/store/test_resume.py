@@ -12,13 +12,10 @@ from pathlib import Path
 import pytest
 
 import traitlens.store.extraction as extract_module
+from tests.files import file_bytes
 from tests.store.conftest import TINY_VIT, make_class_folder
 from traitlens.store import ExtractConfig, extract
 from traitlens.store.files import MANIFEST, shard_record_path
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_crash_mid_shard_then_resume_is_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,7 +43,7 @@ def test_crash_mid_shard_then_resume_is_identical(tmp_path: Path, monkeypatch: p
 
     monkeypatch.setattr(extract_module, "atomic_save_npy", real_save)
     extract(resumed, show_progress=False)
-    assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
+    assert file_bytes(tmp_path / "a") == file_bytes(tmp_path / "b")
 
 
 def _extract_command(images: Path, out: Path) -> list[str]:
@@ -70,4 +67,4 @@ def test_sigkill_then_resume_is_identical(tmp_path: Path) -> None:
     assert not (tmp_path / "b" / MANIFEST).exists(), "the run finished before it could be killed"
 
     subprocess.run(_extract_command(images, tmp_path / "b"), check=True, env=env, capture_output=True)
-    assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
+    assert file_bytes(tmp_path / "a") == file_bytes(tmp_path / "b")

@@ -26,7 +26,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     if args.refs is not None:
         refs = "auto" if args.refs.strip() == "auto" else tuple(name.strip() for name in args.refs.split(",") if name.strip())
     config = ExplainConfig(
-        model=args.model, images=args.data, method=args.method, out=args.out, weights=args.weights,
+        model=args.model, data=args.data, method=args.method, out=args.out, weights=args.weights,
         pretrained=not args.random_init, head=args.head, target=args.target, refs=refs, gamma=args.gamma,
         n_refs=args.n_refs, layer=args.layer, batch_size=args.batch_size, device=args.device,
         zero_shot=None if args.zero_shot is None else tuple(name.strip() for name in args.zero_shot.split(",") if name.strip()),

@@ -33,11 +33,12 @@ class ExplainConfig:
     linear probe, zero-shot prompts, ...) whose classes replace the model's own. ``fit`` is how
     each image meets the model's input (:data:`traitlens.backbones.preprocess.Fit`): by default
     the whole image is squashed into it, so the map covers the whole image. ``overwrite`` replaces
-    an earlier explain output in ``out`` (never another folder).
+    an earlier explain output in ``out`` (never another folder); without it, the same job's
+    unfinished output there is resumed and its finished output kept.
     """
 
     model: str
-    images: Path
+    data: Path
     method: str
     out: Path
     weights: Path | None = None
@@ -99,7 +100,7 @@ class ExplainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model, "images": str(self.images), "method": self.method, "out": str(self.out),
+            "model": self.model, "data": str(self.data), "method": self.method, "out": str(self.out),
             "weights": None if self.weights is None else str(self.weights), "pretrained": self.pretrained,
             "head": None if self.head is None else str(self.head), "target": self.target,
             "refs": list(self.refs) if isinstance(self.refs, tuple) else self.refs, "gamma": self.gamma,

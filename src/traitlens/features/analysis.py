@@ -81,7 +81,7 @@ from traitlens.features.sparse_columns import (
     write_chunk,
 )
 from traitlens.json_config import read_json_config
-from traitlens.output_folder import claim_output_folder
+from traitlens.output_folder import claim_output_folder, refuse_another_job
 from traitlens.sae.io import WEIGHTS, SAELoadError, load_sae_with_config
 from traitlens.sae.layer import stored_sae_layer
 from traitlens.sae.model import SparseAutoencoder
@@ -146,21 +146,15 @@ def sae_weights_sha256(sae_dir: str | Path) -> str:
         raise SAELoadError(f"cannot read SAE weights {path}: {error.strerror or error}") from error
 
 
-def _check_same_job(out: Path, previous: dict[str, Any], job: dict[str, Any]) -> None:
-    if previous != job:
-        changed = sorted(key for key in set(job) | set(previous) if job.get(key) != previous.get(key))
-        raise FeaturesError(f"{out} holds features of another job (different {', '.join(changed)}); "
-                            "choose another --out, or pass --overwrite to replace them")
-
-
 def _start_or_resume(out: Path, job: dict[str, Any]) -> bool:
     """Whether ``out`` holds the finished features of ``job``; refuses another job's. A folder
     without a job file (new, or killed before writing it) starts ``job``."""
     if (out / MANIFEST).is_file():
-        _check_same_job(out, read_features_manifest(out)["job"], job)
+        refuse_another_job(out, "features", read_features_manifest(out)["job"], job, FeaturesError)
         return True
     if (out / JOB).is_file():
-        _check_same_job(out, read_json_config(out / JOB, FORMAT + ".job", "features job", FeaturesError, f"{out / JOB} missing"), job)
+        previous = read_json_config(out / JOB, FORMAT + ".job", "features job", FeaturesError, f"{out / JOB} missing")
+        refuse_another_job(out, "features", previous, job, FeaturesError)
     else:
         atomic_write_json(out / JOB, job)
     return False

@@ -98,7 +98,7 @@ class TrainConfig:
     layer: str
     out: Path
     runs: tuple[RunConfig, ...]
-    tokens: int
+    n_tokens: int
     batch_size: int = 4096
     seed: int = 0
     warmup_steps: int = 50
@@ -122,7 +122,7 @@ class TrainConfig:
             raise TrainingError("runs must be a tuple of RunConfig")
         if not self.runs:
             raise TrainingError("nothing to train: no SAE configurations given")
-        for name in ("tokens", "batch_size", "aux_k", "dead_after_tokens", "init_sample_tokens", "checkpoint_every", "log_every"):
+        for name in ("n_tokens", "batch_size", "aux_k", "dead_after_tokens", "init_sample_tokens", "checkpoint_every", "log_every"):
             check_int(name, getattr(self, name), 1, TrainingError)
         for name in ("seed", "warmup_steps", "sparsity_warmup_steps"):
             check_int(name, getattr(self, name), 0, TrainingError)
@@ -135,7 +135,7 @@ class TrainConfig:
 
     @property
     def total_steps(self) -> int:
-        return max(1, -(-self.tokens // self.batch_size))
+        return max(1, -(-self.n_tokens // self.batch_size))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -475,6 +475,8 @@ def _identity(training: dict[str, Any]) -> dict[str, Any]:
     each SAE config in today's form (one written before architectures had their own fields
     carried JumpReLU's on every SAE; it is the same configuration)."""
     identity = {key: value for key, value in training.items() if key not in ("out", "device", "log_to", "checkpoint_every")}
+    if "tokens" in identity and "n_tokens" not in identity:  # configs saved before the rename call the count tokens
+        identity["n_tokens"] = identity.pop("tokens")
     runs = identity.get("runs")
     if isinstance(runs, list):
         identity["runs"] = [_current_run(run) for run in runs]

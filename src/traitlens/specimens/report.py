@@ -86,7 +86,7 @@ def train_trait_sae(acts: Path, layer: str, out: Path, expansion: int, k: int, e
     store = ActivationStore(acts)
     stored = store.layer(layer)
     run = RunConfig(SAEConfig(d_in=stored.width, width=expansion * stored.width, activation="topk", k=k), lr=1e-3)
-    config = TrainConfig(acts=acts, layer=stored.name, out=out, runs=(run,), tokens=epochs * stored.n_tokens,
+    config = TrainConfig(acts=acts, layer=stored.name, out=out, runs=(run,), n_tokens=epochs * stored.n_tokens,
                          batch_size=1024, warmup_steps=20, device="cpu")
     return train(config, resume=True)[0]
 

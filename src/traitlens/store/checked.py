@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
+from traitlens.checks import shown_key
 from traitlens.errors import StoreError, first_line
 from traitlens.json_config import parse_standard_json
 
@@ -25,11 +25,6 @@ def _shown(value: Any) -> str:
     """A short one-line rendering of a (parsed) JSON value for an error message."""
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def shown_key(key: str) -> str:
-    """A key as shown in a field path; quoted when it is not a plain name (it may hold anything)."""
-    return key if re.fullmatch(r"[\w.\-]+", key) else json.dumps(key)
 
 
 def read_json_object(path: Path, what: str) -> Fields:

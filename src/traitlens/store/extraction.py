@@ -25,8 +25,8 @@ from traitlens.backbones.layout import TOKEN_SELECTIONS
 from traitlens.data import ImageSource, UnreadableImageError, open_image_source, patch_labels
 from traitlens.distributed import Workers, workers_from_env
 from traitlens.errors import DataError, LayerError, StoreError
-from traitlens.output_folder import claim_output_folder
-from traitlens.store.checked import read_json_object, shown_key
+from traitlens.output_folder import claim_output_folder, refuse_another_job
+from traitlens.store.checked import read_json_object
 from traitlens.store.files import (
     JOB,
     MANIFEST,
@@ -171,10 +171,7 @@ def _check_job(root: Path, job: dict[str, Any], resumed: bool, workers: Workers)
     if workers.is_main:
         if resumed and path.is_file():
             existing = read_json_object(path, "extraction job file").data
-            if existing != job:
-                differing = sorted(shown_key(key) for key in set(existing) | set(job) if existing.get(key) != job.get(key))
-                raise StoreError(f"{root} holds a store from a different job ({', '.join(differing)} differ); "
-                                 "use another --out, or pass --overwrite to replace it")
+            refuse_another_job(root, "a store", existing, job, StoreError)
             remove_temp_files(root)
         elif (root / MANIFEST).exists():
             raise StoreError(f"{root} holds an activation store that traitlens extract did not write (no {JOB}); "

@@ -34,13 +34,14 @@ from traitlens.output_folder import claim_output_folder
 from traitlens.specimens.benchmark import read_benchmark
 from traitlens.specimens.cam_localization import LOCALIZATION_COLUMNS, lookalike_localization
 from traitlens.specimens.catalog import SPECIES
-from traitlens.specimens.discovery import DiscoveryOptions, score_discovery
+from traitlens.specimens.discovery import DiscoveryConfig, score_discovery
 from traitlens.specimens.generate import JOB_FILE, GenerateConfig, generate
 from traitlens.specimens.model_accuracy import AccuracyConfig, model_accuracy
 from traitlens.specimens.pair_attribution import lookalike_attribution
 from traitlens.specimens.report import train_trait_sae
 from traitlens.specimens.suppression import (
     SUPPRESSION_COLUMNS,
+    SuppressionConfig,
     SuppressionOptions,
     score_suppression,
 )
@@ -114,8 +115,8 @@ def _step(number: int, text: str) -> None:
 def _causal_tests(config: DemoConfig, sae_dir: Path) -> dict[str, Any]:
     """Suppression flips (trait latents picked on the masks), then pair attribution, on the SAE's layer."""
     options = SuppressionOptions(n_latents=config.trait_latents, n_random=config.n_random)
-    suppression = score_suppression(DEMO_MODEL, sae_dir, config.acts, config.data, config.scores, options, device="cpu",
-                                    show_progress=True)
+    suppression = score_suppression(SuppressionConfig(model=DEMO_MODEL, sae=sae_dir, acts=config.acts, data=config.data,
+                                                      out=config.scores, options=options, device="cpu"), show_progress=True)
     placed = load_sae_on_model(DEMO_MODEL, sae_dir, device="cpu")
     attribution = lookalike_attribution(placed.backbone, placed.sae, placed.layer, placed.tokens, open_image_source(config.data),
                                         read_benchmark(config.data), trait_latents=suppression["trait_latents"], show_progress=True)
@@ -139,7 +140,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> str:
     analyze_features(FeaturesConfig(sae=sae_dir, acts=config.acts, out=config.features))
     features_index = write_report(config.features)
     _step(4, "trait discovery: SAE latents vs neurons, PCA and k-means")
-    discovery = score_discovery(config.acts, data, None, sae_dir, config.scores, DiscoveryOptions())
+    discovery = score_discovery(DiscoveryConfig(acts=config.acts, data=data, out=config.scores, sae=sae_dir))
     _step(5, "localization: Grad-CAM and LayerCAM vs Finer-CAM on look-alike pairs")
     localization = lookalike_localization(load_backbone(DEMO_MODEL), open_image_source(data), read_benchmark(data),
                                           show_progress=True).rows

@@ -16,7 +16,7 @@ from traitlens.features.patch_positives import describe_positives
 from traitlens.sae import SAEConfig, SparseAutoencoder, save_sae
 from traitlens.specimens.baselines import FeatureSet, KMeansFeatures, NeuronFeatures, PCAFeatures
 from traitlens.specimens.benchmark import read_benchmark
-from traitlens.specimens.discovery import DiscoveryOptions, score_discovery, trait_discovery
+from traitlens.specimens.discovery import DiscoveryConfig, DiscoveryOptions, score_discovery, trait_discovery
 from traitlens.store.arrays import store_from_arrays
 from traitlens.store.reader import ActivationStore
 
@@ -60,7 +60,7 @@ def test_score_discovery_writes_tables_with_an_sae(benchmark: tuple[Path, np.nda
         sae.b_dec.zero_()
     save_sae(sae, tmp_path / "sae", {"layer": "blocks.3"})
     options = DiscoveryOptions(pca_components=3, kmeans_clusters=4)
-    result = score_discovery(acts, data, None, tmp_path / "sae", tmp_path / "out", options)
+    result = score_discovery(DiscoveryConfig(acts=acts, data=data, out=tmp_path / "out", sae=tmp_path / "sae", options=options))
     assert result["layer"] == "blocks.3" and result["rows"][0]["sae"] == 1.0 and result["rows"][0]["sae feature"] == 3
     assert json.loads((tmp_path / "out" / "discovery.json").read_text()) == result
     table = (tmp_path / "out" / "discovery.md").read_text()
@@ -70,7 +70,8 @@ def test_score_discovery_writes_tables_with_an_sae(benchmark: tuple[Path, np.nda
     wrong_width = SparseAutoencoder(SAEConfig(d_in=D + 1, width=5, activation="relu"))
     save_sae(wrong_width, tmp_path / "wide")
     with pytest.raises(LayerError, match="7-dim tokens"):
-        score_discovery(acts, data, "blocks.3", tmp_path / "wide", tmp_path / "out", options)
+        score_discovery(DiscoveryConfig(acts=acts, data=data, out=tmp_path / "out", sae=tmp_path / "wide", layer="blocks.3",
+                                        options=options))
 
 
 def test_discovery_refuses_cls_stores_and_folders_without_traits(benchmark: tuple[Path, np.ndarray], tmp_path: Path) -> None:
@@ -83,7 +84,7 @@ def test_discovery_refuses_cls_stores_and_folders_without_traits(benchmark: tupl
     with pytest.raises(LayerError, match="only CLS tokens"):
         trait_discovery({"neurons": NeuronFeatures()}, ActivationStore(acts), "blocks.3", read_benchmark(data))
     with pytest.raises(DataError, match="traits.json missing"):
-        score_discovery(acts, tmp_path, None, None, tmp_path / "out")
+        score_discovery(DiscoveryConfig(acts=acts, data=tmp_path, out=tmp_path / "out"))
     (tmp_path / "traits.json").write_text('{"traits": []}')
     with pytest.raises(DataError, match="damaged benchmark description"):
         read_benchmark(tmp_path)

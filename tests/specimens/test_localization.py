@@ -11,7 +11,8 @@ import pytest
 from tests.specimens.hand_made_benchmark import N_IMAGES
 from traitlens.errors import DataError, TraitlensError
 from traitlens.specimens.benchmark import ScoringError, read_benchmark
-from traitlens.specimens.localization import localization_scores, pool_to_cells, score_localization
+from traitlens.specimens.localization import LocalizationConfig, localization_scores, score_localization
+from traitlens.specimens.patch_scores import pool_to_grid
 from traitlens.specimens.reliance import ORACLE_DIR
 
 
@@ -54,14 +55,14 @@ def test_score_localization_reads_heatmaps_per_image(benchmark: tuple[Path, np.n
         np.save(path, heatmap)
         (tmp_path / "flat").mkdir(exist_ok=True)
         np.save(tmp_path / "flat" / path.name, heatmap)
-    assert score_localization(tmp_path / "flat", data, tmp_path / "out")["rows"][1]["mass_inside"] == 0.5
-    result = score_localization(tmp_path / "heat", data, tmp_path / "out")
+    assert score_localization(LocalizationConfig(tmp_path / "flat", data, tmp_path / "out"))["rows"][1]["mass_inside"] == 0.5
+    result = score_localization(LocalizationConfig(tmp_path / "heat", data, tmp_path / "out"))
     assert result["n_missing_heatmaps"] == N_IMAGES - 4
     assert [row["trait"] for row in result["rows"]] == ["eye_ring", "all"]
     assert result["rows"][1]["mass_inside"] == 0.5 and result["rows"][1]["pointing_game"] == 0.5
     assert "| eye_ring | 4 | 0 | 0.500 | 0.500 |" in (tmp_path / "out" / "localization.md").read_text()
     with pytest.raises(DataError, match="no heatmaps"):
-        score_localization(tmp_path / "empty", data, tmp_path / "out")
+        score_localization(LocalizationConfig(tmp_path / "empty", data, tmp_path / "out"))
 
 
 def _write(folder: Path, source: str, array: np.ndarray) -> None:
@@ -81,9 +82,9 @@ def test_heatmap_files_are_scored_per_patch_and_against_the_oracle(benchmark: tu
         ring = (bench.annotation(source) == 2).astype(np.float32)
         _write(tmp_path / "ring", source, ring)
         _write(tmp_path / "outside", source, 1 - ring)
-        _write(oracle / ORACLE_DIR, source, pool_to_cells(ring, (12, 18)).astype(np.float32))
-    ring_row = score_localization(tmp_path / "ring", data, tmp_path / "a", oracle=oracle)["rows"][-1]
-    outside = score_localization(tmp_path / "outside", data, tmp_path / "b", grid_hw=(12, 18), oracle=oracle)
+        _write(oracle / ORACLE_DIR, source, pool_to_grid(ring[None], (12, 18))[0].numpy().astype(np.float32))
+    ring_row = score_localization(LocalizationConfig(tmp_path / "ring", data, tmp_path / "a", oracle=oracle))["rows"][-1]
+    outside = score_localization(LocalizationConfig(tmp_path / "outside", data, tmp_path / "b", grid_hw=(12, 18), oracle=oracle))
     outside_row = outside["rows"][-1]
     assert outside["grid_hw"] == [12, 18]  # the oracle's grid is the default
     assert ring_row["patch_mass"] == ring_row["patch_ap"] == ring_row["patch_pointing"] == 1.0
@@ -91,15 +92,15 @@ def test_heatmap_files_are_scored_per_patch_and_against_the_oracle(benchmark: tu
     assert outside_row["patch_pointing"] == 0.0 and outside_row["patch_mass"] < outside_row["patch_chance"]
     assert 0 < ring_row["patch_chance"] < ring_row["patch_pointing_chance"] < 1
     assert "| oracle_spearman |" in (tmp_path / "a" / "localization.md").read_text()
-    without_oracle = score_localization(tmp_path / "ring", data, tmp_path / "c", grid_hw=(12, 18))["rows"][-1]
+    without_oracle = score_localization(LocalizationConfig(tmp_path / "ring", data, tmp_path / "c", grid_hw=(12, 18)))["rows"][-1]
     assert without_oracle["patch_ap"] == 1.0 and without_oracle["oracle_spearman"] is None
     assert "oracle_spearman" not in (tmp_path / "c" / "localization.md").read_text()
     with pytest.raises(ScoringError, match="not the --grid 3x3"):
-        score_localization(tmp_path / "ring", data, tmp_path / "d", grid_hw=(3, 3), oracle=oracle)
+        score_localization(LocalizationConfig(tmp_path / "ring", data, tmp_path / "d", grid_hw=(3, 3), oracle=oracle))
 
 
 def test_pooling_to_cells_averages_each_cell() -> None:
-    heatmap = np.arange(24, dtype=np.float32).reshape(4, 6)
-    np.testing.assert_array_equal(pool_to_cells(heatmap, (2, 3)), [[3.5, 5.5, 7.5], [15.5, 17.5, 19.5]])
+    heatmap = np.arange(24, dtype=np.float32).reshape(1, 4, 6)
+    np.testing.assert_array_equal(pool_to_grid(heatmap, (2, 3))[0], [[3.5, 5.5, 7.5], [15.5, 17.5, 19.5]])
     # cells of unequal size (the oracle's rule): 5 rows into 2 cells are rows 0-1 and 2-4
-    assert pool_to_cells(np.arange(5, dtype=np.float32)[:, None], (2, 1)).tolist() == [[0.5], [3.0]]
+    assert pool_to_grid(np.arange(5, dtype=np.float32)[None, :, None], (2, 1))[0].tolist() == [[0.5], [3.0]]

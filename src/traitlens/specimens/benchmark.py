@@ -15,6 +15,7 @@ from traitlens.data import open_image_source
 from traitlens.data.images import decode_label_map
 from traitlens.errors import DataError, TraitlensError, first_line
 from traitlens.json_config import parse_standard_json
+from traitlens.output_folder import claim_output_folder
 from traitlens.specimens.catalog import FIRST_TRAIT_LABEL, Lookalike, Plan, TraitKind
 from traitlens.specimens.generate import FORMAT, TRAITS_FILE, VERSION, mask_source
 from traitlens.store.reader import ActivationStore
@@ -22,6 +23,14 @@ from traitlens.store.reader import ActivationStore
 
 class ScoringError(TraitlensError):
     """Inputs to a score do not fit together (shapes, values, options)."""
+
+
+def claim_score_folder(out: Path, score: str, overwrite: bool = False) -> None:
+    """Claim ``out`` for ``specimens score <score>`` before any work, by the output policy of
+    :mod:`traitlens.output_folder` (an earlier result of the same score is replaced only with
+    ``overwrite``). The ``score_*`` functions only write into their folder, so that one job (the
+    demo, ``specimens report``) can gather several scores in a folder of its own."""
+    claim_output_folder(out, f"specimens score {score}", overwrite=overwrite, error=ScoringError)
 
 
 TRAIT_KINDS: tuple[str, ...] = get_args(TraitKind)

@@ -24,13 +24,9 @@ from traitlens.cli_args import (
 
 
 def _claim_score_folder(args: argparse.Namespace) -> None:
-    """Claim ``--out`` for ``specimens score KIND`` before any work (the output policy of
-    :mod:`traitlens.output_folder`); the library's scores only write into it, so that the demo can
-    gather several in one folder of its own."""
-    from traitlens.output_folder import claim_output_folder
-    from traitlens.specimens.benchmark import ScoringError
+    from traitlens.specimens.benchmark import claim_score_folder
 
-    claim_output_folder(args.out, f"specimens score {args.score_command}", overwrite=args.overwrite, error=ScoringError)
+    claim_score_folder(args.out, args.score_command, args.overwrite)
 
 
 def _print_table(args: argparse.Namespace) -> int:
@@ -107,38 +103,40 @@ def _run_accuracy(args: argparse.Namespace) -> int:
 
 
 def _run_score_discovery(args: argparse.Namespace) -> int:
-    from traitlens.specimens.discovery import DiscoveryOptions, score_discovery
+    from traitlens.specimens.discovery import DiscoveryConfig, DiscoveryOptions, score_discovery
 
     options = DiscoveryOptions(min_coverage=args.min_coverage, pca_components=args.pca_components,
                                kmeans_clusters=args.kmeans_clusters, device=args.device)
     _claim_score_folder(args)
-    score_discovery(args.acts, args.data, args.layer, args.sae, args.out, options)
+    score_discovery(DiscoveryConfig(acts=args.acts, data=args.data, out=args.out, sae=args.sae, layer=args.layer, options=options))
     return _print_table(args)
 
 
 def _run_score_localization(args: argparse.Namespace) -> int:
-    from traitlens.specimens.localization import score_localization
+    from traitlens.specimens.localization import LocalizationConfig, score_localization
 
     _claim_score_folder(args)
-    score_localization(args.heatmaps, args.data, args.out, args.tolerance, args.grid, args.oracle)
+    score_localization(LocalizationConfig(heatmaps=args.heatmaps, data=args.data, out=args.out, tolerance=args.tolerance,
+                                          grid_hw=args.grid, oracle=args.oracle))
     return _print_table(args)
 
 
 def _run_score_flips(args: argparse.Namespace) -> int:
-    from traitlens.specimens.flips import score_flips
+    from traitlens.specimens.flips import FlipsConfig, score_flips
 
     _claim_score_folder(args)
-    score_flips(args.predictions, args.data, args.out)
+    score_flips(FlipsConfig(predictions=args.predictions, data=args.data, out=args.out))
     return _print_table(args)
 
 
 def _run_score_suppression(args: argparse.Namespace) -> int:
-    from traitlens.specimens.suppression import SuppressionOptions, score_suppression
+    from traitlens.specimens.suppression import SuppressionConfig, SuppressionOptions, score_suppression
 
     options = SuppressionOptions(n_latents=args.n_latents, n_random=args.n_random, seed=args.seed, batch_size=args.batch_size)
     _claim_score_folder(args)
-    score_suppression(args.model, args.sae, args.acts, args.data, args.out, options, weights=args.weights,
-                      pretrained=not args.random_init, device=args.device, show_progress=True)
+    score_suppression(SuppressionConfig(model=args.model, sae=args.sae, acts=args.acts, data=args.data, out=args.out,
+                                        options=options, weights=args.weights, pretrained=not args.random_init,
+                                        device=args.device), show_progress=True)
     return _print_table(args)
 
 

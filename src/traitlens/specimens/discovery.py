@@ -213,13 +213,26 @@ def trait_feature_ap(feature_set: FeatureSet, store: ActivationStore, layer: str
     return ap_tf.cpu(), torch.cat(rate_blocks).cpu()
 
 
-def score_discovery(acts: Path, data: Path, layer: str | None, sae: Path | None, out: Path,
-                    options: DiscoveryOptions = DiscoveryOptions()) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """``specimens score discovery``: the store ``acts`` extracted from the benchmark ``data``,
+    the SAE directory ``sae`` (None scores the baselines alone) and the folder ``out``."""
+
+    acts: Path
+    data: Path
+    out: Path
+    sae: Path | None = None
+    layer: str | None = None
+    """Default: the layer the SAE was trained on, else the store's last layer."""
+    options: DiscoveryOptions = DiscoveryOptions()
+
+
+def score_discovery(config: DiscoveryConfig) -> dict[str, Any]:
     """Trait discovery of an SAE (when given) and the neuron, PCA and k-means baselines on a stored
     layer; writes ``out/discovery.json`` and ``out/discovery.md`` and returns what the JSON holds.
-
-    The layer defaults to the one the SAE was trained on, else the store's last layer.
+    ``out`` is written into, not claimed (:func:`traitlens.specimens.benchmark.claim_score_folder`).
     """
+    acts, data, layer, sae, out, options = config.acts, config.data, config.layer, config.sae, config.out, config.options
     store = ActivationStore(acts)
     benchmark = read_benchmark(data)
     loaded = None if sae is None else load_sae_with_config(sae, device=Workers(0, 1).device(options.device))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +102,20 @@ def read_predictions(path: Path, benchmark: Benchmark) -> list[tuple[str, str, s
     return rows
 
 
-def score_flips(predictions: Path, data: Path, out: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FlipsConfig:
+    """``specimens score flips``: the predictions CSV of an edit, the benchmark ``data`` and the folder ``out``."""
+
+    predictions: Path
+    data: Path
+    out: Path
+
+
+def score_flips(config: FlipsConfig) -> dict[str, Any]:
     """Flip rates of the edit whose predictions ``predictions`` holds (see the module docstring),
-    per look-alike pair and over all of them; writes ``out/flips.json`` and ``out/flips.md``."""
+    per look-alike pair and over all of them; writes ``out/flips.json`` and ``out/flips.md``
+    (written into, not claimed: :func:`traitlens.specimens.benchmark.claim_score_folder`)."""
+    predictions, data, out = config.predictions, config.data, config.out
     check_output_folder(out, ScoringError)
     benchmark = read_benchmark(data)
     rows = read_predictions(predictions, benchmark)

@@ -19,8 +19,7 @@ from traitlens.errors import DataError
 from traitlens.output_folder import check_output_folder
 from traitlens.specimens.average_precision import ArrayOrTensor
 from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
-from traitlens.specimens.oracle import cell_bounds
-from traitlens.specimens.patch_scores import score_patch_maps, trait_patches
+from traitlens.specimens.patch_scores import pool_to_grid, score_patch_maps, trait_patches
 from traitlens.specimens.reliance import read_oracle_map
 from traitlens.tables import markdown_table, write_text
 
@@ -151,13 +150,6 @@ def _read_heatmap(path: Path) -> np.ndarray:
     return heatmap
 
 
-def pool_to_cells(heatmap_hw: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
-    """(gh, gw) float64: the heatmap's mean over each cell of the grid, the cells the oracle maps
-    use (:func:`traitlens.specimens.oracle.cell_bounds`)."""
-    rows, cols = cell_bounds(heatmap_hw.shape[0], grid_hw[0]), cell_bounds(heatmap_hw.shape[1], grid_hw[1])
-    return np.array([[heatmap_hw[r0:r1, c0:c1].mean(dtype=np.float64) for c0, c1 in cols] for r0, r1 in rows])
-
-
 @dataclass
 class _PatchInputs:
     """Per image, at the model's patch grid: the pooled heatmap, the trait patches and the oracle map."""
@@ -169,7 +161,7 @@ class _PatchInputs:
     oracle_maps: list[np.ndarray] = field(default_factory=list)
 
     def add(self, source: str, heatmap_hw: np.ndarray, mask_hw: np.ndarray) -> None:
-        self.maps.append(pool_to_cells(heatmap_hw, self.grid_hw))
+        self.maps.append(pool_to_grid(heatmap_hw[None], self.grid_hw)[0].numpy())
         self.patches.append(trait_patches(mask_hw, self.grid_hw))
         if self.oracle is not None:
             self.oracle_maps.append(_oracle_map(self.oracle, source, self.grid_hw))
@@ -213,8 +205,20 @@ def _oracle_grid(folder: Path, benchmark: Benchmark) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def score_localization(heatmaps: Path, data: Path, out: Path, tolerance: int = 0, grid_hw: tuple[int, int] | None = None,
-                       oracle: Path | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LocalizationConfig:
+    """``specimens score localization``: the heatmaps folder of ``traitlens explain``, the
+    benchmark ``data`` and the folder ``out``; the options as :func:`score_localization` says."""
+
+    heatmaps: Path
+    data: Path
+    out: Path
+    tolerance: int = 0
+    grid_hw: tuple[int, int] | None = None
+    oracle: Path | None = None
+
+
+def score_localization(config: LocalizationConfig) -> dict[str, Any]:
     """Localization of per-image heatmaps against the masks of the traits that tell each image's
     species from its look-alike(s); writes ``out/localization.json`` and ``out/localization.md``.
 
@@ -226,8 +230,11 @@ def score_localization(heatmaps: Path, data: Path, out: Path, tolerance: int = 0
     With ``grid_hw`` (the model's patch grid, for a model that sees the whole image) the maps are
     also scored per patch (:mod:`traitlens.specimens.patch_scores`, pointing within one patch);
     with ``oracle`` (a ``score reliance`` folder; its maps give the grid when ``grid_hw`` is None)
-    also by rank correlation with the oracle map.
+    also by rank correlation with the oracle map. ``out`` is written into, not claimed
+    (:func:`traitlens.specimens.benchmark.claim_score_folder`).
     """
+    heatmaps, data, out, tolerance, grid_hw, oracle = (config.heatmaps, config.data, config.out, config.tolerance,
+                                                       config.grid_hw, config.oracle)
     check_output_folder(out, ScoringError)
     check_int(tolerance, "the pointing tolerance (--tolerance)", ScoringError, minimum=0)
     benchmark = read_benchmark(data)

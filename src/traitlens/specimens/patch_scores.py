@@ -23,17 +23,21 @@ import torch
 
 from traitlens.features.patch_positives import DEFAULT_MIN_COVERAGE, patch_coverage, patch_positives
 from traitlens.specimens.benchmark import ScoringError
+from traitlens.specimens.oracle import cell_bounds
 
 PatchMaps = torch.Tensor
 """(n, gh, gw) float64 scores per patch; higher means more evidence."""
 
 
-def pool_to_grid(maps_nhw: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """Pixel maps (n, H, W) averaged over each cell of a ``grid_hw`` grid: (n, gh, gw) float64."""
+def pool_to_grid(maps_nhw: torch.Tensor | np.ndarray, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Pixel maps (n, H, W) averaged over each cell of a ``grid_hw`` grid: (n, gh, gw) float64.
+    The cells are the oracle maps' (:func:`traitlens.specimens.oracle.cell_bounds`), so a map
+    whose size the grid does not divide is pooled as the oracle saw it."""
     maps = torch.as_tensor(maps_nhw).to(torch.float64)
     if maps.ndim != 3:
         raise ScoringError(f"maps must be (n, H, W), got {tuple(maps.shape)}")
-    return torch.nn.functional.adaptive_avg_pool2d(maps[:, None], grid_hw)[:, 0]
+    rows, cols = cell_bounds(maps.shape[1], grid_hw[0]), cell_bounds(maps.shape[2], grid_hw[1])
+    return torch.stack([torch.stack([maps[:, r0:r1, c0:c1].mean((1, 2)) for c0, c1 in cols], -1) for r0, r1 in rows], -2)
 
 
 def trait_patches(mask_hw: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:

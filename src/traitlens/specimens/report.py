@@ -39,7 +39,7 @@ from traitlens.specimens.cam_localization import (
     confusion_references,
     lookalike_localization,
 )
-from traitlens.specimens.discovery import DiscoveryOptions, score_discovery, trait_feature_ap
+from traitlens.specimens.discovery import DiscoveryConfig, DiscoveryOptions, score_discovery, trait_feature_ap
 from traitlens.specimens.generate import JOB_FILE, GenerateConfig, generate
 from traitlens.specimens.model_accuracy import AccuracyConfig, model_accuracy
 from traitlens.specimens.reliance import RelianceConfig, read_oracle_map, score_reliance
@@ -167,7 +167,7 @@ def run_report(config: ReportConfig) -> dict[str, Any]:
     store = ActivationStore(acts)
     sae, _ = load_sae_with_config(sae_dir, device="cpu")
     fit = reconstruction_metrics(sae, store, store.layer(layer), batch_size=4096)
-    discovery = score_discovery(acts, data, None, sae_dir, scores, DiscoveryOptions())
+    discovery = score_discovery(DiscoveryConfig(acts=acts, data=data, out=scores, sae=sae_dir))
     _step(5, "suppression: mask-AP and twin-difference latents vs matched random latents vs twin reliance")
     suppression = _suppression(config, sae_dir, acts, data, reliance)
     class_names = list(class_index)

@@ -12,7 +12,7 @@ moves predictions to the look-alike; a random latent of the same frequency shoul
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,22 +148,39 @@ def suppression_flips(backbone: Backbone, sae: SparseAutoencoder, layer: str, se
 SUPPRESSION_COLUMNS = ["pair", "trait", "n_eligible", "flip_rate", "flip_rate_top_latent", "flip_rate_random", "change_rate"]
 
 
-def score_suppression(model: str, sae_dir: Path, acts: Path, data: Path, out: Path,
-                      options: SuppressionOptions = SuppressionOptions(), *, weights: Path | None = None,
-                      pretrained: bool = True, discovery: DiscoveryOptions | None = None, device: str = "auto",
-                      show_progress: bool = False) -> dict[str, Any]:
-    """Pick each trait's latents on the store ``acts`` (extracted from ``data``, holding the SAE's
-    layer), suppress them in ``model`` on the benchmark ``data``; writes ``out/suppression.json``
-    (rows, and each trait's latents with their APs) and ``out/suppression.md``."""
+@dataclass(frozen=True)
+class SuppressionConfig:
+    """``specimens score suppression``: the model (``weights``/``pretrained`` as for any model
+    spec), the SAE directory ``sae``, the store ``acts`` extracted from the benchmark ``data``
+    (holding the SAE's layer) and the folder ``out``."""
+
+    model: str
+    sae: Path
+    acts: Path
+    data: Path
+    out: Path
+    options: SuppressionOptions = SuppressionOptions()
+    discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
+    """How the trait latents are scored (their patch AP) before they are chosen."""
+    weights: Path | None = None
+    pretrained: bool = True
+    device: str = "auto"
+
+
+def score_suppression(config: SuppressionConfig, show_progress: bool = False) -> dict[str, Any]:
+    """Pick each trait's latents on the store ``acts``, suppress them in ``model`` on the benchmark
+    ``data``; writes ``out/suppression.json`` (rows, and each trait's latents with their APs) and
+    ``out/suppression.md`` (written into, not claimed: :func:`traitlens.specimens.benchmark.claim_score_folder`)."""
+    model, sae_dir, acts, data, out, options = config.model, config.sae, config.acts, config.data, config.out, config.options
     check_output_folder(out, ScoringError)
     benchmark = read_benchmark(data)
     store = ActivationStore(acts)
     check_store_of(store, data)
-    placed = load_sae_on_model(model, sae_dir, weights=weights, pretrained=pretrained, device=device)
+    placed = load_sae_on_model(model, sae_dir, weights=config.weights, pretrained=config.pretrained, device=config.device)
     if placed.backbone.weights_fingerprint() != store.model.weights_fingerprint:
         raise ScoringError(f"the weights of {model} differ from those the store at {acts} was extracted with")
     stored = store.layer(placed.layer)
-    ap_tw, frequency_w = trait_feature_ap(SAEFeatures(placed.sae), store, stored.name, benchmark, discovery or DiscoveryOptions())
+    ap_tw, frequency_w = trait_feature_ap(SAEFeatures(placed.sae), store, stored.name, benchmark, config.discovery)
     traits = list(benchmark.trait_labels)
     chosen = top_trait_latents(ap_tw, traits, options.n_latents)
     rows = suppression_flips(placed.backbone, placed.sae, placed.layer, placed.tokens, open_image_source(data), benchmark,

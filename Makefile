@@ -39,8 +39,10 @@ clean:
 # Every number and command output that README.md and docs/ show, regenerated from the code
 # (scripts/docs.py; slow: it runs the demo on each of the model's 4 blocks). `make test` checks the fast part.
 .PHONY: docs docs-check
-docs: $(STAMP)
+docs: $(STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/docs.py --write
+	# the README's picture of the explorer, on the demo (made first when runs/demo has none)
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/explorer_screenshot.py
 
 docs-check: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/docs.py --check

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="images per shard file (default: sized to ~512 MiB)")
     add_device_arg(extract)
     extract.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
-    add_overwrite_arg(extract)
+    add_overwrite_arg(extract, resumable=True)
     extract.set_defaults(run=_run_extract)
 
     train = commands.add_parser("train", help="train sparse autoencoders (one, or a sweep) on a stored layer")
@@ -249,8 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-images", type=positive_int, help="specimens drawn, at least 16 (default: 1024)")
     rename_option(demo, "--images", "--n-images")
     demo.add_argument("--seed", type=non_negative_int, help="specimens seed (default: 1; the model was trained on 0)")
-    demo.add_argument("--overwrite", action="store_true",
-                      help="start again from scratch in an --out the demo wrote (instead of resuming it)")
+    add_overwrite_arg(demo, resumable=True)
     demo.set_defaults(run=_run_demo)
 
     from traitlens.specimens.cli import add_specimens_commands
@@ -272,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     from traitlens.interventions.attribute_cli import add_attribute_command
 
     add_attribute_command(commands, add_model_args)
+    from traitlens.explore.cli import add_explore_command
+
+    add_explore_command(commands, add_model_args)
     return parser
 
 

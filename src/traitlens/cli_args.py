@@ -147,10 +147,12 @@ def add_device_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
-def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
-    """``--overwrite``: replace this command's own earlier output (never anything else)."""
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier result of this same command in --out (other folders are never touched)")
+def add_overwrite_arg(parser: argparse.ArgumentParser, resumable: bool = False) -> None:
+    """``--overwrite``: replace this command's own earlier output (never anything else); on a
+    resumable command, start it again from scratch instead of resuming or keeping it."""
+    what = ("start again from scratch in an --out this command wrote (instead of resuming or keeping it"
+            if resumable else "replace an earlier result of this same command in --out (")
+    parser.add_argument("--overwrite", action="store_true", help=what + "; other folders are never touched)")
 
 
 # A value such as ``-2,-1`` (block indices from the end) starts with a dash, so argparse would take

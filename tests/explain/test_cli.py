@@ -18,8 +18,8 @@ from PIL import Image
 import traitlens.explain.job as explain_job
 from tests.backbones.builders import CLIP_WITH_TOKENIZER
 from tests.explain.conftest import photo
-from tests.files import file_bytes
 from tests.pretrained import mobilenet_checkpoint
+from tests.resume import file_bytes, kill_at_call
 from traitlens.backbones import load_backbone
 from traitlens.cli import main
 from traitlens.explain import ExplainConfig, explain
@@ -125,23 +125,12 @@ def test_a_killed_run_resumes_to_the_same_files_and_a_finished_one_is_kept(folde
         return ExplainConfig(model=TINY_VIT, pretrained=False, data=folder, method="grad-cam", refs="auto", batch_size=1, out=out)
 
     explain(config(tmp_path / "whole"), show_progress=False)
-    real = explain_job.compute_cams
-    calls = 0
-
-    def killed_at_the_second_batch(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(explain_job, "compute_cams", killed_at_the_second_batch)
+    kill_at_call(monkeypatch, explain_job, "compute_cams", 2)
     with pytest.raises(KeyboardInterrupt):
         explain(config(tmp_path / "killed"), show_progress=False)
     assert sorted(path.name for path in (tmp_path / "killed" / "progress").iterdir()) == ["batch-000000.json"]
-    monkeypatch.setattr(explain_job, "compute_cams", real)
+    monkeypatch.undo()
 
-    calls = 0
     explain(config(tmp_path / "killed"), show_progress=False)  # resumed: only the last two images are computed
 
     def outputs(root: Path) -> dict[str, object]:
@@ -153,7 +142,7 @@ def test_a_killed_run_resumes_to_the_same_files_and_a_finished_one_is_kept(folde
     assert outputs(tmp_path / "killed") == outputs(tmp_path / "whole")
     assert not (tmp_path / "killed" / "progress").exists() and not (tmp_path / "killed" / "job.json").exists()
     finished = file_bytes(tmp_path / "whole")
-    monkeypatch.setattr(explain_job, "compute_cams", killed_at_the_second_batch)  # a finished run computes nothing
+    kill_at_call(monkeypatch, explain_job, "compute_cams", 1)  # a finished run computes nothing
     assert explain(config(tmp_path / "whole"), show_progress=False)["images"] == json.loads(finished["summary.json"])["images"]
     assert file_bytes(tmp_path / "whole") == finished
 
@@ -165,10 +154,10 @@ def test_a_damaged_progress_file_is_one_line(capsys: pytest.CaptureFixture[str],
     monkeypatch.setattr(explain_job, "atomic_write_json", _stop_at_the_summary(explain_job.atomic_write_json))
     assert _run(capsys, *argv)[0] == 130  # the command line reports the interruption
     monkeypatch.undo()
-    (tmp_path / "maps" / "progress" / "batch-000000.json").write_text('{"format": "traitlens.explain.batch", "images": 3}')
+    (tmp_path / "maps" / "progress" / "batch-000000.json").write_text('{"format": "traitlens.job.batch", "images": 3}')
 
     code, _, err = _run(capsys, *argv)
-    _assert_one_line_error(code, err, ["explain progress file", "batch-000000.json is damaged", "--overwrite"])
+    _assert_one_line_error(code, err, ["progress file", "batch-000000.json is damaged", "--overwrite"])
     assert _run(capsys, *argv, "--overwrite")[0] == 0
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from tests.files import file_bytes
+from tests.resume import file_bytes
 from traitlens.backbones.preprocess import Preprocess
 from traitlens.data import open_image_source
 from traitlens.errors import StoreError, TraitlensError

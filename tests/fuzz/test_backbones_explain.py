@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.backbones.builders import CodeRunningPayload, compact_json, write_hf_config
-from tests.files import file_bytes
 from tests.fuzz.harness import assert_refused, run_cli
+from tests.resume import file_bytes
 from traitlens.backbones.spec import registered_providers
 from traitlens.output_folder import OWNER_FILE
 

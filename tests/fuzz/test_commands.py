@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz.harness import assert_refused, run_cli
+from tests.resume import file_bytes
 from traitlens.cli_args import (
     fraction,
     non_negative_float,
@@ -28,7 +29,7 @@ from traitlens.cli_args import (
 )
 from traitlens.heads.linear_head import LinearHead, save_head
 from traitlens.interventions.edits import InterventionError, LatentEdit
-from traitlens.output_folder import claim_output_folder
+from traitlens.output_folder import OWNER_FILE, claim_output_folder
 from traitlens.specimens.benchmark import read_benchmark
 
 FUZZ = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -63,8 +64,9 @@ def _heatmaps(data: Path, folder: Path) -> Path:
     return folder
 
 
-def _one_shot_commands(data: Path, sae: Path, acts: Path, inputs: Path) -> dict[str, list[str]]:
-    """Each one-shot command, ready to be given ``--out``; ``inputs`` holds the files they read."""
+def _folder_commands(data: Path, sae: Path, acts: Path, inputs: Path) -> dict[str, list[str]]:
+    """Each command that writes a folder of results (not a long job of its own artifact), ready to be
+    given ``--out``; ``inputs`` holds the files they read."""
     return {
         "steer": ["steer", *MODEL, "--sae", str(sae), "--data", str(data), "--edit", "3=zero", "--max-images", "2"],
         "attribute": ["attribute", *MODEL, "--sae", str(sae), "--data", str(data), "--target", "sp01", "--refs", "sp00",
@@ -87,7 +89,7 @@ def commands(specimens_with_sae: tuple[Path, Path], acts: Path, tmp_path_factory
     inputs = tmp_path_factory.mktemp("inputs")
     _predictions(data, inputs / "predictions.csv")
     _heatmaps(data, inputs / "maps")
-    return _one_shot_commands(data, sae, acts, inputs)
+    return _folder_commands(data, sae, acts, inputs)
 
 
 def _watched(specimens_with_sae: tuple[Path, Path], acts: Path) -> list[Path]:
@@ -187,8 +189,11 @@ def test_a_bad_edit_is_refused(specimens_with_sae: tuple[Path, Path], edit: str)
 # files a user may well have, named as the commands name theirs
 USER_FILES = ("head.safetensors", "head.json", "summary.json", "effect.json", "predictions.csv", "attribution.json",
               "flips.json", "discovery.md")
-COMMAND_NAMES = ["steer", "attribute", "probe", "specimens score discovery", "specimens score localization",
-                 "specimens score flips", "specimens score suppression"]
+ONE_SHOT_NAMES = ["probe", "specimens score discovery", "specimens score localization", "specimens score flips",
+                  "specimens score suppression"]
+RESUMABLE_NAMES = ["steer", "attribute"]
+RESULT_FILES = {"steer": ["effect.json", "predictions.csv"], "attribute": ["attribution.json", "attribution.md"]}
+COMMAND_NAMES = [*RESUMABLE_NAMES, *ONE_SHOT_NAMES]
 
 
 def _user_folder(path: Path) -> Path:
@@ -216,7 +221,7 @@ def test_another_commands_output_is_never_touched(name: str, commands: dict[str,
                    says=f"holds the output of traitlens {other}")
 
 
-@pytest.mark.parametrize("name", COMMAND_NAMES)
+@pytest.mark.parametrize("name", ONE_SHOT_NAMES)
 def test_an_earlier_result_is_kept_unless_overwrite(name: str, commands: dict[str, list[str]], tmp_path: Path,
                                                     specimens_with_sae: tuple[Path, Path], acts: Path) -> None:
     out = tmp_path / "out"
@@ -225,7 +230,22 @@ def test_an_earlier_result_is_kept_unless_overwrite(name: str, commands: dict[st
     assert_refused([*commands[name], "--out", str(out)], out, *_watched(specimens_with_sae, acts), says="pass --overwrite")
 
 
-@pytest.mark.parametrize("name", ["steer", "probe", "specimens score flips", "specimens score localization"])
+@pytest.mark.parametrize("name", RESUMABLE_NAMES)
+def test_a_finished_result_is_kept_and_another_job_needs_overwrite(name: str, commands: dict[str, list[str]],
+                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, _, err = run_cli([*commands[name], "--out", str(out)])
+    assert code == 0, err
+    finished = file_bytes(out)
+    assert sorted(finished) == sorted([OWNER_FILE, *RESULT_FILES[name]])  # no progress files left
+    code, _, err = run_cli([*commands[name], "--out", str(out)])
+    assert code == 0 and file_bytes(out) == finished, err
+    assert_refused([*commands[name], "--out", str(out), "--batch-size", "3"], out, says="another job (different batch_size)")
+    code, _, err = run_cli([*commands[name], "--out", str(out), "--batch-size", "3", "--overwrite"])
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("name", ["probe", "specimens score flips", "specimens score localization"])
 def test_overwrite_replaces_the_commands_own_result(name: str, commands: dict[str, list[str]], tmp_path: Path) -> None:
     out = tmp_path / "out"
     code, _, err = run_cli([*commands[name], "--out", str(out)])

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import traitlens.interventions.attribution as attribution_module
 from tests.fuzz.harness import assert_refused
 from tests.heads.conftest import write_colour_folder
+from tests.resume import file_bytes, kill_at_call
 from traitlens.backbones import Backbone, TokenSelection, load_backbone
 from traitlens.cli import main
 from traitlens.data import open_image_source
@@ -223,3 +225,25 @@ def test_all_images_and_class_indices(colour_run: dict[str, Path], tmp_path: Pat
 ])
 def test_bad_requests_are_one_line_errors(colour_run: dict[str, Path], extra: tuple[str, ...], message: str) -> None:
     assert_refused(_args(colour_run, *extra), colour_run["model"], colour_run["sae"], says=message)
+
+
+def test_a_killed_attribution_resumes_to_the_same_files(colour_run: dict[str, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = _args(colour_run, "--target", "red", "--refs", "blue,green", "--average-over", "all", "--batch-size", "4")
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    kill_at_call(monkeypatch, attribution_module, "latent_attribution", 3)
+    assert main([*argv, "--out", str(tmp_path / "killed")]) == 130
+    assert sorted(path.name for path in (tmp_path / "killed" / "progress").iterdir()) == [
+        "batch-000000.safetensors", "batch-000001.safetensors"]
+    monkeypatch.undo()
+    kill_at_call(monkeypatch, attribution_module, "latent_attribution", 8)  # 36 images: 7 batches are left
+    assert main([*argv, "--out", str(tmp_path / "killed")]) == 0
+
+    def outputs(root: Path) -> dict[str, object]:
+        files: dict[str, object] = dict(file_bytes(root))
+        result = json.loads(files.pop("attribution.json"))  # type: ignore[arg-type]
+        del result["config"]["out"]
+        return {**files, "attribution.json": result}
+
+    assert outputs(tmp_path / "killed") == outputs(tmp_path / "whole")  # sums read back add up to the same bits
+    assert sorted(file_bytes(tmp_path / "killed")) == ["attribution.json", "attribution.md", "traitlens-output.json"]

@@ -3,6 +3,7 @@ and zeroing a planted feature changes exactly the logit that reads it."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from tests.fuzz.harness import assert_refused
+from tests.resume import file_bytes, kill_at_call
 from tests.store.conftest import TINY_VIT
 from traitlens.backbones import Backbone, Preprocess, load_backbone
 from traitlens.backbones.probe import probe_layers
@@ -24,6 +26,7 @@ from traitlens.sae.model import SparseAutoencoder
 from traitlens.store import ExtractConfig, extract
 
 GRID = 4
+steer_module = importlib.import_module("traitlens.interventions.steer")  # the package exports a function steer
 
 
 class PlantedTraitModel(nn.Module):
@@ -243,3 +246,30 @@ def test_a_patch_probe_reports_patch_predictions_that_move_with_the_edit(capsys:
         assert code == 0 and "patch probe:" in printed
         runs[name] = json.loads((out / "effect.json").read_text())["patch_change_rate"]
     assert runs["identity"] == 0.0 < runs["push"]
+
+
+def test_a_killed_steer_resumes_to_the_same_files(capsys: pytest.CaptureFixture[str], specimens_with_sae: tuple[Path, Path],
+                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from traitlens.heads.linear_head import LinearHead, save_head
+
+    data, sae = specimens_with_sae
+    backbone = load_backbone("traitlens:specimens-vit")
+    head = LinearHead(torch.randn(4, 128, generator=torch.Generator().manual_seed(0)), torch.zeros(4), "blocks.2", "mean",
+                      ("a", "b", "c", "d"), {"spec": backbone.spec, "weights_fingerprint": backbone.weights_fingerprint()})
+    save_head(tmp_path / "probe", head)  # so that the patch predictions are saved and read back too
+    argv = ["--edit", "3=40", "--patch-probe", str(tmp_path / "probe"), "--max-images", "10", "--batch-size", "4"]
+    assert _steer(capsys, data, sae, *argv, "--out", str(tmp_path / "whole"))[0] == 0
+    kill_at_call(monkeypatch, steer_module, "steer_batch", 2)
+    assert _steer(capsys, data, sae, *argv, "--out", str(tmp_path / "killed"))[0] == 130
+    assert [path.name for path in (tmp_path / "killed" / "progress").iterdir()] == ["batch-000000.safetensors"]
+    kill_at_call(monkeypatch, steer_module, "steer_batch", 3)  # the resumed run computes the last two batches only
+    assert _steer(capsys, data, sae, *argv, "--out", str(tmp_path / "killed"))[0] == 0
+
+    def outputs(root: Path) -> dict[str, object]:
+        files: dict[str, object] = dict(file_bytes(root))
+        effect = json.loads(files.pop("effect.json"))  # type: ignore[arg-type]
+        del effect["config"]["out"]
+        return {**files, "effect.json": effect}
+
+    assert outputs(tmp_path / "killed") == outputs(tmp_path / "whole")
+    assert sorted(file_bytes(tmp_path / "killed")) == ["effect.json", "predictions.csv", "traitlens-output.json"]

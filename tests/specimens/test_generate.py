@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from skimage.measure import label as connected_components
 
-from tests.files import file_bytes
+from tests.resume import file_bytes
 from traitlens.data import open_image_source
 from traitlens.errors import DataError
 from traitlens.specimens.catalog import (

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.files import file_bytes
+from tests.resume import file_bytes
 from tests.store.conftest import TINY_VIT, make_class_folder
 from traitlens.distributed import Workers
 from traitlens.errors import TraitlensError

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import traitlens.store.extraction as extract_module
-from tests.files import file_bytes
+from tests.resume import file_bytes
 from tests.store.conftest import TINY_VIT, make_class_folder
 from traitlens.store import ExtractConfig, extract
 from traitlens.store.files import MANIFEST, shard_record_path

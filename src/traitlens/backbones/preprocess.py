@@ -79,6 +79,13 @@ class Preprocess:
         # cropped after normalizing, so padding is 0 there: the mean colour, not black
         return self._crop(tvf.normalize(scaled, list(self.mean), list(self.std)))
 
+    def view(self, image: Image.Image) -> Image.Image:
+        """The model's input as a picture: the image resized and cropped (or letterboxed) exactly as
+        :meth:`image` does, at the input size, where patch ``(i, j)`` of the grid is plain to see."""
+        mean_c11, std_c11 = (torch.tensor(values).view(3, 1, 1) for values in (self.mean, self.std))
+        rgb_chw = (self.image(image) * std_c11 + mean_c11).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+        return tvf.to_pil_image(rgb_chw)
+
     def mask(self, labels_hw: np.ndarray) -> np.ndarray:
         """A label map (h, w) -> the same geometry as :meth:`image`, nearest-neighbour, int64.
 

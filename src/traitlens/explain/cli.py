@@ -70,5 +70,5 @@ def add_explain_command(commands: Any, add_model_args: Any) -> None:
     explain.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
     add_device_arg(explain)
     explain.add_argument("--out", required=True, type=Path, help="output folder: <image>.npy, <image>.png, summary.json")
-    add_overwrite_arg(explain)
+    add_overwrite_arg(explain, resumable=True)
     explain.set_defaults(run=_run_explain)

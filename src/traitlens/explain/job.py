@@ -5,15 +5,12 @@ resolution) and ``.png`` (the map over the image), then ``summary.json``, writte
 presence marks a finished run. Every file is written atomically, into a folder claimed for
 explain before any work (:func:`traitlens.output_folder.claim_output_folder`).
 
-A run is resumable like every long job: ``job.json`` (the settings that decide the maps, written
-first) and one ``progress/batch-<n>.json`` per finished batch (its images' summary records)
-let the same command, run again after a kill, skip the finished batches and end with the same
-files; both go once ``summary.json`` is written. Another job in the folder is refused.
+A run resumes batch by batch like every long job (:mod:`traitlens.progress`): each finished
+batch leaves its images' summary records, and the summary carries the job.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -35,15 +32,13 @@ from traitlens.explain.contrast import (
 )
 from traitlens.explain.maps import CamResult, compute_cams, default_layer
 from traitlens.explain.methods import method_by_name
-from traitlens.json_config import read_json_config
-from traitlens.output_folder import claim_output_folder, refuse_another_job
+from traitlens.output_folder import claim_output_folder
 from traitlens.overlay import overlay
+from traitlens.progress import BatchProgress, fixed_batches
 from traitlens.version import __version__
 
 FORMAT = "traitlens.explain"
 SUMMARY = "summary.json"
-JOB = "job.json"
-PROGRESS = "progress"
 
 
 def load_explained_backbone(config: ExplainConfig) -> Backbone:
@@ -133,50 +128,20 @@ def _job_identity(config: ExplainConfig, backbone: Backbone, source: ImageSource
     size too: batches are the unit a run resumes from)."""
     job = config.to_dict()
     del job["out"]
-    job.update(format=FORMAT + ".job", model_spec=backbone.spec, weights_fingerprint=backbone.weights_fingerprint(),
+    job.update(model_spec=backbone.spec, weights_fingerprint=backbone.weights_fingerprint(),
                dataset_fingerprint=source.fingerprint(), n_images=len(source), layer_used=layer, traitlens_version=__version__)
     return job
 
 
-def _finished_summary(out: Path, job: dict[str, Any]) -> dict[str, Any] | None:
-    """The summary of the finished run of ``job`` in ``out`` (leftover progress files removed), None
-    when unfinished; refuses the files of another job, finished or not."""
-    summary_path, job_path = out / SUMMARY, out / JOB
-    if summary_path.is_file():
-        summary = read_json_config(summary_path, FORMAT, "explain summary", ExplainError, f"{summary_path} missing")
-        previous = summary.get("job")
-        if not isinstance(previous, dict):  # written before explain resumed: which job it was is not known
-            raise ExplainError(f"{out} already holds traitlens explain maps; pass --overwrite to replace them, "
-                               "or choose another folder")
-        refuse_another_job(out, "explain maps", previous, job, ExplainError)
-        _remove_progress(out)
-        return summary
-    if job_path.is_file():
-        refuse_another_job(out, "explain maps", read_json_config(job_path, FORMAT + ".job", "explain job", ExplainError,
-                                                                 f"{job_path} missing"), job, ExplainError)
-    else:
-        atomic_write_json(job_path, job)
-    return None
-
-
-def _remove_progress(out: Path) -> None:
-    shutil.rmtree(out / PROGRESS, ignore_errors=True)
-    (out / JOB).unlink(missing_ok=True)
-
-
-def _batch_record_path(out: Path, batch: int) -> Path:
-    return out / PROGRESS / f"batch-{batch:06d}.json"
-
-
-def _read_batch_records(path: Path, images: list[int]) -> list[dict[str, Any]] | None:
-    """The records a finished batch saved, None when the batch is unfinished (no file)."""
-    if not path.is_file():
+def _read_batch_records(progress: BatchProgress, batch: int, images: list[int]) -> list[dict[str, Any]] | None:
+    """The records a finished batch saved, None when the batch is unfinished."""
+    saved = progress.load_json(batch)
+    if saved is None:
         return None
-    saved = read_json_config(path, FORMAT + ".batch", "explain progress file", ExplainError, f"{path} missing")
     records = saved.get("images")
     if saved.get("indices") != images or not isinstance(records, list) or len(records) != len(images) \
             or not all(isinstance(record, dict) for record in records):
-        raise ExplainError(f"explain progress file {path} is damaged; pass --overwrite to start again")
+        raise progress.damaged(progress.path(batch, ".json"), "not the records of its images")
     return records
 
 
@@ -194,8 +159,8 @@ def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progre
     source = open_image_source(config.data)
     stems = output_stems(source)
     layer = backbone.resolve_layer(config.layer) if config.layer is not None else default_layer(backbone)
-    job = _job_identity(config, backbone, source, layer)
-    finished = _finished_summary(config.out, job)
+    progress = BatchProgress(config.out, "explain maps", _job_identity(config, backbone, source, layer), ExplainError)
+    finished = progress.finished(config.out / SUMMARY, FORMAT)
     if finished is not None:
         return finished
     class_names = backbone.class_names
@@ -203,13 +168,12 @@ def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progre
     refs = _resolve_refs(config, class_names)
     _check_classes(backbone, preprocess.size_hw, target, refs, config.n_refs)
     size = config.batch_size
-    batches = [list(range(start, min(start + size, len(source)))) for start in range(0, len(source), size)]
-    records = [_read_batch_records(_batch_record_path(config.out, number), images) for number, images in enumerate(batches)]
+    batches = fixed_batches(len(source), size)
+    records = [_read_batch_records(progress, number, images) for number, images in enumerate(batches)]
     todo = [number for number, saved in enumerate(records) if saved is None]
-    # every batch but the last is full, so the unfinished ones are batched again exactly as before
     todo_images = [index for number in todo for index in batches[number]]
     with tqdm(total=len(source), initial=len(source) - len(todo_images), unit="img", desc=f"explain ({config.method})",
-              disable=not show_progress) as progress:
+              disable=not show_progress) as bar:
         for number, batch in zip(todo, pixel_batches(source, preprocess, size, todo_images), strict=True):
             count = len(batch.indices)
             device = backbone.device
@@ -224,16 +188,14 @@ def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progre
                 _write_image_outputs(config.out, stems[index], image, map_hw)
                 batch_records.append(_image_record(config, result, row, source.records[index].source, stems[index],
                                                    image_hw, class_names))
-            # written after the batch's maps: a batch with a record file is whole
-            atomic_write_json(_batch_record_path(config.out, number),
-                              {"format": FORMAT + ".batch", "indices": batches[number], "images": batch_records})
+            progress.save_json(number, {"indices": batches[number], "images": batch_records})
             records[number] = batch_records
-            progress.update(count)
+            bar.update(count)
     summary = {
         "format": FORMAT, "version": 1, "software": {"traitlens": __version__},
         "config": config.to_dict(), "model": {"spec": backbone.spec, "weights_fingerprint": backbone.weights_fingerprint()},
-        "layer": layer, "job": job, "images": [record for saved in records for record in saved or []],
+        "layer": layer, "job": progress.job, "images": [record for saved in records for record in saved or []],
     }
     atomic_write_json(config.out / SUMMARY, summary)
-    _remove_progress(config.out)
+    progress.finish()
     return summary

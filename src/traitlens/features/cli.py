@@ -54,5 +54,5 @@ def add_features_command(commands: Any) -> None:
                           help="report only the N most frequent alive latents (default: all alive latents)")
     features.add_argument("--no-report", action="store_true", help="skip the HTML report")
     add_device_arg(features)
-    add_overwrite_arg(features)
+    add_overwrite_arg(features, resumable=True)
     features.set_defaults(run=_run_features)

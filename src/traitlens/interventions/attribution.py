@@ -16,7 +16,7 @@ to about zero (it ignores their scale), so read each latent's number as the firs
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +40,7 @@ from traitlens.interventions.setup import (
     load_sae_on_model,
     resolve_classes,
 )
+from traitlens.progress import BatchProgress, fixed_batches
 from traitlens.sae.evaluation import splice
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.tables import markdown_table, write_text
@@ -179,14 +180,39 @@ class AttributionTotals:
     def __post_init__(self) -> None:
         self.attribution_w, self.activation_w, self.active_w = (torch.zeros(self.width, dtype=torch.float64) for _ in range(3))
 
-    def add(self, batch: LatentAttribution) -> None:
-        self.n_images += len(batch.score_b)
-        self.score += float(batch.score_b.double().sum())
-        self.error += float(batch.error_b.double().sum())
-        self.bias += float(batch.bias_b.double().sum())
-        self.attribution_w += batch.attribution_bw.double().sum(0).cpu()
-        self.activation_w += batch.activation_bw.double().sum(0).cpu()
-        self.active_w += batch.active_bw.double().sum(0).cpu()
+    def add(self, sums: dict[str, torch.Tensor]) -> None:
+        """Add one batch's :func:`batch_sums`."""
+        self.n_images += int(sums["n_images"])
+        self.score += float(sums["score"])
+        self.error += float(sums["error"])
+        self.bias += float(sums["bias"])
+        self.attribution_w += sums["attribution_w"]
+        self.activation_w += sums["activation_w"]
+        self.active_w += sums["active_w"]
+
+
+SUM_NAMES = ("n_images", "score", "error", "bias", "attribution_w", "activation_w", "active_w")
+
+
+def batch_sums(batch: LatentAttribution) -> dict[str, torch.Tensor]:
+    """One batch's float64 sums over its images (on the CPU): what totals add, and what a finished
+    batch saves to resume from."""
+    return {"n_images": torch.tensor(len(batch.score_b)), "score": batch.score_b.double().sum().cpu(),
+            "error": batch.error_b.double().sum().cpu(), "bias": batch.bias_b.double().sum().cpu(),
+            "attribution_w": batch.attribution_bw.double().sum(0).cpu(), "activation_w": batch.activation_bw.double().sum(0).cpu(),
+            "active_w": batch.active_bw.double().sum(0).cpu()}
+
+
+def iter_attribution_sums(backbone: Backbone, sae: SparseAutoencoder, layer: str, selection: TokenSelection,
+                          source: ImageSource, indices: Sequence[int], target: int, refs: Sequence[int], gamma: float = 1.0,
+                          batch_size: int = 16) -> Iterator[dict[str, torch.Tensor]]:
+    """:func:`batch_sums` of :func:`latent_attribution` of ``y[target] - gamma * mean(y[refs])``,
+    batch by batch over the images ``indices`` of ``source``."""
+    refs_1k = torch.tensor([list(refs)])
+    for batch in pixel_batches(source, backbone.preprocess, batch_size, indices):
+        b = len(batch.indices)
+        yield batch_sums(latent_attribution(backbone, sae, layer, selection, batch.pixels_bchw.to(backbone.device),
+                                            torch.full((b,), target), refs_1k.expand(b, -1), gamma))
 
 
 def attribute_images(backbone: Backbone, sae: SparseAutoencoder, layer: str, selection: TokenSelection, source: ImageSource,
@@ -195,13 +221,10 @@ def attribute_images(backbone: Backbone, sae: SparseAutoencoder, layer: str, sel
     """:func:`latent_attribution` of ``y[target] - gamma * mean(y[refs])`` summed over the images
     ``indices`` of ``source``, batch by batch."""
     totals = AttributionTotals(sae.config.width)
-    refs_1k = torch.tensor([list(refs)])
-    with tqdm(total=len(indices), unit="img", desc="attribute", disable=not show_progress) as progress:
-        for batch in pixel_batches(source, backbone.preprocess, batch_size, indices):
-            b = len(batch.indices)
-            totals.add(latent_attribution(backbone, sae, layer, selection, batch.pixels_bchw.to(backbone.device),
-                                          torch.full((b,), target), refs_1k.expand(b, -1), gamma))
-            progress.update(b)
+    with tqdm(total=len(indices), unit="img", desc="attribute", disable=not show_progress) as bar:
+        for sums in iter_attribution_sums(backbone, sae, layer, selection, source, indices, target, refs, gamma, batch_size):
+            totals.add(sums)
+            bar.update(int(sums["n_images"]))
     return totals
 
 
@@ -259,8 +282,12 @@ def comparative_attribution(config: AttributionConfig) -> dict[str, Any]:
         raise InterventionError(f"no images{which} in {config.data}")
     indices = indices[: config.max_images]
     claim_out_dir(config.out, "attribute", config.overwrite)
-    totals = attribute_images(backbone, sae, layer, tokens, source, indices, target, refs, config.gamma, config.batch_size,
-                              config.show_progress)
+    progress = None if config.out is None else BatchProgress(
+        config.out, "attribution results", _job_identity(config, backbone, source, indices, layer, tokens), InterventionError)
+    finished = None if progress is None or config.out is None else progress.finished(config.out / RESULT, FORMAT)
+    if finished is not None:
+        return {key: value for key, value in finished.items() if key != "latents"}
+    totals = _resumed_totals(config, progress, backbone, sae, layer, tokens, source, indices, target, refs)
     n = totals.n_images
     mean_w, share_w, activation_w = totals.attribution_w / n, totals.active_w / n, totals.activation_w / n
     result: dict[str, Any] = {
@@ -272,9 +299,64 @@ def comparative_attribution(config: AttributionConfig) -> dict[str, Any]:
         "for_target": _ranked(mean_w, share_w, activation_w, config.top, 1),
         "for_refs": _ranked(mean_w, share_w, activation_w, config.top, -1),
     }
-    if config.out is not None:
+    if config.out is not None and progress is not None:
         # the JSON, written last, marks a finished pair
+        result["job"] = progress.job
         write_text(config.out / REPORT, _report(result))
         atomic_write_json(config.out / RESULT, {**result, "latents": {
             "mean_attribution": mean_w.tolist(), "active_share": share_w.tolist(), "mean_activation": activation_w.tolist()}})
+        progress.finish()
     return result
+
+
+def _job_identity(config: AttributionConfig, backbone: Backbone, source: ImageSource, indices: Sequence[int], layer: str,
+                  tokens: TokenSelection) -> dict[str, Any]:
+    """Everything that decides the sums; a resumed run must match it (the batch size too: batches
+    are the unit it resumes from)."""
+    from traitlens.features import sae_weights_sha256
+
+    job = config_dict(config)
+    for name in ("out", "overwrite", "show_progress"):
+        del job[name]
+    job.update(weights_fingerprint=backbone.weights_fingerprint(), sae_sha256=sae_weights_sha256(config.sae),
+               dataset_fingerprint=source.fingerprint(), n_images=len(indices), layer_used=layer, tokens_used=tokens,
+               traitlens_version=__version__)
+    return job
+
+
+def _resumed_totals(config: AttributionConfig, progress: BatchProgress | None, backbone: Backbone, sae: SparseAutoencoder,
+                    layer: str, tokens: TokenSelection, source: ImageSource, indices: Sequence[int], target: int,
+                    refs: Sequence[int]) -> AttributionTotals:
+    """The sums over ``indices``, batch by batch: the batches a killed run finished are read back
+    (added in the same order, so the sums are the same to the bit) and the others computed."""
+    batches = [[indices[i] for i in batch] for batch in fixed_batches(len(indices), config.batch_size)]
+    saved = [None if progress is None else _saved_sums(progress, number, len(batch), sae.config.width)
+             for number, batch in enumerate(batches)]
+    todo = [number for number, sums in enumerate(saved) if sums is None]
+    todo_images = [index for number in todo for index in batches[number]]
+    with tqdm(total=len(indices), initial=len(indices) - len(todo_images), unit="img", desc="attribute",
+              disable=not config.show_progress) as bar:
+        computed = iter_attribution_sums(backbone, sae, layer, tokens, source, todo_images, target, refs, config.gamma,
+                                         config.batch_size)
+        for number, sums in zip(todo, computed, strict=True):
+            if progress is not None:
+                progress.save_tensors(number, sums)
+            saved[number] = sums
+            bar.update(len(batches[number]))
+    totals = AttributionTotals(sae.config.width)
+    for batch_sum in saved:
+        assert batch_sum is not None  # every batch is read back or computed above
+        totals.add(batch_sum)
+    return totals
+
+
+def _saved_sums(progress: BatchProgress, batch: int, n_images: int, width: int) -> dict[str, torch.Tensor] | None:
+    sums = progress.load_tensors(batch)
+    if sums is None:
+        return None
+    shapes = {"n_images": (), "score": (), "error": (), "bias": (), "attribution_w": (width,), "activation_w": (width,),
+              "active_w": (width,)}
+    if set(sums) != set(SUM_NAMES) or any(tuple(sums[name].shape) != shape for name, shape in shapes.items()) \
+            or int(sums["n_images"]) != n_images:
+        raise progress.damaged(progress.path(batch, ".safetensors"), "not the sums of its images")
+    return sums

@@ -65,14 +65,14 @@ def add_sae_run_args(parser: argparse.ArgumentParser, batch_size: int, out_help:
     how many images at a time, the device and the output directory."""
     parser.add_argument("--sae", required=True, type=Path, help="SAE directory (traitlens train or import-sae)")
     parser.add_argument("--data", required=True, type=Path,
-                        help="images: class folder, image folder, table, segmentation folder or saved HF dataset")
+                        help="images: class folder, image folder, image file, table, segmentation folder or saved HF dataset")
     parser.add_argument("--layer", help="layer the SAE reads (default: the one it was trained on)")
     parser.add_argument("--tokens", choices=TOKEN_SELECTIONS, help="tokens the SAE reads (default: those it was trained on)")
     parser.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per pass (default {batch_size})")
     parser.add_argument("--max-images", type=positive_int, help="only the first N images")
     add_device_arg(parser)
     parser.add_argument("--out", type=Path, help=out_help)
-    add_overwrite_arg(parser)
+    add_overwrite_arg(parser, resumable=True)
 
 
 def add_steer_command(commands: Any, add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:

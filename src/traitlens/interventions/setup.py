@@ -16,6 +16,7 @@ from traitlens.distributed import Workers
 from traitlens.errors import TraitlensError
 from traitlens.explain.config import ClassKey, ExplainError
 from traitlens.explain.contrast import resolve_class
+from traitlens.features import LatentFeatures, sae_weights_sha256
 from traitlens.interventions.edits import InterventionError
 from traitlens.output_folder import check_output_folder, claim_output_folder
 from traitlens.sae.io import SAEProvenance, load_sae_with_config, sae_provenance
@@ -92,6 +93,20 @@ def load_sae_on_model(model: str, sae_dir: Path, *, weights: Path | None = None,
     return SAEOnModel(backbone, sae, *sae_layer(backbone, sae, saved, sae_dir, layer, tokens))
 
 
+def features_of_sae(features: Path, sae_dir: Path, layer: str, tokens: TokenSelection) -> LatentFeatures:
+    """The features directory ``features``, refused unless it measured this very SAE (by its
+    weights) on the layer and tokens it is used on."""
+    analyzed = LatentFeatures(features)
+    if analyzed.sae_sha256 != sae_weights_sha256(sae_dir):
+        raise InterventionError(f"the features at {features} were computed for another SAE ({analyzed.sae}), "
+                                f"not {sae_dir}")
+    measured = (analyzed.layer, analyzed.tokens)
+    if measured != (layer, tokens):
+        raise InterventionError(f"the features at {features} measured the SAE on the {measured[1]} tokens of {measured[0]}, "
+                                f"not on the {tokens} tokens of {layer} used here")
+    return analyzed
+
+
 def resolve_classes(keys: Sequence[ClassKey], class_names: Sequence[str] | None, what: str) -> list[int]:
     """Class names or indices -> indices, as intervention errors."""
     try:
@@ -115,11 +130,12 @@ def check_out_dir(out: Path | None) -> None:
 
 
 def claim_out_dir(out: Path | None, command: str, overwrite: bool) -> None:
-    """The output policy of a one-shot command (:func:`claim_output_folder`), applied once the
+    """The output policy of a resumable command (:func:`claim_output_folder`), applied once the
     request is checked and before it is computed: ``--overwrite`` clears an earlier result only for
-    a request that can run."""
+    a request that can run; without it the command's own output is resumed or kept
+    (:class:`traitlens.progress.BatchProgress`)."""
     if out is not None:
-        claim_output_folder(out, command, overwrite=overwrite, error=InterventionError)
+        claim_output_folder(out, command, overwrite=overwrite, resumable=True, error=InterventionError)
 
 
 def _plain(value: Any) -> Any:

@@ -3,16 +3,18 @@ predicts, per image and over a dataset.
 
 The SAE's layer is encoded, edited (:mod:`traitlens.interventions.edits`), decoded with the
 reconstruction error added back, and spliced into the forward pass through ``Backbone.edit``.
-Every image runs twice, clean and edited, so the change is the edit's alone.
+Every image runs twice, clean and edited, so the change is the edit's alone. With an output
+folder the run resumes batch by batch (:mod:`traitlens.progress`): each finished batch saves its
+probabilities.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,11 @@ from traitlens.interventions.setup import (
     check_out_dir,
     claim_out_dir,
     config_dict,
+    features_of_sae,
     load_sae_on_model,
     resolve_classes,
 )
+from traitlens.progress import BatchProgress, fixed_batches
 from traitlens.version import __version__
 
 FORMAT = "traitlens.steer"
@@ -90,6 +94,22 @@ class SteeredPredictions:
     patch_before_np: torch.Tensor | None = None
     patch_after_np: torch.Tensor | None = None
 
+    @classmethod
+    def concat(cls, parts: Sequence[SteeredPredictions]) -> SteeredPredictions:
+        """The predictions of consecutive parts, in order."""
+        patches = [part.patch_before_np for part in parts], [part.patch_after_np for part in parts]
+        with_patches = all(patch is not None for patch in patches[0])
+        return cls([source for part in parts for source in part.sources], [label for part in parts for label in part.labels],
+                   torch.cat([part.probs_before_nc for part in parts]), torch.cat([part.probs_after_nc for part in parts]),
+                   *((torch.cat(patches[0]), torch.cat(patches[1])) if with_patches else (None, None)))  # type: ignore[arg-type]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors, by field name (what a finished batch saves)."""
+        tensors = {"probs_before_nc": self.probs_before_nc, "probs_after_nc": self.probs_after_nc}
+        if self.patch_before_np is not None and self.patch_after_np is not None:
+            tensors.update(patch_before_np=self.patch_before_np, patch_after_np=self.patch_after_np)
+        return tensors
+
     @property
     def before_n(self) -> torch.Tensor:
         return self.probs_before_nc.argmax(1)
@@ -97,14 +117,6 @@ class SteeredPredictions:
     @property
     def after_n(self) -> torch.Tensor:
         return self.probs_after_nc.argmax(1)
-
-
-@dataclass
-class _Collected:
-    probs_before: list[torch.Tensor] = field(default_factory=list)
-    probs_after: list[torch.Tensor] = field(default_factory=list)
-    patch_before: list[torch.Tensor] = field(default_factory=list)
-    patch_after: list[torch.Tensor] = field(default_factory=list)
 
 
 def _patch_predictions(head: LinearHead, backbone: Backbone, tokens_btd: torch.Tensor) -> torch.Tensor:
@@ -142,24 +154,26 @@ def predicted_classes(backbone: Backbone, pixels: Sequence[torch.Tensor], layer:
     return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.int64)
 
 
+def iter_steered(backbone: Backbone, layer: str, edit: TokenEdit, source: ImageSource, indices: Sequence[int],
+                 batch_size: int = 32, patch_probe: LinearHead | None = None) -> Iterator[SteeredPredictions]:
+    """Predictions with and without ``edit`` for the images ``indices`` of ``source``, batch by batch."""
+    for batch in pixel_batches(source, backbone.preprocess, batch_size, indices):
+        clean_bc, edited_bc, patch_clean, patch_edited = steer_batch(
+            backbone, layer, edit, batch.pixels_bchw.to(backbone.device), patch_probe)
+        records = [source.records[index] for index in batch.indices]
+        yield SteeredPredictions([record.source for record in records], [record.label for record in records],
+                                 clean_bc.double().softmax(1).cpu(), edited_bc.double().softmax(1).cpu(), patch_clean, patch_edited)
+
+
 def steer_source(backbone: Backbone, layer: str, edit: TokenEdit, source: ImageSource, indices: Sequence[int],
                  batch_size: int = 32, patch_probe: LinearHead | None = None, show_progress: bool = False) -> SteeredPredictions:
     """Predictions with and without ``edit`` for the images ``indices`` of ``source``."""
-    collected = _Collected()
-    with tqdm(total=len(indices), unit="img", desc="steer", disable=not show_progress) as progress:
-        for batch in pixel_batches(source, backbone.preprocess, batch_size, indices):
-            clean_bc, edited_bc, patch_clean, patch_edited = steer_batch(
-                backbone, layer, edit, batch.pixels_bchw.to(backbone.device), patch_probe)
-            collected.probs_before.append(clean_bc.double().softmax(1).cpu())
-            collected.probs_after.append(edited_bc.double().softmax(1).cpu())
-            if patch_clean is not None and patch_edited is not None:
-                collected.patch_before.append(patch_clean)
-                collected.patch_after.append(patch_edited)
-            progress.update(len(batch.indices))
-    records = [source.records[index] for index in indices]
-    patches = (torch.cat(collected.patch_before), torch.cat(collected.patch_after)) if collected.patch_before else (None, None)
-    return SteeredPredictions([record.source for record in records], [record.label for record in records],
-                              torch.cat(collected.probs_before), torch.cat(collected.probs_after), *patches)
+    parts = []
+    with tqdm(total=len(indices), unit="img", desc="steer", disable=not show_progress) as bar:
+        for part in iter_steered(backbone, layer, edit, source, indices, batch_size, patch_probe):
+            parts.append(part)
+            bar.update(len(part.sources))
+    return SteeredPredictions.concat(parts)
 
 
 def change_rates(before_n: torch.Tensor, after_n: torch.Tensor, target: int | None = None) -> dict[str, Any]:
@@ -193,21 +207,11 @@ def effect_summary(predictions: SteeredPredictions, class_names: Sequence[str], 
 
 
 def _observed_max(features: Path | None, sae_dir: Path, layer: str, tokens: TokenSelection) -> torch.Tensor | None:
-    """Each latent's observed max from a features directory, which must be of this very SAE on the
-    layer and tokens being edited."""
+    """Each latent's observed max from a features directory of this very SAE on the layer and
+    tokens being edited."""
     if features is None:
         return None
-    from traitlens.features import LatentFeatures, sae_weights_sha256
-
-    analyzed = LatentFeatures(features)
-    if analyzed.sae_sha256 != sae_weights_sha256(sae_dir):
-        raise InterventionError(f"the features at {features} were computed for another SAE ({analyzed.sae}), "
-                                f"not {sae_dir}")
-    measured = (analyzed.layer, analyzed.tokens)
-    if measured != (layer, tokens):
-        raise InterventionError(f"the features at {features} measured the SAE on the {measured[1]} tokens of {measured[0]}, "
-                                f"not on the {tokens} tokens of {layer} edited here")
-    return torch.as_tensor(analyzed.max_activation, dtype=torch.float32)
+    return torch.as_tensor(features_of_sae(features, sae_dir, layer, tokens).max_activation, dtype=torch.float32)
 
 
 def _load_patch_probe(config: SteerConfig, backbone: Backbone, layer: str) -> LinearHead | None:
@@ -266,10 +270,60 @@ def steer(config: SteerConfig) -> dict[str, Any]:
     if count == 0:
         raise InterventionError(f"no images in {config.data}")
     claim_out_dir(config.out, "steer", config.overwrite)
-    predictions = steer_source(backbone, layer, edit, source, range(count), config.batch_size, patch_probe, config.show_progress)
+    progress = None if config.out is None else BatchProgress(
+        config.out, "steer results", _job_identity(config, backbone, source, count, layer, tokens), InterventionError)
+    finished = None if progress is None or config.out is None else progress.finished(config.out / EFFECT, FORMAT)
+    if finished is not None:
+        return finished
+    batches = fixed_batches(count, config.batch_size)
+    parts = [None if progress is None else _saved_part(progress, number, images, source, len(class_names))
+             for number, images in enumerate(batches)]
+    todo = [number for number, part in enumerate(parts) if part is None]
+    todo_images = [index for number in todo for index in batches[number]]
+    with tqdm(total=count, initial=count - len(todo_images), unit="img", desc="steer", disable=not config.show_progress) as bar:
+        for number, part in zip(todo, iter_steered(backbone, layer, edit, source, todo_images, config.batch_size, patch_probe),
+                                strict=True):
+            if progress is not None:
+                progress.save_tensors(number, part.tensors())
+            parts[number] = part
+            bar.update(len(part.sources))
+    predictions = SteeredPredictions.concat([part for part in parts if part is not None])
     effect = {"format": FORMAT, "version": 1, "software": {"traitlens": __version__}, "config": config_dict(config),
               "layer": layer, "tokens": tokens, **effect_summary(predictions, class_names, target)}
-    if config.out is not None:
+    if config.out is not None and progress is not None:
         atomic_write_bytes(config.out / PREDICTIONS, _predictions_csv(predictions, class_names))
+        effect["job"] = progress.job
         atomic_write_json(config.out / EFFECT, effect)
+        progress.finish()
     return effect
+
+
+def _job_identity(config: SteerConfig, backbone: Backbone, source: ImageSource, count: int, layer: str,
+                  tokens: TokenSelection) -> dict[str, Any]:
+    """Everything that decides the predictions; a resumed run must match it (the batch size too:
+    batches are the unit it resumes from)."""
+    from traitlens.features import sae_weights_sha256
+
+    job = config_dict(config)
+    for name in ("out", "overwrite", "show_progress"):
+        del job[name]
+    job.update(weights_fingerprint=backbone.weights_fingerprint(), sae_sha256=sae_weights_sha256(config.sae),
+               dataset_fingerprint=source.fingerprint(), n_images=count, layer_used=layer, tokens_used=tokens,
+               traitlens_version=__version__)
+    return job
+
+
+def _saved_part(progress: BatchProgress, batch: int, indices: list[int], source: ImageSource,
+                n_classes: int) -> SteeredPredictions | None:
+    """The predictions a finished batch saved, None when the batch is unfinished."""
+    tensors = progress.load_tensors(batch)
+    if tensors is None:
+        return None
+    probs = [tensors.get(name) for name in ("probs_before_nc", "probs_after_nc")]
+    patches = [tensors.get(name) for name in ("patch_before_np", "patch_after_np")]
+    if not all(p is not None and p.shape == (len(indices), n_classes) and p.dtype == torch.float64 for p in probs) \
+            or (patches[0] is None) != (patches[1] is None):
+        raise progress.damaged(progress.path(batch, ".safetensors"), "not the probabilities of its images")
+    records = [source.records[index] for index in indices]
+    return SteeredPredictions([record.source for record in records], [record.label for record in records],
+                              *probs, *patches)  # type: ignore[arg-type]

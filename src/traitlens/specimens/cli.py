@@ -227,13 +227,6 @@ def _add_score_commands(sub: Any, add_model_args: Any) -> None:
     reliance.set_defaults(run=_run_score_reliance)
 
 
-def _add_restart_arg(parser: argparse.ArgumentParser) -> None:
-    """``--overwrite`` on a resumable command: start its own earlier output again from scratch."""
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start again from scratch in an --out this command wrote (instead of resuming it; other folders "
-                             "are never touched)")
-
-
 def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     specimens = commands.add_parser("specimens", help="the ground-truth benchmark: generate, train-model, accuracy, score")
     sub = specimens.add_subparsers(dest="specimens_command", required=True, metavar="COMMAND")
@@ -247,7 +240,7 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     generate.add_argument("--workers", type=positive_int, default=2, help="drawing threads (does not change the output)")
     generate.add_argument("--twins", action="store_true",
                           help="also draw each image's counterfactual twin: the look-alike species, same organism and scene")
-    _add_restart_arg(generate)
+    add_overwrite_arg(generate, resumable=True)
     generate.set_defaults(run=_run_generate)
 
     train = sub.add_parser("train-model", help="train a small ViT or CNN from scratch on a class folder")
@@ -274,7 +267,7 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     train.add_argument("--blocks", type=comma_list(positive_int), help=f"{cnn}: residual blocks per stage (default 1,1,1,1)")
     train.add_argument("--output-stride", type=int, choices=(8, 16, 32),
                        help=f"{cnn}: input pixels per cell of the last stage's grid, dilating past it (default 8)")
-    _add_restart_arg(train)
+    add_overwrite_arg(train, resumable=True)
     train.set_defaults(run=_run_train_model)
 
     accuracy = sub.add_parser("accuracy", help="top-1 accuracy of a classifier on a class folder")
@@ -296,5 +289,5 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     report.add_argument("--n-images", type=positive_int, default=1024, help="images scored, at least 32 (default 1024)")
     rename_option(report, "--n", "--n-images")
     report.add_argument("--layer", help="layer the SAE reads and the edits change (default: the one before the last)")
-    _add_restart_arg(report)
+    add_overwrite_arg(report, resumable=True)
     report.set_defaults(run=_run_report)

@@ -1,0 +1,33 @@
+"""Driving the explorer's page as a person would, for the browser test and for the README's
+screenshot (``scripts/explorer_screenshot.py``): the same clicks make both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def edit_a_patch(page: Any, thumbnail: int, patch_rc: tuple[int, int], grid_hw: tuple[int, int]) -> dict[str, Any]:
+    """Open the ``thumbnail``-th image, click the patch at ``patch_rc`` (row, column) of the
+    ``grid_hw`` grid, zero the strongest latent listed there on that patch and apply the edit;
+    returns the latent and the command the page shows."""
+    page.locator("#grid img").nth(thumbnail).click()
+    page.wait_for_selector("#predictions tbody tr")
+    box = page.locator("#overlay").bounding_box()
+    (row, col), (gh, gw) = patch_rc, grid_hw
+    page.mouse.click(box["x"] + (col + 0.5) * box["width"] / gw, box["y"] + (row + 0.5) * box["height"] / gh)
+    page.wait_for_selector("#latents tbody tr")
+    first = page.locator("#latents tbody tr").first
+    latent = int(first.get_attribute("data-latent"))
+    first.locator("button.add").click()  # the operation defaults to zero
+    page.locator("#apply").click()
+    page.wait_for_selector("#predictions td.after[data-probability]")
+    first.hover()  # the latent's map is drawn over the image
+    return {"latent": latent, "command": page.locator("#command").inner_text()}
+
+
+def show_a_heatmap(page: Any, reference: str = "") -> None:
+    """Draw the heatmap panel's default method, against ``reference`` when given (Finer-CAM)."""
+    if reference:
+        page.locator("#cam-reference").select_option(reference)
+    page.locator("#cam-show").click()
+    page.wait_for_function("document.getElementById('cam').complete && document.getElementById('cam').naturalWidth > 0")

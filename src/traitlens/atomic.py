@@ -59,6 +59,11 @@ def atomic_save_png(path: Path, image: Image.Image) -> None:
     atomic_write(path, lambda handle: image.save(handle, format="PNG"))
 
 
+def atomic_save_jpeg(path: Path, image: Image.Image, quality: int = 85) -> None:
+    """A small picture for a page (thumbnails): RGB JPEG."""
+    atomic_write(path, lambda handle: image.convert("RGB").save(handle, format="JPEG", quality=quality))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     def write(handle: IO[bytes]) -> None:
         handle.write(data)

@@ -13,7 +13,8 @@ from typing import Any
 from traitlens.atomic import atomic_write_bytes
 from traitlens.features import LatentFeatures
 from traitlens.features.patch_positives import describe_positives
-from traitlens.features.report_html import latent_file, number_text, page
+from traitlens.features.report_html import latent_file
+from traitlens.html_pages import number_text, page
 from traitlens.specimens.cam_localization import LOCALIZATION_COLUMNS
 
 Cell = str | float | int | None

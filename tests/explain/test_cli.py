@@ -18,6 +18,7 @@ from PIL import Image
 import traitlens.explain.job as explain_job
 from tests.backbones.builders import CLIP_WITH_TOKENIZER
 from tests.explain.conftest import photo
+from tests.html_pages import local_targets, parse_page
 from tests.pretrained import mobilenet_checkpoint
 from tests.resume import file_bytes, kill_at_call
 from traitlens.backbones import load_backbone
@@ -73,6 +74,13 @@ def test_explain_writes_maps_overlays_and_a_summary(capsys: pytest.CaptureFixtur
         assert record["target"] is None and len(record["reference_indices"]) == 2 == len(record["reference_scores"])
         # auto references: the highest other scores, below the predicted target's
         assert record["target_score"] >= record["reference_scores"][0] >= record["reference_scores"][1]
+    # the gallery: one row per image, every picture it shows is a small file of the folder
+    gallery = parse_page(out / "index.html")
+    assert len(gallery.images) == 3 and all(target.is_file() for target in local_targets(out / "index.html", gallery))
+    assert [path.relative_to(out).as_posix() for path in sorted((out / "gallery").rglob("*.jpg"))] == [
+        "gallery/cats/chelsea.jpg", "gallery/cups/coffee.jpg", "gallery/cups/more/astronaut.jpg"]
+    with Image.open(out / "gallery" / "cups" / "coffee.jpg") as thumbnail:
+        assert thumbnail.height == 128 and thumbnail.width == 2 * 192 + 4  # image | map, 150x100 scaled to 128 high
 
 
 @pytest.mark.parametrize(("fit", "covers_the_ends"), [("squash", True), ("pad", True), ("crop", False)])

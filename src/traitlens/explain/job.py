@@ -1,7 +1,8 @@
 """``traitlens explain``: heatmaps for every image of a source, written to disk with a summary.
 
 Per image ``<relative path without suffix>.npy`` (float32 (H, W) in [0, 1] at the image's own
-resolution) and ``.png`` (the map over the image), then ``summary.json``, written last, so its
+resolution), ``.png`` (the map over the image) and a small picture for the gallery, then
+``index.html`` (:mod:`traitlens.explain.gallery`) and ``summary.json``, written last, so its
 presence marks a finished run. Every file is written atomically, into a folder claimed for
 explain before any work (:func:`traitlens.output_folder.claim_output_folder`).
 
@@ -30,6 +31,7 @@ from traitlens.explain.contrast import (
     kept_references,
     resolve_class,
 )
+from traitlens.explain.gallery import write_gallery, write_thumbnail
 from traitlens.explain.maps import CamResult, compute_cams, default_layer
 from traitlens.explain.methods import method_by_name
 from traitlens.output_folder import claim_output_folder
@@ -120,7 +122,9 @@ def _image_record(config: ExplainConfig, result: CamResult, row: int, source: st
 
 def _write_image_outputs(out: Path, stem: PurePosixPath, image: Image.Image, map_hw: torch.Tensor) -> None:
     atomic_save_npy(out / f"{stem}.npy", map_hw.cpu().numpy())
-    atomic_save_png(out / f"{stem}.png", overlay(image, map_hw))
+    drawn = overlay(image, map_hw)
+    atomic_save_png(out / f"{stem}.png", drawn)
+    write_thumbnail(out, stem, image, drawn)
 
 
 def _job_identity(config: ExplainConfig, backbone: Backbone, source: ImageSource, layer: str) -> dict[str, Any]:
@@ -196,6 +200,7 @@ def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progre
         "config": config.to_dict(), "model": {"spec": backbone.spec, "weights_fingerprint": backbone.weights_fingerprint()},
         "layer": layer, "job": progress.job, "images": [record for saved in records for record in saved or []],
     }
+    write_gallery(config.out, summary)
     atomic_write_json(config.out / SUMMARY, summary)
     progress.finish()
     return summary

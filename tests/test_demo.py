@@ -1,5 +1,5 @@
-"""The demo end to end, small: every step runs, the report holds the four tables, parses, and
-links only to files that exist; a second run resumes and writes the same report."""
+"""The demo end to end, small: every step runs, the report holds the four tables and its pictures,
+parses, and links only to files that exist; a second run resumes and writes the same report."""
 
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ def test_a_small_demo_writes_a_report_whose_links_and_images_exist(tmp_path: Pat
     assert any(target.parent.name == "latents" for target in targets)
     for target in targets:
         assert target.is_file(), target
+    # pictures: per trait the best latent's top images beside the mask, per pair the CAMs and the
+    # images before and after suppression, each a small file beside the page; two inline charts
+    figures = [target for target in targets if target.parent.name == "report-figures"]
+    assert {name.split("-")[0] for name in (target.name for target in figures)} == {"discovery", "localization", "suppression"}
+    assert len([target for target in figures if target.name.startswith("localization")]) == 3 * 8
+    assert config.report.read_text().count("<svg") == 2
     for latent_page in {target for target in targets if target.parent.name == "latents"}:
         for target in local_targets(latent_page, parse_page(latent_page)):
             assert target.is_file(), f"{latent_page} references {target}"

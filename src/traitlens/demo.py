@@ -9,7 +9,7 @@
 5. localizes with Grad-CAM and LayerCAM against their Finer-CAM versions on look-alike pairs;
 6. suppresses each pair's trait latents inside the model and counts look-alike flips, against
    random latents of matched frequency, and attributes each pair's comparative score to latents;
-7. writes one HTML report (``report.html``) with all of it.
+7. writes one HTML report (``report.html``) with all of it, and its pictures (``report-figures/``).
 
 Steps 1-3 resume where an interruption left them; the scoring steps 4-7 (about 30 seconds) run again.
 """
@@ -31,6 +31,7 @@ from traitlens.features import FeaturesConfig, LatentFeatures, analyze_features
 from traitlens.features.report import write_report
 from traitlens.interventions.setup import load_sae_on_model
 from traitlens.output_folder import claim_output_folder
+from traitlens.report_figures import report_figures
 from traitlens.specimens.benchmark import read_benchmark
 from traitlens.specimens.cam_localization import LOCALIZATION_COLUMNS, lookalike_localization
 from traitlens.specimens.catalog import SPECIES
@@ -50,6 +51,7 @@ from traitlens.store.summary import summarize_store
 from traitlens.tables import markdown_table
 
 DEMO_MODEL = "traitlens:specimens-vit"
+FIGURES = "report-figures"
 N_STEPS = 7
 
 
@@ -149,8 +151,11 @@ def run_demo(config: DemoConfig = DemoConfig()) -> str:
     results = {"model": DEMO_MODEL, "seed": config.seed, "n_images": config.n_images, "accuracy": accuracy,
                "discovery": discovery, "localization": localization, **causal}
     atomic_write_json(config.scores / "demo.json", results)
-    _step(7, "report")
-    write_demo_report(config.report, results, LatentFeatures(config.features), features_index)
+    _step(7, "report, with its pictures")
+    features = LatentFeatures(config.features)
+    figures = report_figures(config.out / FIGURES, FIGURES, results, load_sae_on_model(DEMO_MODEL, sae_dir, device="cpu"),
+                             features, open_image_source(data), read_benchmark(data))
+    write_demo_report(config.report, results, features, features_index, figures)
     return "\n".join([
         summarize_store(config.acts),
         f"{DEMO_MODEL} on {accuracy['n_images']} specimens of seed {config.seed} (it was trained on seed 0): "

@@ -15,6 +15,7 @@ from traitlens.features import LatentFeatures
 from traitlens.features.patch_positives import describe_positives
 from traitlens.features.report_html import latent_file
 from traitlens.html_pages import number_text, page
+from traitlens.report_figures import ReportFigures
 from traitlens.specimens.cam_localization import LOCALIZATION_COLUMNS
 
 Cell = str | float | int | None
@@ -94,8 +95,10 @@ def _attribution(results: dict[str, Any], link: _LatentLinks) -> str:
                    "of them trait latents"], rows)
 
 
-def write_demo_report(path: Path, results: dict[str, Any], features: LatentFeatures, features_index: Path) -> Path:
-    """Write ``path`` (HTML) from the demo's results; returns it."""
+def write_demo_report(path: Path, results: dict[str, Any], features: LatentFeatures, features_index: Path,
+                      figures: ReportFigures | None = None) -> Path:
+    """Write ``path`` (HTML) from the demo's results, with its pictures when given; returns it."""
+    figures = figures or ReportFigures()
     link = _LatentLinks(path, features_index)
     accuracy = results["accuracy"]
     discovery = results["discovery"]
@@ -118,12 +121,17 @@ share of positive patches, the AP of a random feature. Best per row in bold. The
 latent's AP for the trait on its feature page, which is over all {all_images} images with a mask, so it
 differs from the held-out number by the images alone.</p>
 {_discovery(results, features, link)}
+{figures.discovery_chart}
+{"".join(figures.discovery.values())}
 
 <h2>2. Localize: do heatmaps land on the trait that tells look-alikes apart?</h2>
 <p>Each image with a look-alike, explained for its species plainly and with Finer-CAM against its
 look-alike; <i>mass inside</i> is the share of the heatmap on the distinguishing trait's pixels,
 <i>pointing game</i> how often its peak lands there, <i>chance</i> the trait's share of the image.</p>
 {_localization(results)}
+<p>One image per pair: the trait that tells the species apart (tinted), Grad-CAM of its species, and Finer-CAM
+against its look-alike.</p>
+{"".join(figures.localization.values())}
 
 <h2>3. Test: does the model depend on the trait latents?</h2>
 <p>For each look-alike pair, the {len(results['suppression'][0]['latents'])} latents that best find the pair's trait
@@ -132,6 +140,10 @@ error is added back, so nothing else changes). <i>flip</i> is the share of corre
 then classified as the look-alike. The control zeroes as many random latents, each of the same firing
 rate as a trait latent.</p>
 {_suppression(results, link)}
+{figures.flips_chart}
+<p>Two images per pair with the probabilities of the species and its look-alike before &rarr; after its trait
+latents are zeroed.</p>
+{"".join(figures.suppression.values())}
 
 <h2>4. Which latents separate each species from its look-alike?</h2>
 <p>Finer-CAM's question in features: the gradient &times; activation of

@@ -24,7 +24,6 @@ LAYERS: list[set[str]] = [
     {"interventions"},
     {"explore"},
     {"specimens"},
-    {"report_figures"},
     {"demo_report"},
     {"demo"},
     {"cli", "__init__"},

@@ -31,11 +31,11 @@ from traitlens.features import FeaturesConfig, LatentFeatures, analyze_features
 from traitlens.features.report import write_report
 from traitlens.interventions.setup import load_sae_on_model
 from traitlens.output_folder import claim_output_folder
-from traitlens.report_figures import report_figures
 from traitlens.specimens.benchmark import read_benchmark
 from traitlens.specimens.cam_localization import LOCALIZATION_COLUMNS, lookalike_localization
 from traitlens.specimens.catalog import SPECIES
 from traitlens.specimens.discovery import DiscoveryConfig, score_discovery
+from traitlens.specimens.figures import report_figures
 from traitlens.specimens.generate import JOB_FILE, GenerateConfig, generate
 from traitlens.specimens.model_accuracy import AccuracyConfig, model_accuracy
 from traitlens.specimens.pair_attribution import lookalike_attribution

@@ -15,8 +15,8 @@ from traitlens.features import LatentFeatures
 from traitlens.features.patch_positives import describe_positives
 from traitlens.features.report_html import latent_file
 from traitlens.html_pages import number_text, page
-from traitlens.report_figures import ReportFigures
 from traitlens.specimens.cam_localization import LOCALIZATION_COLUMNS
+from traitlens.specimens.figures import ReportFigures
 
 Cell = str | float | int | None
 

@@ -47,3 +47,40 @@ def page(title: str, body: str, script: str = "") -> str:
 def number_text(value: float | None, digits: int = 3) -> str:
     """A number as the report shows it; None and NaN as ``n/a``."""
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _inline(text: str) -> str:
+    """Escaped text with Markdown's `code` spans as <code>."""
+    parts = escape(text).split("`")
+    return "".join(f"<code>{part}</code>" if index % 2 else part for index, part in enumerate(parts))
+
+
+def markdown_body(text: str) -> str:
+    """The HTML of the Markdown traitlens writes in its reports: ``#``/``##``/``###`` headings,
+    paragraphs and pipe tables (every piece of text escaped)."""
+    html: list[str] = []
+    table: list[list[str]] = []
+
+    def close_table() -> None:
+        if table:
+            head, *rows = table
+            html.append("<table><thead><tr>" + "".join(f"<th>{_inline(cell)}</th>" for cell in head) + "</tr></thead><tbody>"
+                        + "".join("<tr>" + "".join(f"<td>{_inline(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+                        + "</tbody></table>")
+            table.clear()
+
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("|"):
+            cells = [cell.strip() for cell in stripped.strip("|").split("|")]
+            if not all(set(cell) <= set("-: ") and cell for cell in cells):  # not the separator row
+                table.append(cells)
+            continue
+        close_table()
+        level = len(stripped) - len(stripped.lstrip("#"))
+        if 1 <= level <= 3 and stripped[level:level + 1] == " ":
+            html.append(f"<h{level}>{_inline(stripped[level + 1:])}</h{level}>")
+        elif stripped:
+            html.append(f"<p>{_inline(stripped)}</p>")
+    close_table()
+    return "\n".join(html)

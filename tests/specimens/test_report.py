@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.html_pages import local_targets, parse_page
 from traitlens.cli import main
 from traitlens.specimens.report import ReportConfig, run_report
 
@@ -27,6 +28,12 @@ def test_report_runs_every_step_and_resumes(tmp_path: Path, capsys: pytest.Captu
     for heading in ("## Twin reliance", "## Localization", "## Discovery", "## Suppression"):
         assert heading in markdown
     assert json.loads((tmp_path / "report" / "report.json").read_text())["model"] == "traitlens:specimens-vit"
+    # the same tables as a page, with pictures: per pair trait | twin | Grad-CAM | Finer-CAM | oracle, and suppression
+    page = parse_page(tmp_path / "report" / "report.html")
+    assert page.n_tables == 4 and all(target.is_file() for target in local_targets(tmp_path / "report" / "report.html", page))
+    shown = {Path(image).name.rsplit("-", 1)[-1] for image in page.images if "localization" in image}
+    assert shown == {"mask.png", "twin.png", "gradcam.png", "finer.png", "oracle.png"}
+    assert any("suppression" in image for image in page.images)
     # the folder is the report's own: a second run resumes it; another command's folder is refused
     assert run_report(config)["accuracy"] == result["accuracy"]
     capsys.readouterr()

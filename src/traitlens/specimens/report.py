@@ -13,7 +13,8 @@ second, held-out one of seed + 1), for any classifier whose classes are the spec
    latents (:mod:`traitlens.specimens.twin_latents`), each against matched random latents and
    against the twin reliance, the rate an edit that removes the trait perfectly would reach.
 
-Writes ``report.md`` (the tables) and ``report.json``; the benchmark, store, SAE and per-step
+Writes ``report.md`` (the tables), ``report.html`` (the tables with pictures, in ``report-figures/``) and
+``report.json``; the benchmark, store, SAE and per-step
 scores stay in their subfolders, and a killed run resumes its generation, extraction and SAE.
 """
 
@@ -24,10 +25,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from traitlens.atomic import atomic_write_json
+from traitlens.atomic import atomic_write_bytes, atomic_write_json
 from traitlens.backbones import Backbone, load_backbone
 from traitlens.checks import check_int
 from traitlens.data import open_image_source
+from traitlens.html_pages import markdown_body, page
 from traitlens.output_folder import claim_output_folder
 from traitlens.sae import RunConfig, SAEConfig, TrainConfig, train
 from traitlens.sae.evaluation import reconstruction_metrics
@@ -40,6 +42,7 @@ from traitlens.specimens.cam_localization import (
     lookalike_localization,
 )
 from traitlens.specimens.discovery import DiscoveryConfig, DiscoveryOptions, score_discovery, trait_feature_ap
+from traitlens.specimens.figures import Pictures, bar_chart, localization_figures, suppression_figures
 from traitlens.specimens.generate import JOB_FILE, GenerateConfig, generate
 from traitlens.specimens.model_accuracy import AccuracyConfig, model_accuracy
 from traitlens.specimens.reliance import RelianceConfig, read_oracle_map, score_reliance
@@ -49,6 +52,7 @@ from traitlens.store import ActivationStore, ExtractConfig, extract
 from traitlens.tables import markdown_table, write_text
 
 COMMAND = "specimens report"
+FIGURES = "report-figures"
 N_STEPS = 6
 
 
@@ -179,10 +183,44 @@ def run_report(config: ReportConfig) -> dict[str, Any]:
                 "explained_variance": fit["explained_variance"], "l0": fit["l0"]},
         "discovery": discovery, "suppression": suppression,
     }
-    _step(6, "report")
+    _step(6, "report, with its pictures")
+    markdown = report_markdown(result, (scores / "discovery.md").read_text())
+    _write_report_page(config, markdown, suppression, sae_dir, data, scores / "reliance")
     atomic_write_json(config.out / "report.json", result)
-    write_text(config.out / "report.md", report_markdown(result, (scores / "discovery.md").read_text()))
+    write_text(config.out / "report.md", markdown)
     return result
+
+
+def _write_report_page(config: ReportConfig, markdown: str, suppression: dict[str, Any], sae_dir: Path, data: Path,
+                       reliance: Path) -> None:
+    """``report.html``: the tables of ``report.md`` with pictures (:mod:`traitlens.specimens.figures`):
+    per pair the trait, the twin, Grad-CAM, Finer-CAM and the oracle map, a chart of the flips, and
+    images before and after the mask-AP latents are zeroed."""
+    from traitlens.interventions.setup import load_sae_on_model
+
+    placed = load_sae_on_model(config.model, sae_dir, device="cpu")
+    benchmark, source = read_benchmark(data), open_image_source(data)
+    class_index = benchmark.class_index(placed.backbone.class_names, config.model)
+    pictures = Pictures(config.out / FIGURES, FIGURES)
+    pairs = [row for row in suppression["rows"] if row["pair"] != "all"]
+    chart = bar_chart("look-alike flips per pair", [row["trait"] for row in pairs],
+                      {"mask-AP latents": [row["flip_mask_ap"] for row in pairs],
+                       "matched random": [row["random_mask_ap"] for row in pairs],
+                       "twin-difference latents": [row["flip_twin"] for row in pairs],
+                       "twin reliance": [row["reliance"] for row in pairs]})
+    body = "\n".join([
+        markdown_body(markdown),
+        "<h2>Pictures</h2>",
+        "<h3>Localization</h3><p>One image per pair: the trait that tells it from its look-alike (tinted), its "
+        "counterfactual twin, Grad-CAM of its species, Finer-CAM against the look-alike, and the oracle map (how much "
+        "the margin drops when one patch comes from the twin).</p>",
+        *localization_figures(pictures, placed, source, benchmark, class_index, oracle=reliance).values(),
+        "<h3>Suppression</h3>", chart,
+        "<p>Images with the probabilities of the species and its look-alike before &rarr; after the mask-AP latents "
+        "are zeroed.</p>",
+        *suppression_figures(pictures, placed, source, benchmark, class_index, suppression["latents"]["mask AP"]).values(),
+    ])
+    atomic_write_bytes(config.out / "report.html", page(f"traitlens specimens report: {config.model}", body).encode())
 
 
 def report_markdown(result: dict[str, Any], discovery_md: str) -> str:

@@ -37,6 +37,7 @@ from traitlens.interventions.setup import SAEOnModel
 from traitlens.interventions.steer import steer_batch
 from traitlens.overlay import overlay
 from traitlens.specimens.benchmark import Benchmark
+from traitlens.specimens.reliance import read_oracle_map
 from traitlens.store import ActivationStore
 
 TILE = 112
@@ -77,7 +78,7 @@ def _patch_heat(grid_gg: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return torch.nn.functional.interpolate(tensor, size=size_hw, mode="nearest")[0, 0].numpy()
 
 
-class _Pictures:
+class Pictures:
     """Writes tiles into ``folder`` and gives their ``<img>`` tags, relative to the page."""
 
     def __init__(self, folder: Path, prefix: str) -> None:
@@ -94,7 +95,7 @@ def _view_and_mask(backbone: Backbone, source: ImageSource, index: int, mask_hw:
     return backbone.preprocess.view(image), backbone.preprocess.mask(mask_hw.astype(np.int64)) > 0
 
 
-def discovery_figures(pictures: _Pictures, placed: SAEOnModel, features: LatentFeatures, source: ImageSource,
+def discovery_figures(pictures: Pictures, placed: SAEOnModel, features: LatentFeatures, source: ImageSource,
                       benchmark: Benchmark, rows: Sequence[dict[str, Any]]) -> dict[str, str]:
     """Per trait: the best SAE latent's top images, its map over each, beside the trait's mask."""
     store = ActivationStore(Path(features.acts))
@@ -128,10 +129,11 @@ def _first_images(source: ImageSource, benchmark: Benchmark, species: str, count
     return found[:count]
 
 
-def localization_figures(pictures: _Pictures, placed: SAEOnModel, source: ImageSource, benchmark: Benchmark,
-                         class_index: dict[str, int]) -> dict[str, str]:
-    """Per look-alike pair: an image of its second species with the trait's mask, Grad-CAM of
-    the species and Finer-CAM against the look-alike."""
+def localization_figures(pictures: Pictures, placed: SAEOnModel, source: ImageSource, benchmark: Benchmark,
+                         class_index: dict[str, int], oracle: Path | None = None) -> dict[str, str]:
+    """Per look-alike pair: an image of its second species with the trait's mask, its
+    counterfactual twin (when the benchmark has twins), Grad-CAM of the species, Finer-CAM against
+    the look-alike and the oracle map (from a ``score reliance`` folder, when given)."""
     backbone = placed.backbone
     figures: dict[str, str] = {}
     for pair in benchmark.lookalikes:
@@ -142,19 +144,24 @@ def localization_figures(pictures: _Pictures, placed: SAEOnModel, source: ImageS
             target = torch.tensor([class_index[pair.b]])
             plain = cam_maps(backbone, pixels_1chw, "grad-cam", target)[0]
             finer = cam_maps(backbone, pixels_1chw, "grad-cam", target, torch.tensor([[class_index[pair.a]]]))[0]
-            stem = f"localization-{pair.a}-{pair.b}"
-            figures[f"{pair.a} / {pair.b}"] = (
-                f'<div class="figrow"><span class="figlabel">{escape(pair.b)} against {escape(pair.a)} ({escape(pair.trait)})'
-                "</span>"
-                + pictures.img(f"{stem}-mask.png", _masked(view, mask), f"{pair.trait} of {record.source}", "trait")
-                + pictures.img(f"{stem}-gradcam.png", overlay(view, plain), f"Grad-CAM of {pair.b}", "Grad-CAM")
-                + pictures.img(f"{stem}-finer.png", overlay(view, finer), f"Finer-CAM of {pair.b} against {pair.a}",
-                               f"Finer-CAM vs {escape(pair.a)}")
-                + "</div>")
+            stem, key = f"localization-{pair.a}-{pair.b}", benchmark.resolve(record.source)
+            tiles = [pictures.img(f"{stem}-mask.png", _masked(view, mask), f"{pair.trait} of {record.source}", "trait")]
+            if key in benchmark.twins:
+                with Image.open(benchmark.root / benchmark.twins[key]) as twin:
+                    tiles.append(pictures.img(f"{stem}-twin.png", backbone.preprocess.view(twin.convert("RGB")),
+                                              f"the twin of {record.source}", "twin"))
+            tiles += [pictures.img(f"{stem}-gradcam.png", overlay(view, plain), f"Grad-CAM of {pair.b}", "Grad-CAM"),
+                      pictures.img(f"{stem}-finer.png", overlay(view, finer), f"Finer-CAM of {pair.b} against {pair.a}",
+                                   f"Finer-CAM vs {escape(pair.a)}")]
+            if oracle is not None:
+                heat = _patch_heat(np.clip(read_oracle_map(oracle, key), 0, None), (view.height, view.width))
+                tiles.append(pictures.img(f"{stem}-oracle.png", overlay(view, heat), f"oracle map of {record.source}", "oracle"))
+            figures[f"{pair.a} / {pair.b}"] = (f'<div class="figrow"><span class="figlabel">{escape(pair.b)} against '
+                                               f"{escape(pair.a)} ({escape(pair.trait)})</span>{''.join(tiles)}</div>")
     return figures
 
 
-def suppression_figures(pictures: _Pictures, placed: SAEOnModel, source: ImageSource, benchmark: Benchmark,
+def suppression_figures(pictures: Pictures, placed: SAEOnModel, source: ImageSource, benchmark: Benchmark,
                         class_index: dict[str, int], trait_latents: dict[str, list[int]]) -> dict[str, str]:
     """Per pair: images of its second species before and after the trait latents are zeroed on
     every token, with the probabilities of the species and its look-alike."""
@@ -225,7 +232,7 @@ def bar_chart(title: str, groups: Sequence[str], series: dict[str, Sequence[floa
 def report_figures(folder: Path, prefix: str, results: dict[str, Any], placed: SAEOnModel, features: LatentFeatures,
                    source: ImageSource, benchmark: Benchmark) -> ReportFigures:
     """Every picture of the demo report, written into ``folder`` (``prefix``: its path from the page)."""
-    pictures = _Pictures(folder, prefix)
+    pictures = Pictures(folder, prefix)
     class_index = benchmark.class_index(placed.backbone.class_names, placed.backbone.spec)
     rows = results["discovery"]["rows"]
     kinds = {"SAE latent": "sae", "neuron": "neurons", "PCA": "pca", "k-means": "kmeans"}

@@ -63,14 +63,18 @@ function renderPredictions(before, after) {
     const p = row.probability;
     tr.append(element("td", { text: row.class }),
       element("td", {}, element("span", { class: "bar", style: `width:${Math.round(100 * (p || 0))}px` }), p === null ? "" : percent(p)));
-    const cell = element("td", { class: "after" });
+    const cell = element("td", { class: "after" }), change = element("td", { class: "change" });
     if (afterOf.has(row.class)) {
       const q = afterOf.get(row.class);
       cell.dataset.probability = String(q);
       cell.textContent = percent(q);
-      if (p !== null) cell.classList.add(q >= p ? "up" : "down");
+      if (p !== null) {
+        cell.classList.add(q >= p ? "up" : "down");
+        change.textContent = `${q >= p ? "+" : "−"}${(100 * Math.abs(q - p)).toFixed(2)} pp`;
+        change.classList.add(q >= p ? "up" : "down");
+      }
     }
-    tr.append(cell);
+    tr.append(cell, change);
     return tr;
   }));
 }
@@ -218,6 +222,7 @@ async function start() {
   $("apply").addEventListener("click", applyEdits);
   $("reset").addEventListener("click", () => { state.edits = []; renderEdits(); openImage(state.image, $("image-title").textContent); });
   $("cam-show").addEventListener("click", showCam);
+  $("copy-command").addEventListener("click", () => navigator.clipboard && navigator.clipboard.writeText($("command").textContent));
   $("upload").addEventListener("change", upload);
   $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); showPage(); });
   $("next").addEventListener("click", () => { if (state.offset + PAGE < state.total) { state.offset += PAGE; showPage(); } });

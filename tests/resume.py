@@ -3,6 +3,7 @@ with an uninterrupted one."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +29,12 @@ def kill_at_call(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, call: i
         return real(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, killed)
+
+
+def outputs(root: Path, result: str) -> dict[str, object]:
+    """:func:`file_bytes` with the JSON ``result`` file parsed and its ``config.out`` left out: the
+    one field that names the folder, so two runs in two folders compare equal."""
+    files: dict[str, object] = dict(file_bytes(root))
+    parsed = json.loads(file_bytes(root)[result])
+    del parsed["config"]["out"]
+    return {**files, result: parsed}

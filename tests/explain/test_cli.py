@@ -20,7 +20,7 @@ from tests.backbones.builders import CLIP_WITH_TOKENIZER
 from tests.explain.conftest import photo
 from tests.html_pages import local_targets, parse_page
 from tests.pretrained import mobilenet_checkpoint
-from tests.resume import file_bytes, kill_at_call
+from tests.resume import file_bytes, kill_at_call, outputs
 from traitlens.backbones import load_backbone
 from traitlens.cli import main
 from traitlens.explain import ExplainConfig, explain
@@ -141,13 +141,7 @@ def test_a_killed_run_resumes_to_the_same_files_and_a_finished_one_is_kept(folde
 
     explain(config(tmp_path / "killed"), show_progress=False)  # resumed: only the last two images are computed
 
-    def outputs(root: Path) -> dict[str, object]:
-        files: dict[str, object] = dict(file_bytes(root))
-        summary = json.loads(files.pop("summary.json"))  # type: ignore[arg-type]
-        del summary["config"]["out"]
-        return {**files, "summary.json": summary}
-
-    assert outputs(tmp_path / "killed") == outputs(tmp_path / "whole")
+    assert outputs(tmp_path / "killed", "summary.json") == outputs(tmp_path / "whole", "summary.json")
     assert not (tmp_path / "killed" / "progress").exists() and not (tmp_path / "killed" / "job.json").exists()
     finished = file_bytes(tmp_path / "whole")
     kill_at_call(monkeypatch, explain_job, "compute_cams", 1)  # a finished run computes nothing

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from tests.fuzz.harness import assert_refused
-from tests.resume import file_bytes, kill_at_call
+from tests.resume import file_bytes, kill_at_call, outputs
 from tests.store.conftest import TINY_VIT
 from traitlens.backbones import Backbone, Preprocess, load_backbone
 from traitlens.backbones.probe import probe_layers
@@ -265,11 +265,5 @@ def test_a_killed_steer_resumes_to_the_same_files(capsys: pytest.CaptureFixture[
     kill_at_call(monkeypatch, steer_module, "steer_batch", 3)  # the resumed run computes the last two batches only
     assert _steer(capsys, data, sae, *argv, "--out", str(tmp_path / "killed"))[0] == 0
 
-    def outputs(root: Path) -> dict[str, object]:
-        files: dict[str, object] = dict(file_bytes(root))
-        effect = json.loads(files.pop("effect.json"))  # type: ignore[arg-type]
-        del effect["config"]["out"]
-        return {**files, "effect.json": effect}
-
-    assert outputs(tmp_path / "killed") == outputs(tmp_path / "whole")
+    assert outputs(tmp_path / "killed", "effect.json") == outputs(tmp_path / "whole", "effect.json")
     assert sorted(file_bytes(tmp_path / "killed")) == ["effect.json", "predictions.csv", "traitlens-output.json"]

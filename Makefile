@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m traitlens.install_weights
 	touch $(STAMP)
 
+# the report on the embedded default: without --data it is the demo (traitlens demo --out runs/demo)
 demo: $(STAMP)
-	$(BIN)/traitlens demo --out runs/demo
+	$(BIN)/traitlens report --model traitlens:specimens-vit --out runs/demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"specimens"},
     {"demo_report"},
     {"demo"},
+    {"report"},
     {"cli", "__init__"},
     {"__main__"},
 ]

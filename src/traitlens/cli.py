@@ -142,6 +142,15 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_report(args: argparse.Namespace) -> int:
+    from traitlens.report import DataReportConfig, report_on_data
+
+    print(report_on_data(DataReportConfig(model=args.model, out=args.out, data=args.data, layer=args.layer, weights=args.weights,
+                                          pretrained=not args.random_init, sae_epochs=args.sae_epochs, device=args.device,
+                                          overwrite=args.overwrite)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from traitlens.backbones.layout import TOKEN_SELECTIONS
     from traitlens.sae.architectures import ARCHITECTURES
@@ -251,6 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=non_negative_int, help="specimens seed (default: 1; the model was trained on 0)")
     add_overwrite_arg(demo, resumable=True)
     demo.set_defaults(run=_run_demo)
+
+    report = commands.add_parser("report", help="the demo's pipeline on your model and images: extract, SAE, features, "
+                                                "one page with pictures")
+    add_model_args(report)
+    report.add_argument("--data", type=Path,
+                        help="images: class folder, image folder, image file, table, segmentation folder or saved HF dataset "
+                             "(default, with the embedded traitlens:specimens-vit only: a fresh specimens benchmark, the demo)")
+    report.add_argument("--layer", help="layer the SAE reads (default: the one before the last; blocks.1 for the demo)")
+    report.add_argument("--sae-epochs", type=positive_int, default=5, help="passes of SAE training over the tokens (default 5)")
+    add_device_arg(report)
+    report.add_argument("--out", required=True, type=Path,
+                        help="output folder: acts/, sae/, features/, report.html (an unfinished one is resumed)")
+    add_overwrite_arg(report, resumable=True)
+    report.set_defaults(run=_run_report)
 
     from traitlens.specimens.cli import add_specimens_commands
 

@@ -31,7 +31,7 @@ figure { margin: 0; }
 .view:hover img.heat { opacity: 0; }
 figcaption { font-size: 0.85em; color: #444; max-width: 12em; }
 .figrow { display: flex; gap: 0.5em; align-items: flex-end; flex-wrap: wrap; margin: 0.5em 0; }
-.figlabel { width: 11em; font-size: 0.9em; color: #444; align-self: center; }
+.figlabel { width: 11em; font-size: 0.9em; color: #444; align-self: center; overflow-wrap: anywhere; }
 svg.chart { display: block; margin: 0.8em 0; max-width: 100%; height: auto; }
 nav a { margin-right: 1em; }
 """

@@ -63,14 +63,14 @@ def _tile(image: Image.Image) -> Image.Image:
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
 
 
-def _masked(view: Image.Image, mask_hw: np.ndarray) -> Image.Image:
+def masked(view: Image.Image, mask_hw: np.ndarray) -> Image.Image:
     """The view with the mask's pixels tinted."""
     rgb_hw3 = np.asarray(view.convert("RGB"), dtype=np.float64)
     rgb_hw3[mask_hw] = 0.45 * rgb_hw3[mask_hw] + 0.55 * MASK_RGB
     return Image.fromarray(np.round(rgb_hw3).astype(np.uint8))
 
 
-def _patch_heat(grid_gg: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+def patch_heat(grid_gg: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """A patch map scaled to [0, 1] by its max and stretched (nearest) over the view."""
     top = float(grid_gg.max())
     scaled = grid_gg / top if top > 0 else np.zeros_like(grid_gg)
@@ -86,7 +86,7 @@ class Pictures:
 
     def img(self, name: str, image: Image.Image, alt: str, caption: str = "") -> str:
         atomic_save_png(self.folder / name, _tile(image))
-        tag = f'<img src="{escape(self.prefix)}/{escape(name)}" alt="{escape(alt)}" title="{escape(alt)}">'
+        tag = f'<img loading="lazy" src="{escape(self.prefix)}/{escape(name)}" alt="{escape(alt)}" title="{escape(alt)}">'
         return f"<figure>{tag}<figcaption>{caption}</figcaption></figure>" if caption else f"<figure>{tag}</figure>"
 
 
@@ -113,10 +113,10 @@ def discovery_figures(pictures: Pictures, placed: SAEOnModel, features: LatentFe
             record = source.records[index]
             mask_hw = benchmark.trait_masks(benchmark.resolve(record.source))[traits.index(trait)]
             view, mask = _view_and_mask(placed.backbone, source, index, mask_hw)
-            heat = _patch_heat(features.patch_map(latent, image), (view.height, view.width))
+            heat = patch_heat(features.patch_map(latent, image), (view.height, view.width))
             stem = f"discovery-{trait}-{image}"
             tiles.append(pictures.img(f"{stem}-latent.png", overlay(view, heat), f"latent {latent} on {record.source}") +
-                         pictures.img(f"{stem}-mask.png", _masked(view, mask), f"{trait} mask of {record.source}"))
+                         pictures.img(f"{stem}-mask.png", masked(view, mask), f"{trait} mask of {record.source}"))
         if tiles:
             figures[trait] = (f'<div class="figrow"><span class="figlabel">{escape(trait)}: latent {latent}, its top images '
                               f"(map | {escape(trait)} mask)</span>{''.join(tiles)}</div>")
@@ -145,7 +145,7 @@ def localization_figures(pictures: Pictures, placed: SAEOnModel, source: ImageSo
             plain = cam_maps(backbone, pixels_1chw, "grad-cam", target)[0]
             finer = cam_maps(backbone, pixels_1chw, "grad-cam", target, torch.tensor([[class_index[pair.a]]]))[0]
             stem, key = f"localization-{pair.a}-{pair.b}", benchmark.resolve(record.source)
-            tiles = [pictures.img(f"{stem}-mask.png", _masked(view, mask), f"{pair.trait} of {record.source}", "trait")]
+            tiles = [pictures.img(f"{stem}-mask.png", masked(view, mask), f"{pair.trait} of {record.source}", "trait")]
             if key in benchmark.twins:
                 with Image.open(benchmark.root / benchmark.twins[key]) as twin:
                     tiles.append(pictures.img(f"{stem}-twin.png", backbone.preprocess.view(twin.convert("RGB")),
@@ -154,7 +154,7 @@ def localization_figures(pictures: Pictures, placed: SAEOnModel, source: ImageSo
                       pictures.img(f"{stem}-finer.png", overlay(view, finer), f"Finer-CAM of {pair.b} against {pair.a}",
                                    f"Finer-CAM vs {escape(pair.a)}")]
             if oracle is not None:
-                heat = _patch_heat(np.clip(read_oracle_map(oracle, key), 0, None), (view.height, view.width))
+                heat = patch_heat(np.clip(read_oracle_map(oracle, key), 0, None), (view.height, view.width))
                 tiles.append(pictures.img(f"{stem}-oracle.png", overlay(view, heat), f"oracle map of {record.source}", "oracle"))
             figures[f"{pair.a} / {pair.b}"] = (f'<div class="figrow"><span class="figlabel">{escape(pair.b)} against '
                                                f"{escape(pair.a)} ({escape(pair.trait)})</span>{''.join(tiles)}</div>")

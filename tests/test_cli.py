@@ -147,7 +147,11 @@ def test_the_command_line_retrains_the_report_sae_exactly(capsys: pytest.Capture
     ["specimens", "score", "localization", "--heatmaps", "maps", "--data", "specimens"],
 ])
 def test_an_output_folder_inside_a_file_is_refused_first(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                         command: list[str]) -> None:
+                                                         monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    """Refused before any work; explain checks its request first (so --overwrite never empties a
+    folder for a bad one), so it is given real photos."""
+    make_class_folder(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "file").write_text("mine")
     code, _, err = _run(capsys, *command, "--out", str(tmp_path / "file" / "out"))
     _assert_one_line_error(code, err, "cannot be created", "is a file")

@@ -63,3 +63,50 @@ def test_a_model_whose_classes_are_not_the_labels(tmp_path: Path, capsys: pytest
 def test_without_data_only_the_embedded_default_has_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--model", TINY_VIT, "--random-init", "--out", str(tmp_path / "r")]) == 2
     assert "--data is needed" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_images_the_store_skipped_and_classes_without_images(tmp_path: Path) -> None:
+    """An unreadable image is skipped by extraction and never loaded again; a class the dataset's
+    class list names but has no image of is left out (no KeyError, no NaN in report.json)."""
+    import datasets
+
+    data = generate(GenerateConfig(tmp_path / "specimens", n=24, seed=5), show_progress=False)
+    records = json.loads((data / "traits.json").read_text())["images"]
+    kept = [record for record in records if record["species"] in ("sp00", "sp01", "sp02")]
+    names = [f"sp{index:02d}" for index in range(16)]  # the ClassLabel names every species
+    datasets.disable_progress_bars()
+    rows = {"image": [str(data / record["source"]) for record in kept],
+            "label": [names.index(record["species"]) for record in kept]}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(tmp_path / "hf")
+    config = DataReportConfig(model="traitlens:specimens-vit", out=tmp_path / "report", data=tmp_path / "hf",
+                              layer="blocks.1", sae_expansion=2, sae_epochs=1, n_random=1)
+    report_on_data(config)
+    result = json.loads((config.out / "report.json").read_text())
+    assert {row["class"] for row in result["classes"]} == {"sp00", "sp01", "sp02"}
+    assert [row["class"] for row in result["causal"]] == [row["class"] for row in result["classes"]]
+
+    folder = tmp_path / "folder"
+    for record in kept:
+        target = folder / record["species"] / Path(record["source"]).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((data / record["source"]).read_bytes())
+    (folder / "sp00" / "broken.png").write_bytes(b"not an image")
+    config = DataReportConfig(model="traitlens:specimens-vit", out=tmp_path / "report-broken", data=folder,
+                              layer="blocks.1", sae_expansion=2, sae_epochs=1, n_random=1)
+    report_on_data(config)
+    result = json.loads((config.out / "report.json").read_text())
+    assert result["causal"] and all(row["n_eligible"] <= len(kept) for row in result["causal"])
+    _targets(config.out / "report.html")
+
+
+def test_overwrite_keeps_the_folder_when_the_request_is_bad(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = make_class_folder(tmp_path / "images")
+    out = tmp_path / "report"
+    argv = ["report", "--model", TINY_VIT, "--random-init", "--data", str(images), "--sae-epochs", "1", "--device", "cpu",
+            "--out", str(out)]
+    assert main(argv) == 0
+    before = sorted(path.relative_to(out) for path in out.rglob("*"))
+    assert main([*argv, "--overwrite", "--layer", "no-such-layer"]) == 2
+    assert "no-such-layer" in capsys.readouterr().err
+    assert sorted(path.relative_to(out) for path in out.rglob("*")) == before

@@ -4,9 +4,9 @@ same files (``explain``, ``steer``, ``attribute``; the store, SAE and features j
 shards, checkpoints and chunks).
 
 ``job.json`` (everything that decides the result) is written first. Each finished batch leaves one
-file in ``progress/``, written atomically after everything else the batch writes, so a batch with a
+file in ``.traitlens-progress/``, written atomically after everything else the batch writes, so a batch with a
 file is whole. The result file, written last, carries the job; once it is written, ``finish``
-removes ``job.json`` and ``progress/``. Another job's files are refused with the settings that
+removes ``job.json`` and ``.traitlens-progress/``. Another job's files are refused with the settings that
 differ (:func:`traitlens.output_folder.refuse_another_job`); ``--overwrite`` starts afresh.
 """
 
@@ -26,7 +26,8 @@ from traitlens.json_config import read_json_config
 from traitlens.output_folder import refuse_another_job
 
 JOB = "job.json"
-PROGRESS = "progress"
+# hidden and prefixed: an output folder also holds files named after the images (class folders)
+PROGRESS = ".traitlens-progress"
 JOB_FORMAT = "traitlens.job"
 
 

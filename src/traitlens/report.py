@@ -23,6 +23,7 @@ step resumes where a killed run stopped (extraction, SAE, features); the scoring
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from html import escape
@@ -118,15 +119,21 @@ class _Report:
         self.backbone = placed.backbone
         store = ActivationStore(config.out / "acts")
         self.index_of = source_indices(store, source)
+        # images extraction skipped (unreadable) are in the source but not in the store: never load them
+        self.held = sorted(set(self.index_of.values()))
         self.pictures = Pictures(config.out / FIGURES, FIGURES)
         self.model_classes = _model_classes(self.backbone, source)
 
     def _classes(self) -> list[tuple[int, str]]:
         """The feature columns of the most frequent classes (ties by name), at most ``max_classes``."""
         names = self.features.class_names
-        counts = {name: sum(record.label == name for record in self.source.records) for name in names}
-        ranked = sorted(range(len(names)), key=lambda c: (-counts[names[c]], names[c]))
+        counts = {name: sum(self.source.records[index].label == name for index in self.held) for name in names}
+        # a dataset's class list may name classes it has no image of (an HF ClassLabel): they have nothing to show
+        ranked = sorted((c for c in range(len(names)) if counts[names[c]]), key=lambda c: (-counts[names[c]], names[c]))
         return [(c, names[c]) for c in ranked[: self.config.max_classes]]
+
+    def _images_of(self, name: str) -> list[int]:
+        return [index for index in self.held if self.source.records[index].label == name]
 
     def _top_images_row(self, latent: int, label: str, mask_value: int | None = None) -> str:
         """The latent's top images with its patch map over each (beside the label's mask when given)."""
@@ -174,9 +181,9 @@ class _Report:
         Finer-CAM against the closest class."""
         chosen: list[int] = []
         for _, name in self._classes():
-            chosen += [index for index, record in enumerate(self.source.records) if record.label == name][:1]
+            chosen += self._images_of(name)[:1]
         if not chosen:
-            chosen = list(range(min(len(self.source), self.config.max_classes)))
+            chosen = self.held[: self.config.max_classes]
         rows = []
         names = self.backbone.class_names
         for index in chosen:
@@ -216,7 +223,7 @@ class _Report:
         generator = torch.Generator().manual_seed(0)
         rows = []
         for row in class_rows:
-            images = [index for index, record in enumerate(self.source.records) if record.label == row["class"]]
+            images = self._images_of(row["class"])
             pixels = [batch.pixels_bchw for batch in pixel_batches(self.source, self.backbone.preprocess, 32, images)]
             before_n = predicted_classes(self.backbone, pixels)
             eligible_n = before_n == self.model_classes[row["class"]]
@@ -227,6 +234,18 @@ class _Report:
                          "change_rate": self._change_rate(row["latents"], pixels, before_n, eligible_n),
                          "change_rate_random": sum(random) / len(random) if random else None})
         return rows
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite number as None: JSON has no NaN, and a score that
+    cannot be computed (no positives) is missing, not a number."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
 
 def _table(columns: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{escape(column)}</th>" for column in columns)
@@ -250,7 +269,7 @@ def _page(config: DataReportConfig, result: dict[str, Any], figures: dict[str, l
                   "average precision against <i>chance</i>, the class's share of the images. Below, each class's best latent "
                   "on its top images, its patch map drawn over each.</p>",
                   _table(["class", "latents", "AP", "chance"],
-                         [[row["class"], ", ".join(map(str, row["latents"])), ", ".join(f"{ap:.3f}" for ap in row["ap"]),
+                         [[row["class"], ", ".join(map(str, row["latents"])), ", ".join(number_text(ap) for ap in row["ap"]),
                            row["chance"]] for row in result["classes"]]),
                   *figures["classes"]]
     if result["labels"]:
@@ -286,10 +305,11 @@ def report_on_data(config: DataReportConfig) -> str:
             raise TraitlensError(f"--data is needed for {config.model}; without it the report is the demo, on {DEMO_MODEL}")
         demo = DemoConfig(out=config.out, overwrite=config.overwrite)
         return run_demo(demo if config.layer is None else DemoConfig(out=config.out, overwrite=config.overwrite, layer=config.layer))
-    claim_output_folder(config.out, COMMAND, overwrite=config.overwrite, resumable=True, own_files=("report.json",))
     backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained)
-    layer = _report_layer(backbone, config.layer)  # a bad --layer is refused before any work
+    layer = _report_layer(backbone, config.layer)
     source = open_image_source(config.data)
+    # claimed only once the request is known to be good: --overwrite must not empty a folder for a bad one
+    claim_output_folder(config.out, COMMAND, overwrite=config.overwrite, resumable=True, own_files=("report.json",))
     acts, features_dir = config.out / "acts", config.out / "features"
     _step(1, f"extract {layer} tokens of {len(source):,} images")
     extract(ExtractConfig(model=config.model, data=config.data, layers=(layer,), out=acts, weights=config.weights,
@@ -318,6 +338,7 @@ def report_on_data(config: DataReportConfig) -> str:
               "sae": {"width": placed.sae.config.width, "explained_variance": fit["explained_variance"], "l0": fit["l0"],
                       "dead": int(features.summary.dead)},
               "classes": class_rows, "labels": label_rows, "causal": scored.causal(class_rows)}
+    result = _finite(result)
     _step(5, "report")
     figures = {"classes": class_figures, "labels": label_figures, "heatmaps": scored.heatmaps()}
     atomic_write_bytes(config.out / "report.html", _page(config, result, figures, features_index).encode())

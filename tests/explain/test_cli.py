@@ -136,13 +136,13 @@ def test_a_killed_run_resumes_to_the_same_files_and_a_finished_one_is_kept(folde
     kill_at_call(monkeypatch, explain_job, "compute_cams", 2)
     with pytest.raises(KeyboardInterrupt):
         explain(config(tmp_path / "killed"), show_progress=False)
-    assert sorted(path.name for path in (tmp_path / "killed" / "progress").iterdir()) == ["batch-000000.json"]
+    assert sorted(path.name for path in (tmp_path / "killed" / ".traitlens-progress").iterdir()) == ["batch-000000.json"]
     monkeypatch.undo()
 
     explain(config(tmp_path / "killed"), show_progress=False)  # resumed: only the last two images are computed
 
     assert outputs(tmp_path / "killed", "summary.json") == outputs(tmp_path / "whole", "summary.json")
-    assert not (tmp_path / "killed" / "progress").exists() and not (tmp_path / "killed" / "job.json").exists()
+    assert not (tmp_path / "killed" / ".traitlens-progress").exists() and not (tmp_path / "killed" / "job.json").exists()
     finished = file_bytes(tmp_path / "whole")
     kill_at_call(monkeypatch, explain_job, "compute_cams", 1)  # a finished run computes nothing
     assert explain(config(tmp_path / "whole"), show_progress=False)["images"] == json.loads(finished["summary.json"])["images"]
@@ -156,7 +156,7 @@ def test_a_damaged_progress_file_is_one_line(capsys: pytest.CaptureFixture[str],
     monkeypatch.setattr(explain_job, "atomic_write_json", _stop_at_the_summary(explain_job.atomic_write_json))
     assert _run(capsys, *argv)[0] == 130  # the command line reports the interruption
     monkeypatch.undo()
-    (tmp_path / "maps" / "progress" / "batch-000000.json").write_text('{"format": "traitlens.job.batch", "images": 3}')
+    (tmp_path / "maps" / ".traitlens-progress" / "batch-000000.json").write_text('{"format": "traitlens.job.batch", "images": 3}')
 
     code, _, err = _run(capsys, *argv)
     _assert_one_line_error(code, err, ["progress file", "batch-000000.json is damaged", "--overwrite"])
@@ -282,3 +282,28 @@ def _assert_one_line_error(code: int, err: str, fragments: list[str]) -> None:
     assert len(lines) == 1 and lines[0].startswith("traitlens") and ": error: " in lines[0], err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def test_a_head_replaced_in_place_is_not_taken_for_the_same(capsys: pytest.CaptureFixture[str], folder: Path,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backbone = load_backbone(TINY_VIT, pretrained=False)
+    model = {"spec": TINY_VIT, "weights_fingerprint": backbone.weights_fingerprint()}
+    save_head(tmp_path / "head", LinearHead(torch.ones(2, 32), torch.zeros(2), "blocks.1", "mean", ("a", "b"), model))
+    argv = ["--model", TINY_VIT, "--random-init", "--head", str(tmp_path / "head"), "--data", str(folder),
+            "--method", "grad-cam", "--batch-size", "1", "--out", str(tmp_path / "maps")]
+    kill_at_call(monkeypatch, explain_job, "compute_cams", 2)
+    assert _run(capsys, *argv)[0] == 130  # killed after its first batch
+    monkeypatch.undo()
+    save_head(tmp_path / "head", LinearHead(-torch.ones(2, 32), torch.zeros(2), "blocks.1", "mean", ("a", "b"), model))
+    code, _, err = _run(capsys, *argv)
+    _assert_one_line_error(code, err, ["head_sha256", "--overwrite"])
+
+
+def test_a_class_folder_named_like_the_progress_files_keeps_its_maps(folder: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    _save(photo("chelsea"), images / "progress" / "chelsea.png", (48, 48))
+    _save(photo("coffee"), images / "cups" / "coffee.png", (48, 48))
+    out = tmp_path / "maps"
+    explain(ExplainConfig(model=TINY_VIT, pretrained=False, data=images, method="grad-cam", batch_size=1, out=out),
+            show_progress=False)
+    assert (out / "progress" / "chelsea.npy").is_file() and (out / "cups" / "coffee.npy").is_file()

@@ -19,7 +19,7 @@ from tests.explore.conftest import MODEL, ExploreInputs
 from traitlens.cli import main
 from traitlens.explore import Explorer
 from traitlens.explore.app import create_app
-from traitlens.explore.cli import is_loopback
+from traitlens.explore.cli import is_loopback, trusted_host_names
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +108,12 @@ def test_the_live_server_answers_over_a_real_socket(server: str, tmp_path: Path)
     info = httpx.get(f"{server}/api/info", timeout=30).json()
     assert info["model"] == MODEL
     assert json.loads(httpx.post(f"{server}/api/upload", content=b"nope", timeout=30).text)["error"]
+
+
+def test_a_loopback_server_answers_only_loopback_host_names(server: str) -> None:
+    """A page whose domain is re-pointed to 127.0.0.1 (DNS rebinding) sends its own Host: refused."""
+    assert httpx.get(f"{server}/api/info", timeout=30).status_code == 200
+    port = server.rsplit(":", 1)[1]
+    assert httpx.get(f"{server}/api/info", headers={"Host": f"localhost:{port}"}, timeout=30).status_code == 200
+    assert httpx.get(f"{server}/api/info", headers={"Host": f"evil.example:{port}"}, timeout=30).status_code == 400
+    assert trusted_host_names("0.0.0.0") is None and trusted_host_names("127.0.0.1") == ["127.0.0.1", "localhost", "[::1]"]

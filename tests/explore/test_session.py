@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from traitlens.errors import TraitlensError
-from traitlens.explore import ExploreError, Explorer
+from tests.explore.conftest import MODEL, ExploreInputs
+from traitlens.errors import DataError, TraitlensError
+from traitlens.explore import ExploreConfig, ExploreError, Explorer, session
 from traitlens.interventions import LatentEdit, latent_edit, steer_source
 
 
@@ -81,3 +82,39 @@ def test_a_decompression_bomb_is_refused(explorer: Explorer, monkeypatch: pytest
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # Pillow refuses over twice this
     with pytest.raises(ExploreError, match="DecompressionBombError"):
         explorer.add_upload(buffer.getvalue())
+
+
+def test_an_upload_too_large_is_refused_from_its_header(explorer: Explorer, monkeypatch: pytest.MonkeyPatch) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 200)).save(buffer, format="PNG")
+    monkeypatch.setattr(session, "MAX_UPLOAD_PIXELS", 300 * 200 - 1)
+    with pytest.raises(ExploreError, match="300x200 pixels, more than 59,999"):
+        explorer.add_upload(buffer.getvalue())
+
+
+def test_a_large_upload_is_kept_shrunk(explorer: Explorer) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4 * session.UPLOAD_SIDE, session.UPLOAD_SIDE // 2), "olive").save(buffer, format="PNG")
+    image_id = explorer.add_upload(buffer.getvalue())
+    kept = explorer.image(image_id)
+    assert kept.size == (session.UPLOAD_SIDE, session.UPLOAD_SIDE // 8) and kept.getpixel((0, 0)) == (128, 128, 0)
+
+
+def test_top_images_are_left_out_when_the_store_is_gone(explore_inputs: ExploreInputs, monkeypatch: pytest.MonkeyPatch) -> None:
+    def moved(path: object) -> None:
+        raise DataError(f"no activation store at {path}")
+
+    monkeypatch.setattr(session, "ActivationStore", moved)
+    explorer = Explorer(ExploreConfig(model=MODEL, sae=explore_inputs.sae, data=explore_inputs.data,
+                                      features=explore_inputs.features, device="cpu"))
+    rows = explorer.latents_at("d1", [0, 1, 2])
+    assert rows and all(row["top_images"] == 0 for row in rows)
+    with pytest.raises(ExploreError, match="no top image"):
+        explorer.top_image(rows[0]["latent"], 0)
+
+
+def test_the_command_of_a_max_edit_names_the_features(explorer: Explorer) -> None:
+    assert explorer.config.features is not None
+    command = explorer.steer("d3", ["2=0.5max"], None)["command"]
+    assert f"--features {explorer.config.features}" in command
+    assert "--features" not in explorer.steer("d3", ["2*0.5"], None)["command"]

@@ -233,7 +233,7 @@ def test_a_killed_attribution_resumes_to_the_same_files(colour_run: dict[str, Pa
     assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
     kill_at_call(monkeypatch, attribution_module, "latent_attribution", 3)
     assert main([*argv, "--out", str(tmp_path / "killed")]) == 130
-    assert sorted(path.name for path in (tmp_path / "killed" / "progress").iterdir()) == [
+    assert sorted(path.name for path in (tmp_path / "killed" / ".traitlens-progress").iterdir()) == [
         "batch-000000.safetensors", "batch-000001.safetensors"]
     monkeypatch.undo()
     kill_at_call(monkeypatch, attribution_module, "latent_attribution", 8)  # 36 images: 7 batches are left

@@ -78,3 +78,15 @@ def test_only_chosen_patches_move_and_by_the_decoded_change() -> None:
     assert torch.equal(edited_btd[:, untouched], tokens_btd[:, untouched])
     torch.testing.assert_close(edited_btd[:, 2], expected_nd)
     assert not torch.allclose(edited_btd[:, 2], tokens_btd[:, 2])
+
+
+def test_a_long_edit_is_refused_before_it_is_matched() -> None:
+    """Edits come from the network in the explorer: a long one is one line, never a long match."""
+    with pytest.raises(InterventionError, match="longer than 64 characters"):
+        LatentEdit.parse("1=" + "1" * 100_000 + "x")
+    # the longest accepted edit that does not match fails as fast as a short one: every run of
+    # digits in the number pattern can be matched one way only
+    for text in ("1=" + "1" * 61 + "x", "1*" + "9" * 61 + "!", "1=" + "2" * 30 + "." + "3" * 29 + "?"):
+        with pytest.raises(InterventionError, match="cannot read the edit"):
+            LatentEdit.parse(text)
+    assert LatentEdit.parse("7=" + "1" * 20 + ".5max") == LatentEdit(7, "max", float("1" * 20 + ".5"))

@@ -261,7 +261,12 @@ def test_a_killed_steer_resumes_to_the_same_files(capsys: pytest.CaptureFixture[
     assert _steer(capsys, data, sae, *argv, "--out", str(tmp_path / "whole"))[0] == 0
     kill_at_call(monkeypatch, steer_module, "steer_batch", 2)
     assert _steer(capsys, data, sae, *argv, "--out", str(tmp_path / "killed"))[0] == 130
-    assert [path.name for path in (tmp_path / "killed" / "progress").iterdir()] == ["batch-000000.safetensors"]
+    assert [path.name for path in (tmp_path / "killed" / ".traitlens-progress").iterdir()] == ["batch-000000.safetensors"]
+    probe_bytes = (tmp_path / "probe" / "head.safetensors").read_bytes()
+    save_head(tmp_path / "probe", LinearHead(-head.weight_cd, head.bias_c, head.layer, head.pooling, head.class_names, head.model))
+    code, _, err = _steer(capsys, data, sae, *argv, "--out", str(tmp_path / "killed"))
+    assert code == 2 and "patch_probe_sha256" in err  # the same path, another probe: not this job
+    (tmp_path / "probe" / "head.safetensors").write_bytes(probe_bytes)
     kill_at_call(monkeypatch, steer_module, "steer_batch", 3)  # the resumed run computes the last two batches only
     assert _steer(capsys, data, sae, *argv, "--out", str(tmp_path / "killed"))[0] == 0
 

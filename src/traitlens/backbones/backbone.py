@@ -49,13 +49,32 @@ class TextTower:
     """(b, e) unit-norm image embeddings and (c, e) text embeddings to (b, c) logits, the model's own."""
 
 
+@dataclass(frozen=True)
+class ClassAttention:
+    """What a class-query head (Prompt-CAM, INTR) adds: each class has its own query, and where
+    that query attends over the patches of ``layer`` is the class's map (a capability a head
+    gives the Backbone it returns)."""
+
+    kind: str
+    """The head's kind (``prompt-cam``, ``intr``): the explain method that reads it."""
+    layer: str
+    """The layer whose patch grid the attention covers."""
+    attend: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    """Pixels (b, 3, h, w) to the logits (b, classes) and every class query's attention over the
+    patches, per attention head (b, heads, classes, patches)."""
+    blurred_logits: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    """Pixels (b, 3, h, w), target classes (b,) and a (b, heads) bool mask to the logits when the
+    masked heads' attention of each target query is made uniform (Prompt-CAM's head blurring)."""
+
+
 class Backbone:
     """A vision model seen as a sequence of token layers.
 
     ``forward`` maps preprocessed pixels (b, 3, h, w) to the model's head output (class logits when
     it has a classifier, else its image embedding). ``capture`` and ``edit`` reach any layer in
     ``layer_names`` through hooks that are removed when the ``with`` block ends, errors included.
-    ``text_tower`` is set for CLIP-style models (text heads need it).
+    ``text_tower`` is set for CLIP-style models (text heads need it), ``class_attention`` for a
+    class-query head's output (Prompt-CAM and INTR maps need it).
     """
 
     def __init__(
@@ -67,6 +86,7 @@ class Backbone:
         forward_fn: Callable[[torch.Tensor], torch.Tensor],
         class_names: Sequence[str] | None = None,
         text_tower: TextTower | None = None,
+        class_attention: ClassAttention | None = None,
     ) -> None:
         if not layers:
             raise LayerError(f"no layer of {spec} yields token sequences or feature maps")
@@ -78,16 +98,18 @@ class Backbone:
         self._order = {layer.name: index for index, layer in enumerate(layers)}
         self._forward_fn = forward_fn
         self.text_tower = text_tower
+        self.class_attention = class_attention
         self._fingerprint: str | None = None
 
     def with_forward(self, forward_fn: Callable[[torch.Tensor], torch.Tensor], class_names: Sequence[str] | None,
-                     last_layer: str | None = None) -> Backbone:
+                     last_layer: str | None = None, class_attention: ClassAttention | None = None) -> Backbone:
         """The same model, layers (up to ``last_layer``, when a head stops there) and preprocessing
-        with another head: ``forward_fn`` and its ``class_names``. The weights fingerprint is shared."""
+        with another head: ``forward_fn`` and its ``class_names`` (and its ``class_attention``,
+        for a class-query head). The weights fingerprint is shared."""
         names = self.layer_names
         kept = names if last_layer is None else names[: names.index(last_layer) + 1]
         other = Backbone(self.spec, self.model, [self._layers[name] for name in kept], self.preprocess, forward_fn, class_names,
-                         self.text_tower)
+                         self.text_tower, class_attention)
         other._fingerprint = self._fingerprint
         return other
 

@@ -4,7 +4,7 @@ Per image ``<relative path without suffix>.npy`` (float32 (H, W) in [0, 1] at th
 resolution), ``.png`` (the map over the image) and a small picture for the gallery, then
 ``index.html`` (:mod:`traitlens.explain.gallery`) and ``summary.json``, written last, so its
 presence marks a finished run. Every file is written atomically, into a folder claimed for
-explain before any work (:func:`traitlens.output_folder.claim_output_folder`).
+explain once the request is checked, before any work (:func:`traitlens.output_folder.claim_output_folder`).
 
 A run resumes batch by batch like every long job (:mod:`traitlens.progress`): each finished
 batch leaves its images' summary records, and the summary carries the job.
@@ -134,6 +134,10 @@ def _job_identity(config: ExplainConfig, backbone: Backbone, source: ImageSource
     del job["out"]
     job.update(model_spec=backbone.spec, weights_fingerprint=backbone.weights_fingerprint(),
                dataset_fingerprint=source.fingerprint(), n_images=len(source), layer_used=layer, traitlens_version=__version__)
+    if config.head is not None:  # the path alone would take a head replaced in place for the same
+        from traitlens.heads import head_sha256
+
+        job["head_sha256"] = head_sha256(config.head)
     return job
 
 
@@ -155,7 +159,6 @@ def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progre
     ``backbone`` replaces loading ``config.model`` (and ``config.head``); only its ``forward``
     (one score per class) and ``class_names`` are explained, so any head plugs in.
     """
-    claim_output_folder(config.out, "explain", overwrite=config.overwrite, resumable=True, error=ExplainError)
     if backbone is None:
         backbone = load_explained_backbone(config)
     backbone.to(Workers(0, 1).device(config.device))
@@ -163,14 +166,16 @@ def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progre
     source = open_image_source(config.data)
     stems = output_stems(source)
     layer = backbone.resolve_layer(config.layer) if config.layer is not None else default_layer(backbone)
-    progress = BatchProgress(config.out, "explain maps", _job_identity(config, backbone, source, layer), ExplainError)
-    finished = progress.finished(config.out / SUMMARY, FORMAT)
-    if finished is not None:
-        return finished
     class_names = backbone.class_names
     target = None if config.explained_target is None else resolve_class(config.explained_target, class_names, "target class")
     refs = _resolve_refs(config, class_names)
     _check_classes(backbone, preprocess.size_hw, target, refs, config.n_refs)
+    # claimed only once the request is known to be good: --overwrite must not empty a folder for a bad one
+    claim_output_folder(config.out, "explain", overwrite=config.overwrite, resumable=True, error=ExplainError)
+    progress = BatchProgress(config.out, "explain maps", _job_identity(config, backbone, source, layer), ExplainError)
+    finished = progress.finished(config.out / SUMMARY, FORMAT)
+    if finished is not None:
+        return finished
     size = config.batch_size
     batches = fixed_batches(len(source), size)
     records = [_read_batch_records(progress, number, images) for number, images in enumerate(batches)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any
@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from traitlens.errors import TraitlensError
 from traitlens.explain.methods import METHODS
@@ -44,9 +45,13 @@ def _png(data: bytes) -> Response:
     return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
-def create_app(explorer: Explorer, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
-    """The app serving ``explorer``: the page at ``/``, its files under ``/static``, JSON and PNG under ``/api``."""
+def create_app(explorer: Explorer, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+    """The app serving ``explorer``: the page at ``/``, its files under ``/static``, JSON and PNG under ``/api``.
+    ``allowed_hosts``: the only Host headers answered (others get a 400), None for any."""
     app = FastAPI(title="traitlens explore", docs_url=None, redoc_url=None, openapi_url=None)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     static = resources.files("traitlens.explore") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
@@ -126,10 +131,10 @@ def serving(explorer: Explorer, host: str = "127.0.0.1", port: int = 0) -> Itera
     block runs (from a notebook, a test, a script); yields the page's URL."""
     import uvicorn
 
-    from traitlens.explore.cli import bind
+    from traitlens.explore.cli import bind, trusted_host_names
 
     sock = bind(host, port)
-    server = uvicorn.Server(uvicorn.Config(create_app(explorer), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(explorer, allowed_hosts=trusted_host_names(host)), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -24,6 +24,13 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def trusted_host_names(host: str) -> list[str] | None:
+    """The Host headers the app answers when it listens on ``host``: on loopback only the
+    loopback names, so that a web page whose domain is re-pointed to 127.0.0.1 (DNS rebinding)
+    cannot drive the explorer from the user's browser; None (any name) on another address."""
+    return ["127.0.0.1", "localhost", "[::1]"] if is_loopback(host) else None
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (port 0: a free one), or one line saying why not."""
     try:
@@ -50,7 +57,7 @@ def _run_explore(args: argparse.Namespace) -> int:
     explorer = Explorer(ExploreConfig(model=args.model, sae=args.sae, data=args.data, features=args.features,
                                       weights=args.weights, pretrained=not args.random_init, layer=args.layer,
                                       tokens=args.tokens, device=args.device))
-    app = create_app(explorer, max_upload_bytes=args.max_upload_mb << 20)
+    app = create_app(explorer, max_upload_bytes=args.max_upload_mb << 20, allowed_hosts=trusted_host_names(host))
     shown = f"[{host}]" if ":" in host else host
     print(f"traitlens explore: http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C to stop)", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

@@ -40,6 +40,10 @@ from traitlens.store import ActivationStore
 MAX_UPLOADS = 32
 """Uploaded images kept in memory (the oldest go first)."""
 THUMBNAIL_SIDE = 160
+MAX_UPLOAD_PIXELS = 40_000_000
+"""The most pixels an upload may decode to: checked from its header, before decoding."""
+UPLOAD_SIDE = 1024
+"""Uploads are kept shrunk to at most this side (or four times the model's input, if larger)."""
 
 
 class ExploreError(TraitlensError):
@@ -114,19 +118,27 @@ class Explorer:
                 return self.source.load_image(index)
             except UnreadableImageError as error:
                 raise ExploreError(str(error)) from error
-        if kind == "u" and image_id in self._uploads:
-            return self._uploads[image_id]
+        if kind == "u":
+            with self.lock:  # another request may be dropping the oldest upload right now
+                upload = self._uploads.get(image_id)
+            if upload is not None:
+                return upload
         raise ExploreError(f"no image {image_id!r}")
 
     def add_upload(self, data: bytes) -> str:
         """Decode an uploaded image (one line on anything but a readable image) and keep it."""
         try:
             with Image.open(io.BytesIO(data)) as opened:
+                width, height = opened.size
+                if width * height > MAX_UPLOAD_PIXELS:
+                    raise ValueError(f"{width}x{height} pixels, more than {MAX_UPLOAD_PIXELS:,}")
                 opened.load()
                 image = opened.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
             raise ExploreError(f"the upload is not an image this server reads ({type(error).__name__}: "
                                f"{str(error).splitlines()[0] if str(error) else 'unreadable'})") from error
+        side = max(UPLOAD_SIDE, 4 * max(self.backbone.preprocess.size_hw))
+        image.thumbnail((side, side))  # 32 full-size photos would hold gigabytes
         with self.lock:
             image_id = f"u{self._n_uploads}"
             self._n_uploads += 1
@@ -210,12 +222,16 @@ class Explorer:
     # -- features -------------------------------------------------------------------------------
     @cached_property
     def _store_images(self) -> tuple[ImageSource, dict[int, int]] | None:
-        """The image source of the features' store, and each store image's index in it."""
+        """The image source of the features' store, and each store image's index in it (None
+        when the store or its images have moved or been deleted since: no top images then)."""
         if self.features is None:
             return None
-        store = ActivationStore(Path(self.features.acts))
-        source = open_store_source(store)
-        return None if isinstance(source, str) else (source, source_indices(store, source))
+        try:
+            store = ActivationStore(Path(self.features.acts))
+            source = open_store_source(store)
+            return None if isinstance(source, str) else (source, source_indices(store, source))
+        except (TraitlensError, OSError):
+            return None
 
     def _top_image_indices(self, latent: int) -> list[int]:
         found = self._store_images
@@ -230,7 +246,10 @@ class Explorer:
         found = self._store_images
         if found is None or not 0 <= rank < len(indices):
             raise ExploreError(f"no top image {rank} of latent {latent}")
-        image = found[0].load_image(indices[rank])
+        try:
+            image = found[0].load_image(indices[rank])
+        except UnreadableImageError as error:
+            raise ExploreError(str(error)) from error
         image.thumbnail((THUMBNAIL_SIDE // 2, THUMBNAIL_SIDE // 2))
         return png_bytes(image)
 
@@ -264,6 +283,8 @@ class Explorer:
                 "--layer", self.layer, "--tokens", self.tokens, *[f"--edit={edit.strip()}" for edit in edits]]
         if patches is not None:
             argv += ["--patches", ",".join(str(patch) for patch in patches)]
+        if self.config.features is not None and any(LatentEdit.parse(edit).op == "max" for edit in edits):
+            argv += ["--features", str(self.config.features)]
         if self.config.weights is not None:
             argv += ["--weights", str(self.config.weights)]
         if not self.config.pretrained:

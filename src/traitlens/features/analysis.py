@@ -30,7 +30,6 @@ a resumed run ends with the same bytes as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from safetensors.numpy import save
 from tqdm import tqdm
 
 from traitlens.atomic import atomic_write_bytes, atomic_write_json, remove_temp_files
+from traitlens.digests import file_sha256
 from traitlens.distributed import Workers
 from traitlens.features.association import (
     BlockNonzeros,
@@ -128,20 +128,12 @@ class FeaturesConfig:
         check_min_coverage(self.min_coverage, FeaturesError)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sae_weights_sha256(sae_dir: str | Path) -> str:
     """The SHA-256 (hex) of the weights file of the SAE saved in ``sae_dir``: what a features
     directory records as the SAE it was made from (:attr:`LatentFeatures.sae_sha256`)."""
     path = Path(sae_dir) / WEIGHTS
     try:
-        return _file_sha256(path)
+        return file_sha256(path)
     except OSError as error:
         raise SAELoadError(f"cannot read SAE weights {path}: {error.strerror or error}") from error
 
@@ -275,7 +267,7 @@ def analyze_features(config: FeaturesConfig) -> Path:
     # The device and the store's manifest are part of the job: resuming on another device, or
     # after the store was extracted again at the same path, would mix chunks of two encodings.
     job = {"format": FORMAT + ".job", "sae": str(config.sae.resolve()), "sae_sha256": sae_weights_sha256(config.sae),
-           "acts": str(config.acts.resolve()), "acts_manifest_sha256": _file_sha256(store.root / STORE_MANIFEST),
+           "acts": str(config.acts.resolve()), "acts_manifest_sha256": file_sha256(store.root / STORE_MANIFEST),
            "layer": layer.name, "device": device.type, "top_k": config.top_k,
            "batch_size": config.batch_size, "chunk_tokens": config.chunk_tokens, "min_coverage": config.min_coverage}
     if _start_or_resume(config.out, job):

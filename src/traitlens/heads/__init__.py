@@ -4,7 +4,7 @@ returns logits named by ``class_names``, usable wherever a model's own head is."
 
 from traitlens.heads.attach import head_backbone, load_head_backbone
 from traitlens.heads.errors import HeadError
-from traitlens.heads.linear_head import LinearHead, load_head, save_head
+from traitlens.heads.linear_head import LinearHead, head_sha256, load_head, save_head
 from traitlens.heads.pooling import POOLINGS, Pooling
 from traitlens.heads.probe import ProbeConfig, train_probe
 from traitlens.heads.text_heads import (
@@ -23,6 +23,7 @@ __all__ = [
     "ProbeConfig",
     "concept_backbone",
     "head_backbone",
+    "head_sha256",
     "load_head",
     "load_head_backbone",
     "save_head",

@@ -11,20 +11,23 @@ capture, and layer ``-1`` is the probe's own layer.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from traitlens.backbones import Backbone
 from traitlens.heads.errors import HeadError
-from traitlens.heads.linear_head import LinearHead, load_head
+from traitlens.heads.linear_head import LINEAR_KINDS, LinearHead, load_head, read_head_json
 from traitlens.heads.pooling import check_pooling, pool_tokens
 
 
-def check_head_model(backbone: Backbone, head: LinearHead, where: str = "the head") -> None:
-    """Refuse a head trained on another model's activations (by weights fingerprint)."""
-    trained_on = str(head.model.get("weights_fingerprint", ""))
+def check_head_model(backbone: Backbone, head: LinearHead | dict[str, Any], where: str = "the head") -> None:
+    """Refuse a head trained on another model's activations (by weights fingerprint); ``head`` is
+    a linear head or the ``model`` record of any head's ``head.json``."""
+    model = head.model if isinstance(head, LinearHead) else head
+    trained_on = str(model.get("weights_fingerprint", ""))
     if trained_on != backbone.weights_fingerprint():
-        raise HeadError(f"{where} was trained on activations of {head.model.get('spec')} with weights "
+        raise HeadError(f"{where} was trained on activations of {model.get('spec')} with weights "
                         f"{trained_on[:12] or 'unknown'}, not those of {backbone.spec} ({backbone.weights_fingerprint()[:12]}); "
                         "load the same --model, --weights or --random-init")
 
@@ -50,5 +53,12 @@ def head_backbone(backbone: Backbone, head: LinearHead, where: str = "the head")
 
 
 def load_head_backbone(backbone: Backbone, head_dir: str | Path) -> Backbone:
-    """``backbone`` with the probe saved in ``head_dir`` (``traitlens probe --out``) as its head."""
-    return head_backbone(backbone, load_head(head_dir), f"the head at {head_dir}")
+    """``backbone`` with the head saved in ``head_dir`` as its output: a linear probe
+    (``traitlens probe`` or ``heads train --kind linear``) or any kind ``heads train`` makes."""
+    head_dir = Path(head_dir)
+    where = f"the head at {head_dir}"
+    if read_head_json(head_dir).get("kind", "linear") in LINEAR_KINDS:
+        return head_backbone(backbone, load_head(head_dir), where)
+    from traitlens.heads.saved import load_trained_head
+
+    return load_trained_head(backbone, head_dir).attach(backbone)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from traitlens.atomic import atomic_write_json, save_tensors
 from traitlens.checks import saved_class_names
+from traitlens.digests import files_sha256
 from traitlens.heads.errors import HeadError
 from traitlens.heads.pooling import POOLINGS, Pooling
 from traitlens.json_config import read_json_config
@@ -25,6 +26,8 @@ WEIGHTS = "head.safetensors"
 CONFIG = "head.json"
 FORMAT = "traitlens.head"
 VERSION = 1
+LINEAR_KINDS = ("linear_probe", "linear")
+"""``kind`` of the heads in this format: ``traitlens probe``'s, and ``heads train --kind linear``'s."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,10 +63,19 @@ def save_head(directory: Path, head: LinearHead) -> None:
     atomic_write_json(directory / CONFIG, head.to_json())
 
 
+def read_head_json(directory: Path) -> dict[str, Any]:
+    """``head.json`` of any kind, checked to be a traitlens head config (fields not yet)."""
+    return read_json_config(directory / CONFIG, FORMAT, "head config", HeadError,
+                            f"no head at {directory}: {CONFIG} missing (train one with traitlens probe or traitlens heads train)",
+                            VERSION)
+
+
 def _read_head_json(directory: Path) -> dict[str, Any]:
     """``head.json`` with every field checked for type and range."""
-    data = read_json_config(directory / CONFIG, FORMAT, "head config", HeadError,
-                            f"no head at {directory}: {CONFIG} missing (train one with traitlens probe)", VERSION)
+    data = read_head_json(directory)
+    if data.get("kind", "linear") not in LINEAR_KINDS:
+        raise HeadError(f"{directory} holds a {data['kind']} head; a linear probe is needed here "
+                        "(traitlens probe, or traitlens heads train --kind linear)")
     try:
         if not isinstance(data.get("layer"), str) or not data["layer"]:
             raise ValueError("layer must be a layer name")
@@ -101,3 +113,9 @@ def load_head(directory: str | Path) -> LinearHead:
     known = {"format", "version", "layer", "width", "pooling", "class_names", "model"}
     return LinearHead(weight_cd.float(), bias_c.float(), data["layer"], data["pooling"], class_names, dict(data["model"]),
                       {key: value for key, value in data.items() if key not in known})
+
+
+def head_sha256(directory: str | Path) -> str:
+    """One digest of a saved head's files: what a job that reads the head records, so that a
+    resumed job refuses a head replaced under the same path."""
+    return files_sha256(Path(directory), (CONFIG, WEIGHTS))

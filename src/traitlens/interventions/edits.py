@@ -28,7 +28,10 @@ from traitlens.sae.model import SparseAutoencoder
 EditOp = Literal["set", "scale", "zero", "max"]
 EDIT_OPS: tuple[EditOp, ...] = get_args(EditOp)
 EDIT_SYNTAX = "LATENT=zero, LATENT=VALUE (set), LATENT*FACTOR (scale) or LATENT=FACTORmax (a multiple of its observed max)"
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# each digit run can be matched one way only: "\d+\.?\d*" splits a run of digits in n ways and
+# backtracks quadratically on a long non-matching edit (the explorer takes edits from the network)
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+MAX_EDIT_LENGTH = 64
 _EDIT = re.compile(rf"^\s*(\d+)\s*(?:=\s*(zero|{_NUMBER})\s*(max)?|\*\s*({_NUMBER}))\s*$")
 
 
@@ -56,9 +59,11 @@ class LatentEdit:
     @classmethod
     def parse(cls, text: str) -> LatentEdit:
         """``12=zero``, ``12=3.5``, ``12*0.5`` or ``12=2max``."""
-        match = _EDIT.match(text)
         shown = repr(text if len(text) <= 40 else text[:37] + "...")
         unreadable = InterventionError(f"cannot read the edit {shown}; write {EDIT_SYNTAX}")
+        if len(text) > MAX_EDIT_LENGTH:
+            raise InterventionError(f"the edit {shown} is longer than {MAX_EDIT_LENGTH} characters; write {EDIT_SYNTAX}")
+        match = _EDIT.match(text)
         if match is None:
             raise unreadable
         latent_text, assigned, is_max, factor = match.groups()

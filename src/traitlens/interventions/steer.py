@@ -26,8 +26,9 @@ from traitlens.backbones import Backbone, TokenEdit, TokenSelection
 from traitlens.checks import check_int
 from traitlens.data import ImageSource, open_image_source
 from traitlens.data.batches import pixel_batches
+from traitlens.digests import files_sha256
 from traitlens.heads.attach import check_head_model
-from traitlens.heads.linear_head import LinearHead, load_head
+from traitlens.heads.linear_head import LinearHead, head_sha256, load_head
 from traitlens.interventions.edits import InterventionError, LatentEdit, latent_edit
 from traitlens.interventions.setup import (
     check_counts,
@@ -310,6 +311,13 @@ def _job_identity(config: SteerConfig, backbone: Backbone, source: ImageSource, 
     job.update(weights_fingerprint=backbone.weights_fingerprint(), sae_sha256=sae_weights_sha256(config.sae),
                dataset_fingerprint=source.fingerprint(), n_images=count, layer_used=layer, tokens_used=tokens,
                traitlens_version=__version__)
+    # the paths alone would take a features folder or probe replaced in place for the same
+    if config.features is not None:
+        from traitlens.features.files import MANIFEST
+
+        job["features_sha256"] = files_sha256(config.features, (MANIFEST,))
+    if config.patch_probe is not None:
+        job["patch_probe_sha256"] = head_sha256(config.patch_probe)
     return job
 
 

@@ -12,10 +12,10 @@ from traitlens.atomic import atomic_write_json
 from traitlens.backbones import load_backbone
 from traitlens.checks import check_int
 from traitlens.data import open_image_source
+from traitlens.data.labelled import load_labelled_images
 from traitlens.distributed import Workers
 from traitlens.errors import DataError
 from traitlens.output_folder import claim_output_folder
-from traitlens.specimens.training import load_labelled_images
 
 RESULT_FILE = "accuracy.json"
 

@@ -10,25 +10,23 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
-from traitlens.atomic import atomic_write_json, save_tensors
-from traitlens.backbones.preprocess import Preprocess
 from traitlens.backbones.weights import fixed_seed
+from traitlens.checkpoints import EpochCheckpoints
 from traitlens.checks import check_float, check_int
 from traitlens.cli_args import option_name
-from traitlens.data import ImageSource, UnreadableImageError, open_image_source
-from traitlens.errors import DataError, TraitlensError
-from traitlens.optim_state import load_optimizer_tensors, optimizer_tensors
+from traitlens.data import open_image_source
+from traitlens.data.labelled import load_labelled_images
+from traitlens.errors import TraitlensError
+from traitlens.lr_schedule import warmup_cosine
 from traitlens.output_folder import claim_output_folder
 from traitlens.specimens.model_dir import (
     CONFIG,
@@ -44,7 +42,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 COMMAND = "specimens train-model"
-_CHECKPOINT_WEIGHTS = re.compile(r"epoch-\d{4,}\.safetensors")
 
 
 class ModelTrainingError(TraitlensError):
@@ -88,39 +85,9 @@ class TrainModelConfig:
         return json.loads(json.dumps(data))  # as read back from JSON (tuples become lists)
 
 
-@dataclass
-class LabelledImages:
-    pixels_nchw: torch.Tensor
-    labels_n: torch.Tensor
-    class_names: list[str]
-
-
-def load_labelled_images(source: ImageSource, preprocess: Preprocess, show_progress: bool = False) -> LabelledImages:
-    """Every readable, labelled image of ``source`` preprocessed into memory (unreadable ones are
-    skipped with a warning, as extraction does)."""
-    if source.class_names is None or any(record.label is None for record in source.records):
-        raise DataError(f"{source.root} has unlabelled images; train-model needs a class folder (one subfolder per class)")
-    if len(source.class_names) < 2:
-        raise DataError(f"{source.root} has only one class; a classifier needs at least two")
-    index = {name: i for i, name in enumerate(source.class_names)}
-    pixels, labels = [], []
-    for i in tqdm(range(len(source)), unit="img", desc="load", disable=not show_progress):
-        try:
-            pixels.append(preprocess.image(source.load_image(i)))
-        except UnreadableImageError as error:
-            log.warning("skipping %s", error)
-            continue
-        labels.append(index[str(source.records[i].label)])
-    return LabelledImages(torch.stack(pixels), torch.tensor(labels), list(source.class_names))
-
-
 def learning_rate(config: TrainModelConfig, step: int, steps_per_epoch: int) -> float:
     """Linear warm-up, then cosine decay to zero."""
-    warmup = max(1, round(config.warmup_epochs * steps_per_epoch))
-    total = config.epochs * steps_per_epoch
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    return config.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return warmup_cosine(config.lr, step, round(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch)
 
 
 @torch.no_grad()
@@ -129,53 +96,6 @@ def accuracy(model: nn.Module, pixels_nchw: torch.Tensor, labels_n: torch.Tensor
     correct = sum(int((model(batch).argmax(-1) == labels).sum())
                   for batch, labels in zip(pixels_nchw.split(batch_size), labels_n.split(batch_size), strict=True))
     return correct / max(len(labels_n), 1)
-
-
-class _Checkpoints:
-    """One checkpoint per finished epoch: weights and AdamW state (safetensors) + JSON."""
-
-    def __init__(self, out: Path, identity: dict[str, Any]) -> None:
-        self.folder = out / CHECKPOINT
-        self.identity = identity
-
-    def save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        weights = self.folder / f"epoch-{epoch:04d}.safetensors"
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | optimizer_tensors(optimizer, "optim")
-        save_tensors(weights, tensors)
-        atomic_write_json(self.folder / "state.json", {"epoch": epoch, "weights": weights.name, "config": self.identity})
-        for old in self.folder.glob("epoch-*.safetensors"):
-            if old != weights:
-                old.unlink()
-
-    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-        """The number of finished epochs restored (0 when there is no checkpoint)."""
-        path = self.folder / "state.json"
-        if not path.is_file():
-            return 0
-        try:
-            state = json.loads(path.read_text())
-            epoch, weights, identity = state["epoch"], state["weights"], state["config"]
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            raise ModelTrainingError(f"damaged checkpoint {path}: {str(error).splitlines()[0][:200]}") from error
-        if identity != self.identity:
-            raise ModelTrainingError(f"the checkpoint in {self.folder} is from a different configuration; use another --out "
-                                     "(or --overwrite to start again)")
-        # the weights file is named by the checkpoint itself, so it must be one of its own files
-        if not isinstance(weights, str) or _CHECKPOINT_WEIGHTS.fullmatch(weights) is None \
-                or isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= identity["epochs"]:
-            raise ModelTrainingError(f"damaged checkpoint {path}: epoch {epoch!r} and weights {weights!r}")
-        try:
-            tensors = load_file(str(self.folder / weights))
-            model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-            load_optimizer_tensors(optimizer, "optim", tensors)
-        except Exception as error:  # safetensors and load_state_dict raise several types for damaged files
-            raise ModelTrainingError(f"damaged checkpoint in {self.folder}: {str(error).splitlines()[0][:200]}") from error
-        return epoch
-
-    def remove(self) -> None:
-        for file in self.folder.glob("*"):
-            file.unlink()
-        self.folder.rmdir()
 
 
 def _claim(config: TrainModelConfig) -> bool:
@@ -193,7 +113,7 @@ def _claim(config: TrainModelConfig) -> bool:
         raise ModelTrainingError(f"{config.out} already holds a model trained with other settings; choose another --out, "
                                  "or pass --overwrite to replace it")
     if (config.out / CHECKPOINT).is_dir():  # a run killed after saving the model, before removing its checkpoint
-        _Checkpoints(config.out, {}).remove()
+        EpochCheckpoints(config.out / CHECKPOINT, {}).remove()
     return True
 
 
@@ -209,8 +129,9 @@ def train_model(config: TrainModelConfig, show_progress: bool = True) -> Path:
     with fixed_seed(config.seed):
         model = saved.build()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    checkpoints = _Checkpoints(config.out, config.to_dict() | {"class_names": images.class_names})
-    first_epoch = checkpoints.load(model, optimizer)
+    checkpoints = EpochCheckpoints(config.out / CHECKPOINT, config.to_dict() | {"class_names": images.class_names},
+                                   ModelTrainingError)
+    first_epoch = checkpoints.load(model, optimizer, config.epochs)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     start = time.perf_counter()

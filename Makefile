@@ -44,6 +44,8 @@ docs: $(STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/docs.py --write
 	# the README's picture of the explorer, on the demo (made first when runs/demo has none)
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/explorer_screenshot.py
+	# the picture of Prompt-CAM's trait ranking (the README's heads commands, in runs/heads)
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/trait_ranking_figure.py
 
 docs-check: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/docs.py --check

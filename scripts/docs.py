@@ -4,6 +4,7 @@
     scripts/docs.py --check     list every block or value a fresh run would change; exit 1 if any
     scripts/docs.py --list      every marker and where its content comes from
     --fast                      only the cheap part (CI runs ``--check --fast`` in tests/test_docs.py)
+    --only TEXT                 only the markers whose spec contains TEXT (one section after a change)
 
 ``--check`` also parses every ``traitlens`` command line the docs show (fenced shell blocks, inline
 code, the markers below) with the real argument parser, so a renamed flag fails it; a line with
@@ -201,7 +202,8 @@ def _out_and_inputs(command: Command) -> tuple[Path | None, list[Path]]:
     namespace = parse(command)
     values = vars(namespace) if namespace is not None else {}
     out = values.get("out")
-    inputs = [value for name, value in values.items() if name != "out" and isinstance(value, Path)]
+    inputs = [path for name, value in values.items() if name != "out"
+              for path in (value if isinstance(value, list) else [value]) if isinstance(path, Path)]
     return (out if isinstance(out, Path) else None), inputs
 
 
@@ -525,6 +527,33 @@ def _suppression_counts(short: str) -> Callable[[Workspace], list[dict[str, Any]
     return load
 
 
+HEADS_SCORE = ("traitlens specimens score heads --model traitlens:specimens-vit --head heads/vit-linear "
+               "--head heads/vit-prompt-cam --head heads/vit-intr --data specimens/h12 --out scores/heads-vit")
+"""The trained heads of the README side by side on unseen twins (docs/results.md)."""
+
+
+def _short_method(method: str) -> str:
+    """A row of ``score heads`` by a key a value marker can name: grad-cam, finer-cam, own, own-top."""
+    if method.startswith("Finer-CAM"):
+        return "finer-cam"
+    if method.startswith("Grad-CAM"):
+        return "grad-cam"
+    if method.endswith("(top-ranked head)"):
+        return "own-top"
+    return method if method in ("chance", "oracle (ceiling)") else "own"
+
+
+def _heads_vit(workspace: Workspace) -> dict[str, Any]:
+    """``score heads`` of the README's heads, by head: accuracy, and per map localization and faithfulness."""
+    workspace.run(HEADS_SCORE)
+    scores = workspace.json("scores/heads-vit/heads.json")
+    maps: dict[str, dict[str, dict[str, Any]]] = {}
+    for part in ("localization", "faithfulness"):
+        for row in scores[part]:
+            maps.setdefault(row["head"], {}).setdefault(_short_method(row["method"]), {})[part] = row
+    return {"accuracy": {row["head"]: row for row in scores["accuracy"]}, "maps": maps}
+
+
 SOURCES: dict[str, Callable[[Workspace], Any]] = {
     **{f"zoo-{short}": _zoo_model(short) for short in ZOO},
     **{f"report-{short}": _report(short) for short in ZOO},
@@ -534,6 +563,7 @@ SOURCES: dict[str, Callable[[Workspace], Any]] = {
     "model": _model,
     **{demo_source(layer): _demo(layer) for layer in MODEL_LAYERS},
     "demo-sae": _demo_sae,
+    "heads-vit": _heads_vit,
     "accuracy-s2026": _accuracy(2026),
     "accuracy-s4242": _accuracy(4242),
     **{f"loc-{prefix}{method}": _localization(method, finer)
@@ -617,6 +647,25 @@ def _localization_s7(workspace: Workspace) -> str:
                          str(pooled["n_images"])])
     return _table(["method", "mass inside", "pointing game", "chance (mask area)", "patch mass", "patch AP",
                    "patch pointing (±1 patch)", "chance (patch pointing)", "images"], rows)
+
+
+def _heads_goals(workspace: Workspace) -> str:
+    """docs/results.md: issue 16's goals for Prompt-CAM, measured against Finer-CAM and the linear probe."""
+    heads = workspace.source("heads-vit")
+
+    def pointing(head: str, method: str) -> float:
+        return float(heads["maps"][head][method]["localization"]["patch_pointing"])
+
+    accuracy = {head: row["accuracy"] for head, row in heads["accuracy"].items()}
+    top = pointing("vit-prompt-cam", "own-top")
+    finer_probe, finer_own = pointing("vit-linear", "finer-cam"), pointing("vit-prompt-cam", "finer-cam")
+    gap = 100 * (accuracy["vit-prompt-cam"] - accuracy["vit-linear"])
+    return _table(["goal", "measured", "met"], [
+        ["Prompt-CAM's top-ranked head points at the distinguishing trait (±1 patch) at least as often as Finer-CAM",
+         f"{top:.3f} vs {finer_probe:.3f} (Finer-CAM of the linear probe) and {finer_own:.3f} (of Prompt-CAM's own logits)",
+         f"{'yes' if top >= finer_probe else 'no'} / {'yes' if top >= finer_own else 'no'}"],
+        ["Prompt-CAM's accuracy within 5 points of the linear probe",
+         f"{accuracy['vit-prompt-cam']:.1%} vs {accuracy['vit-linear']:.1%} ({gap:+.1f} points)", "yes" if gap >= -5 else "no"]])
 
 
 def _number(value: float | None, spec: str = ".3f") -> str:
@@ -726,6 +775,7 @@ RECIPES: dict[str, Callable[[Workspace], str]] = {
     "steer-crest": _steer_crest,
     "demo-layers": _demo_layers,
     "localization-s7": _localization_s7,
+    "heads-goals": _heads_goals,
 }
 
 
@@ -787,8 +837,9 @@ class Outcome:
     skipped: int = 0
 
 
-def regenerate(docs: list[Path], fast: bool) -> Outcome:
-    """Render every marker of ``docs`` and check every command line they show."""
+def regenerate(docs: list[Path], fast: bool, only: str | None = None) -> Outcome:
+    """Render every marker of ``docs`` (those whose spec contains ``only``, when given) and check
+    every command line they show."""
     outcome = Outcome()
     texts = {doc: doc.read_text() for doc in docs}
     lines = [line for doc, text in texts.items() for line in command_lines(doc, text)]
@@ -804,6 +855,8 @@ def regenerate(docs: list[Path], fast: bool) -> Outcome:
             pieces, last = [], 0
             for marker in markers(doc, text):
                 try:
+                    if only is not None and only not in marker.spec:
+                        raise SlowWork(marker.spec)
                     body = render(marker, workspace)
                     outcome.checked += 1
                     command = traitlens_args(marker.spec) if marker.kind == "measured" else None
@@ -844,6 +897,7 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--write", action="store_true", help="rewrite the docs with what the code gives")
     action.add_argument("--list", action="store_true", help="every marker and where its content comes from")
     parser.add_argument("--fast", action="store_true", help="only the cheap part (what CI runs)")
+    parser.add_argument("--only", metavar="TEXT", help="only the markers whose command, recipe or source contains TEXT")
     parser.add_argument("docs", nargs="*", type=Path, help="Markdown files (default: README.md and docs/*.md)")
     args = parser.parse_args(argv)
     docs = [doc.resolve() for doc in args.docs] or default_docs()
@@ -852,14 +906,15 @@ def main(argv: list[str] | None = None) -> int:
             for marker in markers(doc, doc.read_text()):
                 print(f"{marker.where}: {marker.kind}{' (fast)' if marker.fast else ''}: {marker.spec}")
         return 0
-    outcome = regenerate(docs, args.fast)
+    outcome = regenerate(docs, args.fast, args.only)
     if args.write:
         for doc, text in outcome.changed.items():
             atomic_write_bytes(doc, text.encode())
     failures = outcome.problems + ([] if args.write else outcome.stale)
     for line in [*(f"updated {stale}" for stale in outcome.stale if args.write), *outcome.notes, *failures]:
         print(line)
-    skipped = f", {outcome.skipped} slow ones skipped (run without --fast)" if outcome.skipped else ""
+    skipped = (f", {outcome.skipped} skipped (slow ones with --fast, the others with --only)"
+               if outcome.skipped else "")
     print(f"{outcome.checked} markers regenerated{skipped}, {len(outcome.stale)} stale; {len(outcome.problems)} problems",
           file=sys.stderr)
     return 1 if failures else 0

@@ -13,8 +13,8 @@ SOURCE = Path(__file__).parents[1] / "src" / "traitlens"
 LAYERS: list[set[str]] = [
     {"errors", "version", "install_weights"},
     {"atomic", "checks", "digests", "lr_schedule", "json_config", "optim_state", "distributed", "cli_args", "splits"},
-    {"output_folder", "tables", "overlay", "html_pages", "checkpoints"},
-    {"progress"},
+    {"output_folder", "tables", "overlay", "html_pages"},
+    {"progress", "checkpoints"},
     {"backbones"},
     {"data"},
     {"store"},

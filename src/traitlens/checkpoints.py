@@ -20,8 +20,11 @@ from torch import nn
 from traitlens.atomic import atomic_write_json, save_tensors
 from traitlens.errors import TraitlensError
 from traitlens.optim_state import load_optimizer_tensors, optimizer_tensors
+from traitlens.output_folder import claim_output_folder
 
 STATE = "state.json"
+CHECKPOINT = "checkpoint"
+"""The folder of a training's checkpoints inside its output folder."""
 _WEIGHTS = re.compile(r"epoch-\d{4,}\.safetensors")
 
 
@@ -73,3 +76,24 @@ class EpochCheckpoints:
             for file in self.folder.glob("*"):
                 file.unlink()
             self.folder.rmdir()
+
+
+def claim_training_folder(out: Path, command: str, result_file: str, identity: dict[str, Any], what: str, *,
+                          overwrite: bool, error: type[TraitlensError]) -> bool:
+    """Claim ``out`` for a resumable training whose result is ``result_file`` recording its
+    ``identity`` under ``training``, and checkpoints in ``out/checkpoint``; True when ``out``
+    already holds that result (``what``, a name for it, words the refusal of another one)."""
+    claim_output_folder(out, command, overwrite=overwrite, resumable=True, own_files=(result_file, f"{CHECKPOINT}/{STATE}"),
+                        error=error)
+    path = out / result_file
+    if not path.is_file():
+        return False
+    try:
+        trained = json.loads(path.read_text()).get("training")
+    except (OSError, ValueError, AttributeError):
+        trained = None
+    if trained != identity:
+        raise error(f"{out} already holds {what} trained with other settings; choose another --out, "
+                    "or pass --overwrite to replace it")
+    EpochCheckpoints(out / CHECKPOINT, {}).remove()  # a run killed after saving its result, before removing these
+    return True

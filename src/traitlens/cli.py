@@ -15,6 +15,7 @@ from traitlens.cli_args import (
     EXIT_USER_ERROR,
     OneLineParser,
     add_device_arg,
+    add_head_arg,
     add_model_args,
     add_overwrite_arg,
     comma_list,
@@ -224,8 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--image-batch-size", type=positive_int, default=16, help="images per forward pass (with --model)")
     evaluate.add_argument("--max-images", type=positive_int, metavar="N",
                           help="downstream fidelity on the first N stored images (default: all)")
-    evaluate.add_argument("--head", type=Path, metavar="DIR",
-                          help="with --model: a probe (traitlens probe --out) replaces the model's head")
+    add_head_arg(evaluate, "with --model, its classes replace the model's own")
     evaluate.add_argument("--strict", action="store_true", help="NaN/Inf activations are an error instead of skipped")
     add_device_arg(evaluate)
     evaluate.add_argument("--out", required=True, type=Path, help="output folder: metrics.json")
@@ -282,9 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     from traitlens.explain.cli import add_explain_command
 
     add_explain_command(commands, add_model_args)
-    from traitlens.heads.cli import add_probe_command
+    from traitlens.heads.cli import add_heads_command, add_probe_command
 
     add_probe_command(commands)
+    add_heads_command(commands, add_model_args)
     from traitlens.features.cli import add_features_command
 
     add_features_command(commands)

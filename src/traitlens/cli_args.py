@@ -122,6 +122,12 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
     parser.add_argument("--random-init", action="store_true", help="random weights (seed 0) instead of pretrained ones")
 
 
+def add_head_arg(parser: argparse.ArgumentParser, what: str = "its classes replace the model's own") -> None:
+    """``--head DIR``, the same on every command that runs a classifier."""
+    parser.add_argument("--head", type=Path, metavar="DIR",
+                        help=f"a head folder (traitlens probe, or traitlens heads train: linear, prompt-cam, intr); {what}")
+
+
 def rename_option(parser: argparse.ArgumentParser, old: str, new: str) -> None:
     """``old`` (an option this command had) still works for one release: it is read as ``new``,
     with one deprecation line on stderr."""

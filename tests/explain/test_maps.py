@@ -25,7 +25,7 @@ def two_photos(mobilenet: Backbone) -> torch.Tensor:
     return torch.stack([mobilenet.preprocess.image(photo(name)) for name in ("chelsea", "coffee")])
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [name for name, method in METHODS.items() if method.evidence != "class_attention"])
 def test_maps_are_float32_in_unit_range_at_input_size(method: str, vit: Backbone, vit_pixels: torch.Tensor) -> None:
     result = compute_cams(vit, vit_pixels, method)
 
@@ -148,3 +148,8 @@ def test_a_probe_head_plugs_in_and_cam_refuses_the_models_own_classifier(mobilen
     assert float(pearson_b(result.maps_bhw, expected_hw)[0]) > 0.9999
     with pytest.raises(ExplainError, match="cam needs a linear classifier with 3 outputs"):
         cam_maps(probed, chelsea_pixels, "cam")
+
+
+def test_a_class_query_method_needs_a_head_of_its_kind(vit: Backbone, vit_pixels: torch.Tensor) -> None:
+    with pytest.raises(ExplainError, match="--method prompt-cam needs a head of kind prompt-cam"):
+        compute_cams(vit, vit_pixels, "prompt-cam")

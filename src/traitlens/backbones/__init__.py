@@ -14,9 +14,11 @@ from traitlens.backbones import (
     timm_provider,
     torchvision_provider,
 )
-from traitlens.backbones.backbone import Backbone, Layer, TextTower, TokenEdit
+from traitlens.backbones.attention import ProbsEdit, attention_probs
+from traitlens.backbones.backbone import Backbone, ClassAttention, Layer, TextTower, TokenEdit
 from traitlens.backbones.layout import TOKEN_SELECTIONS, TokenLayout, TokenSelection
 from traitlens.backbones.preprocess import Preprocess
+from traitlens.backbones.prompts import appended_tokens, check_appended_tokens
 from traitlens.backbones.spec import LoadRequest, ModelSpec, parse_spec, registered_providers
 from traitlens.backbones.weights import weights_only_loads
 
@@ -40,14 +42,19 @@ def load_backbone(spec: str, weights: str | Path | None = None, pretrained: bool
 __all__ = [
     "TOKEN_SELECTIONS",
     "Backbone",
+    "ClassAttention",
     "Layer",
     "LoadRequest",
     "ModelSpec",
     "Preprocess",
+    "ProbsEdit",
     "TextTower",
     "TokenEdit",
     "TokenLayout",
     "TokenSelection",
+    "appended_tokens",
+    "attention_probs",
+    "check_appended_tokens",
     "load_backbone",
     "parse_spec",
 ]

@@ -100,17 +100,22 @@ class Backbone:
         self.text_tower = text_tower
         self.class_attention = class_attention
         self._fingerprint: str | None = None
+        self._head_modules: tuple[nn.Module, ...] = ()
+        """Modules of the heads put on top (:meth:`with_forward`): they move with the model."""
 
     def with_forward(self, forward_fn: Callable[[torch.Tensor], torch.Tensor], class_names: Sequence[str] | None,
-                     last_layer: str | None = None, class_attention: ClassAttention | None = None) -> Backbone:
+                     last_layer: str | None = None, class_attention: ClassAttention | None = None,
+                     head_module: nn.Module | None = None) -> Backbone:
         """The same model, layers (up to ``last_layer``, when a head stops there) and preprocessing
         with another head: ``forward_fn`` and its ``class_names`` (and its ``class_attention``,
-        for a class-query head). The weights fingerprint is shared."""
+        for a class-query head). ``head_module``, the head's own weights, moves with the model
+        (:meth:`to`). The weights fingerprint is shared."""
         names = self.layer_names
         kept = names if last_layer is None else names[: names.index(last_layer) + 1]
         other = Backbone(self.spec, self.model, [self._layers[name] for name in kept], self.preprocess, forward_fn, class_names,
                          self.text_tower, class_attention)
         other._fingerprint = self._fingerprint
+        other._head_modules = self._head_modules + ((head_module,) if head_module is not None else ())
         return other
 
     @property
@@ -123,6 +128,8 @@ class Backbone:
 
     def to(self, device: torch.device | str) -> Backbone:
         self.model.to(device)
+        for module in self._head_modules:
+            module.to(device)
         return self
 
     def layer(self, key: str | int) -> Layer:

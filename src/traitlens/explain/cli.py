@@ -9,6 +9,7 @@ from typing import Any
 from traitlens.backbones.preprocess import FITS
 from traitlens.cli_args import (
     add_device_arg,
+    add_head_arg,
     add_overwrite_arg,
     non_negative_float,
     positive_int,
@@ -31,7 +32,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         n_refs=args.n_refs, layer=args.layer, batch_size=args.batch_size, device=args.device,
         zero_shot=None if args.zero_shot is None else tuple(name.strip() for name in args.zero_shot.split(",") if name.strip()),
         template=args.template, concept=args.concept, reference=args.reference, fit=args.fit,
-        overwrite=args.overwrite,
+        rank_traits=args.rank_traits, overwrite=args.overwrite,
     )
     summary = explain(config)
     contrast = f", Finer-CAM (gamma {args.gamma})" if config.explained_refs is not None else ""
@@ -43,8 +44,7 @@ def _run_explain(args: argparse.Namespace) -> int:
 def add_explain_command(commands: Any, add_model_args: Any) -> None:
     explain = commands.add_parser("explain", help="heatmaps of the evidence for a class (CAM family, Finer-CAM)")
     add_model_args(explain)
-    explain.add_argument("--head", type=Path, metavar="DIR",
-                         help="a head directory (linear probe, zero-shot prompts) whose classes are explained instead")
+    add_head_arg(explain, "its classes are explained")
     explain.add_argument("--zero-shot", metavar="C1,C2,...",
                          help="CLIP-style models: explain these class names as zero-shot prompts (see --template)")
     explain.add_argument("--template", default="a photo of a {}.", help="zero-shot prompt template (default: 'a photo of a {}.')")
@@ -67,6 +67,9 @@ def add_explain_command(commands: Any, add_model_args: Any) -> None:
     explain.add_argument("--fit", choices=FITS, default="squash",
                          help="how an image meets the model's input: squash (default) or pad (letterbox) see the whole "
                               "image, so the map covers it; crop is the model's own centre crop (the map is 0 outside it)")
+    explain.add_argument("--rank-traits", type=positive_int, metavar="N",
+                         help="prompt-cam and intr: rank the head's attention heads per image by greedy head blurring and "
+                              "write the top N, each with its map (<image>.trait-<rank>.png)")
     explain.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
     add_device_arg(explain)
     explain.add_argument("--out", required=True, type=Path, help="output folder: <image>.npy, <image>.png, summary.json")

@@ -59,6 +59,9 @@ class ExplainConfig:
     against that prompt (Finer-CAM with the reference as the one reference class)."""
     reference: str | None = None
     fit: Fit = "squash"
+    rank_traits: int | None = None
+    """Class-query heads (``prompt-cam``, ``intr``): rank the attention heads per image by greedy
+    head blurring and keep this many, each with its map (Prompt-CAM's traits)."""
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -68,6 +71,8 @@ class ExplainConfig:
         check_contrast(self.gamma, self.n_refs)
         if self.explained_refs is not None and not method.uses_classes:
             raise ExplainError(f"{method.name} does not depend on the class, so reference classes do not apply")
+        if self.rank_traits is not None and (method.evidence != "class_attention" or self.rank_traits < 1):
+            raise ExplainError("--rank-traits needs a class-query method (prompt-cam or intr) and a count of at least 1")
         if self.batch_size < 1:
             raise ExplainError(f"batch size must be at least 1, got {self.batch_size}")
         if isinstance(self.refs, tuple) and not self.refs:
@@ -107,6 +112,7 @@ class ExplainConfig:
             "n_refs": self.n_refs, "layer": self.layer, "batch_size": self.batch_size, "device": self.device,
             "zero_shot": None if self.zero_shot is None else list(self.zero_shot), "template": self.template,
             "concept": self.concept, "reference": self.reference, "fit": self.fit,
+            **({"rank_traits": self.rank_traits} if self.rank_traits is not None else {}),
         }
 
 

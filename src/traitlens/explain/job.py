@@ -12,6 +12,7 @@ batch leaves its images' summary records, and the summary carries the job.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -32,12 +33,15 @@ from traitlens.explain.contrast import (
     resolve_class,
 )
 from traitlens.explain.gallery import write_gallery, write_thumbnail
-from traitlens.explain.maps import CamResult, compute_cams, default_layer
+from traitlens.explain.maps import CamResult, check_class_attention, compute_cams, default_layer
 from traitlens.explain.methods import method_by_name
+from traitlens.explain.trait_ranking import rank_heads
 from traitlens.output_folder import claim_output_folder
 from traitlens.overlay import overlay
 from traitlens.progress import BatchProgress, fixed_batches
 from traitlens.version import __version__
+
+log = logging.getLogger(__name__)
 
 FORMAT = "traitlens.explain"
 SUMMARY = "summary.json"
@@ -127,6 +131,34 @@ def _write_image_outputs(out: Path, stem: PurePosixPath, image: Image.Image, map
     write_thumbnail(out, stem, image, drawn)
 
 
+def _class_query_outputs(config: ExplainConfig, backbone: Backbone, result: CamResult, row: int, pixels_1chw: torch.Tensor,
+                         stem: PurePosixPath, image: Image.Image, unmap: Any) -> dict[str, Any]:
+    """A class-query head's extras for one image: every attention head's map (``<stem>.heads.npy``,
+    float16, heads x height x width) and, with ``rank_traits``, the ranked heads with their
+    overlays (``<stem>.trait-<rank>.png``)."""
+    assert result.head_maps_bkhw is not None and backbone.class_attention is not None
+    image_hw = (image.height, image.width)
+    head_maps = [unmap(head_map_hw, image_hw) for head_map_hw in result.head_maps_bkhw[row]]
+    atomic_save_npy(config.out / f"{stem}.heads.npy", torch.stack(head_maps).half().cpu().numpy())
+    extras: dict[str, Any] = {"head_maps": f"{stem}.heads.npy", "n_heads": len(head_maps)}
+    if config.rank_traits is not None:
+        ranked = rank_heads(backbone.class_attention, pixels_1chw, int(result.targets_b[row]), len(head_maps))
+        traits = []
+        for rank, (head, probability) in enumerate(ranked[: config.rank_traits], start=1):
+            atomic_save_png(config.out / f"{stem}.trait-{rank}.png", overlay(image, head_maps[head]))
+            traits.append({"rank": rank, "head": head, "overlay": f"{stem}.trait-{rank}.png",
+                           "target_probability_blurred": probability})
+        extras["traits"] = traits
+    return extras
+
+
+def _warn_fewer_heads(config: ExplainConfig, result: CamResult) -> None:
+    """--rank-traits beyond the head's attention heads keeps them all, said once."""
+    if config.rank_traits is not None and result.head_maps_bkhw is not None and config.rank_traits > result.head_maps_bkhw.shape[1]:
+        log.warning("--rank-traits %d: the head has %d attention heads; all of them are ranked", config.rank_traits,
+                    result.head_maps_bkhw.shape[1])
+
+
 def _job_identity(config: ExplainConfig, backbone: Backbone, source: ImageSource, layer: str) -> dict[str, Any]:
     """Everything that decides the maps and records; a resumed run must match it exactly (the batch
     size too: batches are the unit a run resumes from)."""
@@ -165,7 +197,12 @@ def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progre
     preprocess = backbone.preprocess.fitted(config.fit)
     source = open_image_source(config.data)
     stems = output_stems(source)
-    layer = backbone.resolve_layer(config.layer) if config.layer is not None else default_layer(backbone)
+    method = method_by_name(config.method)
+    if method.evidence == "class_attention":
+        # a class-query head's maps cover the layer its queries read
+        layer = check_class_attention(backbone, method, config.explained_refs is not None, config.layer).layer
+    else:
+        layer = backbone.resolve_layer(config.layer) if config.layer is not None else default_layer(backbone)
     class_names = backbone.class_names
     target = None if config.explained_target is None else resolve_class(config.explained_target, class_names, "target class")
     refs = _resolve_refs(config, class_names)
@@ -190,13 +227,18 @@ def explain(config: ExplainConfig, backbone: Backbone | None = None, show_progre
             refs_bk = torch.tensor([refs] * count, device=device) if isinstance(refs, list) else refs
             result = compute_cams(backbone, batch.pixels_bchw, config.method, targets_b, refs_bk, config.gamma,
                                   config.n_refs, layer, chunk_size=size)
+            if number == todo[0]:
+                _warn_fewer_heads(config, result)
             batch_records = []
             for row, (index, image) in enumerate(zip(batch.indices, batch.images, strict=True)):
                 image_hw = (image.height, image.width)
                 map_hw = preprocess.unmap(result.maps_bhw[row], image_hw)
                 _write_image_outputs(config.out, stems[index], image, map_hw)
-                batch_records.append(_image_record(config, result, row, source.records[index].source, stems[index],
-                                                   image_hw, class_names))
+                record = _image_record(config, result, row, source.records[index].source, stems[index], image_hw, class_names)
+                if result.head_maps_bkhw is not None:
+                    record |= _class_query_outputs(config, backbone, result, row, batch.pixels_bchw[row:row + 1].to(device),
+                                                   stems[index], image, preprocess.unmap)
+                batch_records.append(record)
             progress.save_json(number, {"indices": batches[number], "images": batch_records})
             records[number] = batch_records
             bar.update(count)

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from traitlens.backbones import Backbone, TokenLayout
+from traitlens.backbones import Backbone, ClassAttention, TokenLayout
 from traitlens.explain.classifier import classifier_weights
 from traitlens.explain.config import DEFAULT_GAMMA, ExplainError, check_contrast
 from traitlens.explain.contrast import auto_references, check_class_indices, class_coefficients
@@ -39,6 +39,8 @@ class CamResult:
     refs_bk: torch.Tensor
     """int64 (b, k); k = 0 without references."""
     layer: str
+    head_maps_bkhw: torch.Tensor | None = None
+    """Class-attention methods: each attention head's own map (b, heads, H, W), in [0, 1]."""
 
 
 def default_layer(backbone: Backbone) -> str:
@@ -84,6 +86,8 @@ def compute_cams(
     """
     cam_method = method_by_name(method)
     check_contrast(gamma, n_refs)
+    if cam_method.evidence == "class_attention":
+        return _class_attention_maps(backbone, pixels_bchw, cam_method, targets_b, refs_bk, layer)
     if refs_bk is not None and not cam_method.uses_classes:
         raise ExplainError(f"{cam_method.name} does not depend on the class, so reference classes do not apply")
     name = backbone.resolve_layer(layer) if layer is not None else default_layer(backbone)
@@ -185,3 +189,43 @@ def _masked_scores(backbone: Backbone, pixels_bchw: torch.Tensor, acts_bnd: torc
             logits_kc = backbone.forward(pixels_bchw[image] * masks_khw[:, None])
             scores_bd[image, start:start + chunk_size] = logits_kc @ coef_bc[image]
     return scores_bd
+
+
+def check_class_attention(backbone: Backbone, cam_method: CamMethod, has_refs: bool, layer: str | int | None) -> ClassAttention:
+    """The head a class-query method reads, once the request is known to fit it: a head of the
+    method's kind, no reference classes, and no layer other than the one its queries read."""
+    attention = backbone.class_attention
+    if attention is None or attention.kind != cam_method.head_kind:
+        have = "no class-query head" if attention is None else f"a head of kind {attention.kind}"
+        raise ExplainError(f"--method {cam_method.name} needs a head of kind {cam_method.head_kind} (--head DIR from traitlens "
+                           f"heads train --kind {cam_method.head_kind}); this model has {have}")
+    if has_refs:
+        raise ExplainError(f"{cam_method.name} maps are a class query's own attention; reference classes do not apply")
+    if layer is not None and backbone.resolve_layer(layer) != attention.layer:
+        raise ExplainError(f"{cam_method.name} maps cover the head's layer {attention.layer}, not {layer}")
+    return attention
+
+
+def _class_attention_maps(backbone: Backbone, pixels_bchw: torch.Tensor, cam_method: CamMethod, targets_b: torch.Tensor | None,
+                          refs_bk: References, layer: str | int | None) -> CamResult:
+    """Prompt-CAM / INTR maps: where the target class's own query attends, per attention head
+    and averaged over them, read from the head (no gradients)."""
+    attention = check_class_attention(backbone, cam_method, refs_bk is not None, layer)
+    layout = backbone.layer(attention.layer).layout
+    pixels_bchw = pixels_bchw.to(backbone.device)
+    with torch.no_grad():
+        logits_bc, attention_bhcp = attention.attend(pixels_bchw)
+    targets_b = logits_bc.argmax(1) if targets_b is None else targets_b.to(logits_bc.device, torch.int64)
+    check_class_indices(targets_b, logits_bc.shape[1], "target class")
+    batch_b = torch.arange(len(targets_b), device=attention_bhcp.device)
+    target_bhn = attention_bhcp[batch_b, :, targets_b.to(attention_bhcp.device)].float()
+    size_hw = (pixels_bchw.shape[-2], pixels_bchw.shape[-1])
+    b, n_heads = target_bhn.shape[:2]
+
+    def to_maps(maps_bn: torch.Tensor) -> torch.Tensor:
+        return normalize_maps(upsample(maps_bn.reshape(-1, *layout.grid_hw), size_hw))
+
+    maps_bhw = to_maps(cam_method.cam(target_bhn, target_bhn))
+    head_maps_bkhw = to_maps(target_bhn.reshape(b * n_heads, -1)).reshape(b, n_heads, *size_hw)
+    no_refs_bk = torch.zeros(b, 0, dtype=torch.int64, device=logits_bc.device)
+    return CamResult(maps_bhw, logits_bc, targets_b, no_refs_bk, attention.layer, head_maps_bkhw)

@@ -4,7 +4,9 @@ evidence into a map over its patch tokens; :mod:`traitlens.explain.maps` gathers
 All work on ``acts_bnd`` (batch, patch tokens, channels) and return ``cam_bn`` before the ReLU.
 Evidence kinds: ``gradients`` d score / d acts (b, n, d); ``classifier`` the explained score's
 row of the linear head (b, d); ``masked_scores`` the score of the image masked by each channel
-(b, d); ``activations`` nothing more (the activations are passed again).
+(b, d); ``activations`` nothing more (the activations are passed again); ``class_attention``
+the target class query's attention over the patches per attention head (b, heads, n), which a
+class-query head gives (Prompt-CAM, INTR: interpretable by design, no gradients).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from traitlens.explain.config import ExplainError
 
-Evidence = Literal["gradients", "classifier", "masked_scores", "activations"]
+Evidence = Literal["gradients", "classifier", "masked_scores", "activations", "class_attention"]
 CamFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -28,6 +30,8 @@ class CamMethod:
     cam: CamFn
     uses_classes: bool = True
     """False for class-agnostic methods, to which references mean nothing."""
+    head_kind: str | None = None
+    """The head kind a ``class_attention`` method reads (``--head`` of that kind)."""
 
 
 def channel_weighted(acts_bnd: torch.Tensor, weights_bd: torch.Tensor) -> torch.Tensor:
@@ -82,6 +86,12 @@ def eigen_cam(acts_bnd: torch.Tensor, _acts_bnd: torch.Tensor) -> torch.Tensor:
     return torch.where(flip_b1, -projection_bn, projection_bn)
 
 
+def class_attention_map(_acts_bnd: torch.Tensor, attention_bhn: torch.Tensor) -> torch.Tensor:
+    """Prompt-CAM and INTR: the target query's attention, averaged over the attention heads (each
+    head's own map is kept as well: they are the traits)."""
+    return attention_bhn.mean(1)
+
+
 METHODS: dict[str, CamMethod] = {
     method.name: method
     for method in (
@@ -92,8 +102,13 @@ METHODS: dict[str, CamMethod] = {
         CamMethod("layercam", "gradients", layer_cam),
         CamMethod("score-cam", "masked_scores", score_cam),
         CamMethod("eigen-cam", "activations", eigen_cam, uses_classes=False),
+        CamMethod("prompt-cam", "class_attention", class_attention_map, head_kind="prompt-cam"),
+        CamMethod("intr", "class_attention", class_attention_map, head_kind="intr"),
     )
 }
+
+CLASSIFIER_METHODS: tuple[str, ...] = tuple(name for name, method in METHODS.items() if method.head_kind is None)
+"""The methods any classifier supports; the others need a class-query head of their kind."""
 
 
 def method_by_name(name: str) -> CamMethod:

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from traitlens.errors import TraitlensError
-from traitlens.explain.methods import METHODS
+from traitlens.explain.methods import CLASSIFIER_METHODS
 from traitlens.explore.session import Explorer
 
 MAX_UPLOAD_BYTES = 16 << 20
@@ -68,7 +68,7 @@ def create_app(explorer: Explorer, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         return {"model": explorer.config.model, "sae": str(explorer.config.sae), "layer": explorer.layer,
                 "tokens": explorer.tokens, "width": explorer.sae.config.width, "classes": explorer.class_names,
                 "grid_hw": list(explorer.layout.grid_hw), "size_hw": list(explorer.backbone.preprocess.size_hw),
-                "features": explorer.features is not None, "methods": list(METHODS)}
+                "features": explorer.features is not None, "methods": list(CLASSIFIER_METHODS)}
 
     @app.get("/api/images")
     def images(offset: int = 0, limit: int = 48) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from traitlens.data import ImageSource, UnreadableImageError, open_image_source
 from traitlens.data.source import FileImageSource
 from traitlens.errors import TraitlensError
 from traitlens.explain.maps import cam_maps
-from traitlens.explain.methods import METHODS
+from traitlens.explain.methods import CLASSIFIER_METHODS
 from traitlens.features import LatentFeatures
 from traitlens.features.store_images import open_store_source, source_indices
 from traitlens.interventions.edits import EDIT_SYNTAX, LatentEdit, latent_edit
@@ -294,8 +294,8 @@ class Explorer:
     def cam(self, image_id: str, method: str, target: str | None, reference: str | None) -> bytes:
         """A CAM of ``target`` (default: the predicted class), as Finer-CAM against ``reference``
         when given, drawn over the model's view of the image (PNG)."""
-        if method not in METHODS:
-            raise ExploreError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if method not in CLASSIFIER_METHODS:
+            raise ExploreError(f"unknown method {method!r}; choose one of {', '.join(CLASSIFIER_METHODS)}")
         analysis = self._analysis(image_id)
         target_index = int(analysis.probs_c.argmax()) if not target else resolve_classes([target], self.class_names, "class")[0]
         refs = None if not reference else torch.tensor([resolve_classes([reference], self.class_names, "class")])

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from traitlens.backbones import Backbone
+from traitlens.backbones import Backbone, load_backbone
 from traitlens.heads.errors import HeadError
 from traitlens.heads.linear_head import LINEAR_KINDS, LinearHead, load_head, read_head_json
 from traitlens.heads.pooling import check_pooling, pool_tokens
@@ -62,3 +62,10 @@ def load_head_backbone(backbone: Backbone, head_dir: str | Path) -> Backbone:
     from traitlens.heads.saved import load_trained_head
 
     return load_trained_head(backbone, head_dir).attach(backbone)
+
+
+def load_model_with_head(model: str, weights: str | Path | None, pretrained: bool, head_dir: str | Path | None) -> Backbone:
+    """``model`` loaded, with the head in ``head_dir`` as its output when given. Jobs call this
+    before claiming their output folder: a foreign or damaged head is refused first, in one line."""
+    backbone = load_backbone(model, weights=weights, pretrained=pretrained)
+    return backbone if head_dir is None else load_head_backbone(backbone, head_dir)

@@ -20,8 +20,6 @@ from traitlens.heads.trainable import TrainableHead, head_kind
 
 def load_trained_head(backbone: Backbone, directory: Path) -> TrainableHead:
     """The head saved in ``directory``, rebuilt on ``backbone`` (the model it was trained on)."""
-    import traitlens.heads.kinds  # noqa: F401  (registers the kinds)
-
     data = read_head_json(directory)
     try:
         kind = head_kind(str(data.get("kind")))

@@ -75,7 +75,7 @@ class TrainableHead(nn.Module):
     def attach(self, backbone: Backbone) -> Backbone:
         """``backbone`` with this head as its output."""
         return backbone.with_forward(lambda pixels_bchw: self.logits(backbone, pixels_bchw), self.class_names,
-                                     last_layer=self.layer)
+                                     last_layer=self.layer, head_module=self)
 
 
 class ClassQueryHead(TrainableHead):
@@ -98,7 +98,7 @@ class ClassQueryHead(TrainableHead):
 
         capability = ClassAttention(self.kind, self.layer, attend, blurred_logits)
         return backbone.with_forward(lambda pixels_bchw: self.logits(backbone, pixels_bchw), self.class_names,
-                                     last_layer=self.layer, class_attention=capability)
+                                     last_layer=self.layer, class_attention=capability, head_module=self)
 
 
 def blur_rows(probs_bhqk: torch.Tensor, rows_b: torch.Tensor, blurred_bh: torch.Tensor) -> torch.Tensor:
@@ -122,7 +122,15 @@ def register_head_kind(kind: type[TrainableHead]) -> type[TrainableHead]:
     return kind
 
 
+def head_kinds() -> dict[str, type[TrainableHead]]:
+    """Every registered kind, the built-in ones (:mod:`traitlens.heads.kinds`) included."""
+    import traitlens.heads.kinds  # noqa: F401  (importing it registers the built-in kinds)
+
+    return HEAD_KINDS
+
+
 def head_kind(name: str) -> type[TrainableHead]:
-    if name not in HEAD_KINDS:
-        raise HeadError(f"unknown head kind {name!r}; choose one of {', '.join(sorted(HEAD_KINDS))}")
-    return HEAD_KINDS[name]
+    kinds = head_kinds()
+    if name not in kinds:
+        raise HeadError(f"unknown head kind {name!r}; choose one of {', '.join(sorted(kinds))}")
+    return kinds[name]

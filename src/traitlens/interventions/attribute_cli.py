@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from traitlens.cli_args import non_negative_float, positive_int, rename_option
+from traitlens.cli_args import add_head_arg, non_negative_float, positive_int, rename_option
 
 _SHOWN_LATENTS = 10  # printed each way; the files hold the whole ranking
 
@@ -44,7 +44,7 @@ def _run_attribute(args: argparse.Namespace) -> int:
     config = AttributionConfig(model=args.model, sae=args.sae, data=args.data, target=args.target,
                                refs=tuple(ref.strip() for ref in args.refs.split(",") if ref.strip()), gamma=args.gamma,
                                layer=args.layer, tokens=args.tokens, images=args.average_over, batch_size=args.batch_size,
-                               max_images=args.max_images, top=args.top, out=args.out, weights=args.weights,
+                               max_images=args.max_images, top=args.top, out=args.out, weights=args.weights, head=args.head,
                                pretrained=not args.random_init, device=args.device, overwrite=args.overwrite)
     print(format_attribution(comparative_attribution(config)))
     if args.out is not None:
@@ -59,6 +59,7 @@ def add_attribute_command(commands: Any, add_model_args: Callable[[argparse.Argu
 
     attribute = commands.add_parser("attribute", help="rank the SAE latents that separate a class from its look-alikes")
     add_model_args(attribute)
+    add_head_arg(attribute)
     add_sae_run_args(attribute, 16, "output folder: attribution.json and attribution.md")
     attribute.add_argument("--target", required=True, help="class A (name or index)")
     attribute.add_argument("--refs", required=True, help="look-alike classes B[,C...] (names or indices)")

@@ -31,6 +31,7 @@ from traitlens.data import ImageSource, open_image_source
 from traitlens.data.batches import pixel_batches
 from traitlens.explain.config import ClassKey, ExplainError
 from traitlens.explain.contrast import check_class_indices, class_coefficients
+from traitlens.heads.linear_head import head_sha256
 from traitlens.interventions.edits import InterventionError
 from traitlens.interventions.setup import (
     check_counts,
@@ -150,6 +151,8 @@ class AttributionConfig:
     out: Path | None = None
     weights: Path | None = None
     pretrained: bool = True
+    head: Path | None = None
+    """A head directory (``traitlens probe`` or ``heads train``) whose classes replace the model's own."""
     device: str = "auto"
     show_progress: bool = True
     overwrite: bool = False
@@ -269,7 +272,7 @@ def comparative_attribution(config: AttributionConfig) -> dict[str, Any]:
     with ``out``, write ``attribution.json`` (every latent's means too) and ``attribution.md``."""
     check_out_dir(config.out)
     placed = load_sae_on_model(config.model, config.sae, weights=config.weights, pretrained=config.pretrained,
-                               layer=config.layer, tokens=config.tokens, device=config.device)
+                               layer=config.layer, tokens=config.tokens, device=config.device, head=config.head)
     backbone, sae, layer, tokens = placed.backbone, placed.sae, placed.layer, placed.tokens
     if backbone.class_names is None:
         raise InterventionError(f"{backbone.spec} has no classification head with known classes to attribute")
@@ -321,6 +324,8 @@ def _job_identity(config: AttributionConfig, backbone: Backbone, source: ImageSo
     job.update(weights_fingerprint=backbone.weights_fingerprint(), sae_sha256=sae_weights_sha256(config.sae),
                dataset_fingerprint=source.fingerprint(), n_images=len(indices), layer_used=layer, tokens_used=tokens,
                traitlens_version=__version__)
+    if config.head is not None:  # the path alone would take a head replaced in place for the same
+        job["head_sha256"] = head_sha256(config.head)
     return job
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from traitlens.backbones import TOKEN_SELECTIONS
 from traitlens.cli_args import (
     add_device_arg,
+    add_head_arg,
     add_overwrite_arg,
     comma_list,
     non_negative_int,
@@ -47,7 +48,7 @@ def _run_steer(args: argparse.Namespace) -> int:
 
     config = SteerConfig(model=args.model, sae=args.sae, data=args.data, edits=tuple(args.edit), out=args.out, layer=args.layer,
                          tokens=args.tokens, patches=args.patches, target=args.target, features=args.features,
-                         patch_probe=args.patch_probe, weights=args.weights, pretrained=not args.random_init,
+                         patch_probe=args.patch_probe, weights=args.weights, pretrained=not args.random_init, head=args.head,
                          batch_size=args.batch_size, max_images=args.max_images, device=args.device, overwrite=args.overwrite)
     effect = steer(config)
     rows = None
@@ -81,6 +82,7 @@ def add_steer_command(commands: Any, add_model_args: Callable[[argparse.Argument
 
     steer = commands.add_parser("steer", help="edit SAE latents inside the forward pass and measure the change in predictions")
     add_model_args(steer)
+    add_head_arg(steer)
     add_sae_run_args(steer, 32, "output folder: predictions.csv and effect.json")
     steer.add_argument("--edit", required=True, action="append", type=LatentEdit.argument, metavar="EDIT",
                        help=f"repeatable: {EDIT_SYNTAX}")

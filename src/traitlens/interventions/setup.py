@@ -17,6 +17,7 @@ from traitlens.errors import TraitlensError
 from traitlens.explain.config import ClassKey, ExplainError
 from traitlens.explain.contrast import resolve_class
 from traitlens.features import LatentFeatures, sae_weights_sha256
+from traitlens.heads.attach import load_head_backbone
 from traitlens.interventions.edits import InterventionError
 from traitlens.output_folder import check_output_folder, claim_output_folder
 from traitlens.sae.io import SAEProvenance, load_sae_with_config, sae_provenance
@@ -83,10 +84,14 @@ def sae_layer(backbone: Backbone, sae: SparseAutoencoder, saved: dict[str, Any],
 
 
 def load_sae_on_model(model: str, sae_dir: Path, *, weights: Path | None = None, pretrained: bool = True,
-                      layer: str | None = None, tokens: TokenSelection | None = None, device: str = "auto") -> SAEOnModel:
-    """Load the model and the SAE on one device and place the SAE on its layer."""
+                      layer: str | None = None, tokens: TokenSelection | None = None, device: str = "auto",
+                      head: Path | None = None) -> SAEOnModel:
+    """Load the model (with the head saved in ``head`` as its output, when given) and the SAE on
+    one device and place the SAE on its layer."""
     resolved_device = Workers(0, 1).device(device)
     backbone = load_backbone(model, weights=weights, pretrained=pretrained).to(resolved_device)
+    if head is not None:
+        backbone = load_head_backbone(backbone, head)
     sae, saved = load_sae_with_config(sae_dir, device=resolved_device)
     sae.eval()
     check_sae_model(backbone, saved, sae_dir)

@@ -69,6 +69,8 @@ class SteerConfig:
     patch_probe: Path | None = None
     weights: Path | None = None
     pretrained: bool = True
+    head: Path | None = None
+    """A head directory (``traitlens probe`` or ``heads train``) whose classes replace the model's own."""
     batch_size: int = 32
     max_images: int | None = None
     device: str = "auto"
@@ -256,7 +258,7 @@ def steer(config: SteerConfig) -> dict[str, Any]:
     ``predictions.csv`` and then ``effect.json``; return the effect summary."""
     check_out_dir(config.out)
     placed = load_sae_on_model(config.model, config.sae, weights=config.weights, pretrained=config.pretrained,
-                               layer=config.layer, tokens=config.tokens, device=config.device)
+                               layer=config.layer, tokens=config.tokens, device=config.device, head=config.head)
     backbone, layer, tokens = placed.backbone, placed.layer, placed.tokens
     # a head without class names (a random-init or custom one) reports class indices
     class_names = backbone.class_names or [str(index) for index in range(_n_classes(backbone))]
@@ -318,6 +320,8 @@ def _job_identity(config: SteerConfig, backbone: Backbone, source: ImageSource, 
         job["features_sha256"] = files_sha256(config.features, (MANIFEST,))
     if config.patch_probe is not None:
         job["patch_probe_sha256"] = head_sha256(config.patch_probe)
+    if config.head is not None:
+        job["head_sha256"] = head_sha256(config.head)
     return job
 
 

@@ -34,8 +34,9 @@ from traitlens.data import ImageSource
 from traitlens.data.batches import pixel_batches
 from traitlens.explain.config import DEFAULT_GAMMA
 from traitlens.explain.contrast import auto_references
-from traitlens.explain.maps import compute_cams, default_layer
+from traitlens.explain.maps import CamResult, compute_cams, default_layer
 from traitlens.explain.methods import method_by_name
+from traitlens.explain.trait_ranking import rank_heads
 from traitlens.specimens.benchmark import Benchmark, ScoringError
 from traitlens.specimens.flips import lookalike_map
 from traitlens.specimens.localization import localization_scores
@@ -47,8 +48,16 @@ PIXEL_COLUMNS = ["mass_inside", "pointing_game"]
 PATCH_COLUMNS = ["patch_mass", "patch_ap", "patch_pointing", "oracle_spearman"]
 LOCALIZATION_COLUMNS = ["method", "n_images", *PIXEL_COLUMNS, *PATCH_COLUMNS]
 _DISPLAY_NAMES = {"cam": "CAM", "grad-cam": "Grad-CAM", "grad-cam++": "Grad-CAM++", "hirescam": "HiResCAM",
-                  "layercam": "LayerCAM", "score-cam": "Score-CAM"}
+                  "layercam": "LayerCAM", "score-cam": "Score-CAM", "prompt-cam": "Prompt-CAM", "intr": "INTR"}
+TOP_HEAD = "top head"
+"""The variant of a class-query method scored on each image's top-ranked attention head alone
+(Prompt-CAM's greedy head blurring) instead of the mean of the heads."""
 _REFERENCE_LABELS = {"lookalike": "look-alike", "closest": "closest logit", "confusion": "most confused"}
+
+
+def display_name(method: str) -> str:
+    """A CAM method as papers spell it (``grad-cam`` → Grad-CAM)."""
+    return _DISPLAY_NAMES.get(method_by_name(method).name, method)
 
 
 @dataclass(frozen=True)
@@ -96,13 +105,23 @@ def _cells_to_pixels(map_gg: np.ndarray, image_hw: tuple[int, int]) -> np.ndarra
     return map_gg[row_of_y[:, None], col_of_x[None, :]]
 
 
-def _scores(pixel_maps: list[np.ndarray], patch_maps_ngg: torch.Tensor, masks: list[np.ndarray],
+def score_maps(pixel_maps: list[np.ndarray], patch_maps_ngg: torch.Tensor, masks: list[np.ndarray],
             patches_ngg: torch.Tensor, oracle_ngg: torch.Tensor | None) -> dict[str, Any]:
     pixel = localization_scores(np.stack(pixel_maps), np.stack(masks))
     patch = score_patch_maps(patch_maps_ngg, patches_ngg, oracle_ngg, tolerance=1)
     return {"n_images": pixel["n_images"], "mass_inside": pixel["mass_inside"], "pointing_game": pixel["pointing_game"],
             "patch_mass": patch.mass_inside, "patch_ap": patch.patch_ap, "patch_pointing": patch.pointing_game,
             "oracle_spearman": patch.rank_correlation}
+
+
+def _top_head_maps(backbone: Backbone, pixels_bchw: torch.Tensor, result: CamResult, species_b: torch.Tensor) -> torch.Tensor:
+    """Each image's map of the attention head ranked first for its species by greedy head blurring."""
+    assert backbone.class_attention is not None and result.head_maps_bkhw is not None
+    n_heads = result.head_maps_bkhw.shape[1]
+    pixels_bchw = pixels_bchw.to(backbone.device)
+    top = [rank_heads(backbone.class_attention, pixels_bchw[row:row + 1], int(species_b[row]), n_heads)[0][0]
+           for row in range(len(pixels_bchw))]
+    return result.head_maps_bkhw[torch.arange(len(top)), torch.tensor(top)]
 
 
 def lookalike_localization(backbone: Backbone, source: ImageSource, benchmark: Benchmark,
@@ -132,7 +151,9 @@ def lookalike_localization(backbone: Backbone, source: ImageSource, benchmark: B
         absent = [sources[index] for index in images if sources[index] not in oracle]
         if absent:
             raise ScoringError(f"no oracle map for {len(absent)} scored images (first: {absent[0]})")
-    variants = [(method, choice) for method in methods for choice in (None, *references)]
+    # a class-query head's maps (Prompt-CAM, INTR) take no reference: their mean and their top head instead
+    variants = [(method, choice) for method in methods for choice in
+                ((None, TOP_HEAD) if method_by_name(method).evidence == "class_attention" else (None, *references))]
     pixel_maps: list[list[np.ndarray]] = [[] for _ in variants]
     patch_maps: list[list[torch.Tensor]] = [[] for _ in variants]
     masks: list[np.ndarray] = []
@@ -143,14 +164,22 @@ def lookalike_localization(backbone: Backbone, source: ImageSource, benchmark: B
         lookalike_b = torch.tensor([lookalike_of[int(species)] for species in species_b])
         refs: dict[str, Any] = {"lookalike": lookalike_b[:, None], "confusion": None if confusion is None else
                 torch.tensor([[confusion.get(int(species), lookalike_of[int(species)])] for species in species_b])}
+        result: CamResult | None = None
         for v, (method, choice) in enumerate(variants):
-            refs_bk = None if choice is None else refs.get(choice, "auto")
-            result = compute_cams(backbone, batch.pixels_bchw, method, species_b, refs_bk, gamma, 1, layer_name)
-            if choice == "closest" and v == variants.index((methods[0], "closest")):
+            if choice == TOP_HEAD:
+                assert result is not None
+                maps_bhw = _top_head_maps(backbone, batch.pixels_bchw, result, species_b)  # the mean's result, just before
+            else:
+                refs_bk = None if choice is None else refs.get(choice, "auto")
+                class_query = method_by_name(method).evidence == "class_attention"
+                result = compute_cams(backbone, batch.pixels_bchw, method, species_b, refs_bk, gamma, 1,
+                                      None if class_query else layer_name)
+                maps_bhw = result.maps_bhw
+            if choice == "closest" and "closest" not in refs and result is not None:  # the first method's references serve all
                 refs["closest"] = auto_references(result.logits_bc, species_b.to(result.logits_bc.device), 1).cpu()
-            patch_maps[v].append(pool_to_grid(result.maps_bhw.cpu(), grid_hw))
+            patch_maps[v].append(pool_to_grid(maps_bhw.cpu(), grid_hw))
             for row, image in enumerate(batch.images):
-                pixel_maps[v].append(backbone.preprocess.unmap(result.maps_bhw[row], (image.height, image.width)).cpu().numpy())
+                pixel_maps[v].append(backbone.preprocess.unmap(maps_bhw[row], (image.height, image.width)).cpu().numpy())
         for choice in agree:
             agree[choice] += int((refs[choice][:, 0].cpu() == lookalike_b).sum())
         masks += [benchmark.distinguishing_mask(sources[index]) for index in batch.indices]
@@ -165,9 +194,14 @@ def lookalike_localization(backbone: Backbone, source: ImageSource, benchmark: B
                            "score reliance on the same layer")
     rows = []
     for v, (method, choice) in enumerate(variants):
-        name = _DISPLAY_NAMES.get(method_by_name(method).name, method)
-        label = name if choice is None else f"Finer-CAM ({name}, γ={gamma:g}, ref: {_REFERENCE_LABELS[choice]})"
-        rows.append({"method": label, **_scores(pixel_maps[v], torch.cat(patch_maps[v]), masks, patches_ngg, oracle_ngg)})
+        name = display_name(method)
+        if choice == TOP_HEAD:
+            label = f"{name} (top-ranked head)"
+        elif choice is None:
+            label = f"{name} (mean of heads)" if method_by_name(method).evidence == "class_attention" else name
+        else:
+            label = f"Finer-CAM ({name}, γ={gamma:g}, ref: {_REFERENCE_LABELS[choice]})"
+        rows.append({"method": label, **score_maps(pixel_maps[v], torch.cat(patch_maps[v]), masks, patches_ngg, oracle_ngg)})
     chance = score_patch_maps(torch.ones(patches_ngg.shape, dtype=torch.float64), patches_ngg)
     pixel_chance = float(np.mean([mask.mean() for mask in masks if mask.any()]))
     rows.append({"method": "chance", "n_images": rows[0]["n_images"], "mass_inside": pixel_chance, "pointing_game": pixel_chance,
@@ -175,6 +209,6 @@ def lookalike_localization(backbone: Backbone, source: ImageSource, benchmark: B
                  "patch_pointing": chance.chance_pointing, "oracle_spearman": 0.0 if oracle is not None else None})
     if oracle_ngg is not None:
         oracle_pixels = [_cells_to_pixels(oracle_ngg[i].clamp_min(0).numpy(), mask.shape) for i, mask in enumerate(masks)]
-        rows.append({"method": "oracle (ceiling)", **_scores(oracle_pixels, oracle_ngg, masks, patches_ngg, oracle_ngg)})
+        rows.append({"method": "oracle (ceiling)", **score_maps(oracle_pixels, oracle_ngg, masks, patches_ngg, oracle_ngg)})
     agreement = {choice: count / len(images) for choice, count in agree.items()}
     return LookalikeLocalization(rows, layer_name, grid_hw, agreement)

@@ -9,6 +9,7 @@ from typing import Any
 
 from traitlens.cli_args import (
     add_device_arg,
+    add_head_arg,
     add_overwrite_arg,
     comma_list,
     fraction,
@@ -91,7 +92,8 @@ def _run_accuracy(args: argparse.Namespace) -> int:
     if legacy_file is not None:
         claim_output_file(legacy_file, overwrite=args.overwrite, error=DataError)
     result = model_accuracy(AccuracyConfig(model=args.model, data=args.data, weights=args.weights, pretrained=not args.random_init,
-                                           device=args.device, out=None if legacy_file else args.out, overwrite=args.overwrite))
+                                           head=args.head, device=args.device, out=None if legacy_file else args.out,
+                                           overwrite=args.overwrite))
     print(f"{result['model']} on {result['data']}: accuracy {result['accuracy']:.2%} over {result['n_images']} images")
     worst = sorted(result["per_class"].items(), key=lambda item: item[1])[:3]
     print("  lowest classes: " + ", ".join(f"{name} {value:.1%}" for name, value in worst))
@@ -141,13 +143,28 @@ def _run_score_suppression(args: argparse.Namespace) -> int:
 
 
 def _run_score_reliance(args: argparse.Namespace) -> int:
+    from traitlens.heads.attach import load_model_with_head
     from traitlens.specimens.reliance import RelianceConfig, read_twin_benchmark, score_reliance
 
     config = RelianceConfig(model=args.model, data=args.data, out=args.out, layer=args.layer, weights=args.weights,
-                            pretrained=not args.random_init, batch_size=args.batch_size, device=args.device)
+                            pretrained=not args.random_init, head=args.head, batch_size=args.batch_size, device=args.device)
     read_twin_benchmark(args.data)
+    backbone = load_model_with_head(config.model, config.weights, config.pretrained, config.head)
     _claim_score_folder(args)
-    score_reliance(config)
+    score_reliance(config, backbone)
+    return _print_table(args)
+
+
+def _run_score_heads(args: argparse.Namespace) -> int:
+    from traitlens.specimens.head_comparison import HeadComparisonConfig, load_compared_heads, score_heads
+    from traitlens.specimens.reliance import read_twin_benchmark
+
+    config = HeadComparisonConfig(model=args.model, heads=tuple(args.head), data=args.data, out=args.out, weights=args.weights,
+                                  pretrained=not args.random_init, n_faithfulness=args.n_faithfulness, device=args.device)
+    read_twin_benchmark(args.data)
+    backbones = load_compared_heads(config)  # a missing, damaged or foreign head is refused before --out is claimed
+    _claim_score_folder(args)
+    score_heads(config, backbones)
     return _print_table(args)
 
 
@@ -218,6 +235,7 @@ def _add_score_commands(sub: Any, add_model_args: Any) -> None:
     reliance = kinds.add_parser("reliance", help="how often a twin (only the separating trait switched) flips the model, "
                                                  "and oracle maps of where it reads the trait")
     add_model_args(reliance)
+    add_head_arg(reliance, "the reliance and oracle maps are the head's")
     reliance.add_argument("--data", required=True, type=Path, help="a benchmark drawn with `specimens generate --twins`")
     reliance.add_argument("--out", required=True, type=Path, help="output folder: reliance.md, reliance.json and oracle/")
     reliance.add_argument("--layer", help="layer whose patch grid the oracle maps use (default: the heatmaps' default layer)")
@@ -225,6 +243,19 @@ def _add_score_commands(sub: Any, add_model_args: Any) -> None:
     add_device_arg(reliance)
     add_overwrite_arg(reliance)
     reliance.set_defaults(run=_run_score_reliance)
+
+    heads = kinds.add_parser("heads", help="heads trained on a frozen model (heads train), side by side: accuracy, twin reliance, "
+                                           "their maps and Grad-CAM / Finer-CAM against the trait and the oracle, faithfulness")
+    add_model_args(heads)
+    heads.add_argument("--head", required=True, type=Path, action="append", metavar="DIR",
+                       help="a head folder of traitlens heads train (repeat for several)")
+    heads.add_argument("--data", required=True, type=Path, help="a benchmark drawn with `specimens generate --twins`")
+    heads.add_argument("--out", required=True, type=Path, help="output folder: heads.md, heads.json, and per head its reliance/")
+    heads.add_argument("--n-faithfulness", type=positive_int, default=64,
+                       help="images whose maps get deletion and insertion curves (default 64)")
+    add_device_arg(heads)
+    add_overwrite_arg(heads)
+    heads.set_defaults(run=_run_score_heads)
 
 
 def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
@@ -272,6 +303,7 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
 
     accuracy = sub.add_parser("accuracy", help="top-1 accuracy of a classifier on a class folder")
     add_model_args(accuracy)
+    add_head_arg(accuracy)
     accuracy.add_argument("--data", required=True, type=Path, help="class folder whose class names are the model's")
     accuracy.add_argument("--out", type=Path, help="also write the result to this folder (accuracy.json)")
     add_device_arg(accuracy)

@@ -24,10 +24,11 @@ import torch
 from PIL import Image
 
 from traitlens.atomic import atomic_save_npy, atomic_write_json
-from traitlens.backbones import Backbone, load_backbone
+from traitlens.backbones import Backbone
 from traitlens.checks import check_int
 from traitlens.distributed import Workers
 from traitlens.errors import DataError
+from traitlens.heads.attach import load_model_with_head
 from traitlens.specimens.benchmark import Benchmark, ScoringError, read_benchmark
 from traitlens.specimens.oracle import oracle_maps
 from traitlens.tables import markdown_table, write_text
@@ -44,6 +45,8 @@ class RelianceConfig:
     """The layer whose patch grid the oracle maps use (default: the one heatmaps are made at)."""
     weights: Path | None = None
     pretrained: bool = True
+    head: Path | None = None
+    """A head folder whose classes replace the model's own: the reliance and oracle maps of that head."""
     batch_size: int = 64
     device: str = "auto"
 
@@ -75,12 +78,14 @@ def read_twin_benchmark(data: Path) -> Benchmark:
     return benchmark
 
 
-def score_reliance(config: RelianceConfig) -> dict[str, Any]:
-    """Reliance per pair and oracle maps per image, written to ``config.out``; returns the summary."""
+def score_reliance(config: RelianceConfig, backbone: Backbone | None = None) -> dict[str, Any]:
+    """Reliance per pair and oracle maps per image, written to ``config.out``; returns the summary.
+    ``backbone``: the model with its head, already loaded (:func:`load_model_with_head`)."""
     from traitlens.explain.maps import default_layer
 
     benchmark = read_twin_benchmark(config.data)
-    backbone = load_backbone(config.model, weights=config.weights, pretrained=config.pretrained)
+    if backbone is None:
+        backbone = load_model_with_head(config.model, config.weights, config.pretrained, config.head)
     backbone.to(Workers(0, 1).device(config.device))
     class_index = benchmark.class_index(backbone.class_names, config.model)
     layer = backbone.resolve_layer(config.layer) if config.layer is not None else default_layer(backbone)

@@ -20,14 +20,13 @@ from torch import nn
 from tqdm import tqdm
 
 from traitlens.backbones.weights import fixed_seed
-from traitlens.checkpoints import EpochCheckpoints
+from traitlens.checkpoints import CHECKPOINT, EpochCheckpoints, claim_training_folder
 from traitlens.checks import check_float, check_int
 from traitlens.cli_args import option_name
 from traitlens.data import open_image_source
 from traitlens.data.labelled import load_labelled_images
 from traitlens.errors import TraitlensError
 from traitlens.lr_schedule import warmup_cosine
-from traitlens.output_folder import claim_output_folder
 from traitlens.specimens.model_dir import (
     CONFIG,
     CNNShape,
@@ -40,7 +39,6 @@ from traitlens.splits import train_val_split
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint"
 COMMAND = "specimens train-model"
 
 
@@ -98,29 +96,11 @@ def accuracy(model: nn.Module, pixels_nchw: torch.Tensor, labels_n: torch.Tensor
     return correct / max(len(labels_n), 1)
 
 
-def _claim(config: TrainModelConfig) -> bool:
-    """Claim ``config.out`` (resumable); True when it already holds the model ``config`` trains."""
-    claim_output_folder(config.out, COMMAND, overwrite=config.overwrite, resumable=True,
-                        own_files=(CONFIG, f"{CHECKPOINT}/state.json"), error=ModelTrainingError)
-    path = config.out / CONFIG
-    if not path.is_file():
-        return False
-    try:
-        trained = json.loads(path.read_text()).get("training")
-    except (OSError, ValueError, AttributeError):
-        trained = None
-    if trained != config.to_dict():
-        raise ModelTrainingError(f"{config.out} already holds a model trained with other settings; choose another --out, "
-                                 "or pass --overwrite to replace it")
-    if (config.out / CHECKPOINT).is_dir():  # a run killed after saving the model, before removing its checkpoint
-        EpochCheckpoints(config.out / CHECKPOINT, {}).remove()
-    return True
-
-
 def train_model(config: TrainModelConfig, show_progress: bool = True) -> Path:
     """Train (or resume training) and save the model directory ``config.out``; a finished model
     of the same config is left as it is."""
-    if _claim(config):
+    if claim_training_folder(config.out, COMMAND, CONFIG, config.to_dict(), "a model",
+                             overwrite=config.overwrite, error=ModelTrainingError):
         return config.out
     preprocess = config.shape.preprocess()
     images = load_labelled_images(open_image_source(config.data), preprocess, show_progress)

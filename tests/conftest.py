@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -35,3 +37,19 @@ def twin_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from traitlens.specimens.generate import GenerateConfig, generate
 
     return generate(GenerateConfig(tmp_path_factory.mktemp("twins") / "bench", n=32, seed=4, twins=True), show_progress=False)
+
+
+COLOURS = {"blue": (40, 40, 200), "cyan": (40, 200, 200), "green": (40, 200, 40), "red": (200, 40, 40), "yellow": (200, 200, 40)}
+
+
+@pytest.fixture(scope="session")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``<colour>/<i>.png``: 10 noisy 32 px images of each of five colours."""
+    root = tmp_path_factory.mktemp("finetune") / "colours"
+    rng = np.random.default_rng(0)
+    for name, rgb in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            pixels = (np.asarray(rgb) + rng.normal(0, 50, (32, 32, 3))).clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+    return root

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file
-from torch import nn
 
 from traitlens.atomic import atomic_write_json, save_tensors
 from traitlens.errors import TraitlensError
@@ -28,6 +28,14 @@ CHECKPOINT = "checkpoint"
 _WEIGHTS = re.compile(r"epoch-\d{4,}\.safetensors")
 
 
+class Checkpointed(Protocol):
+    """What a checkpoint saves and restores: a module, or the trained part of one."""
+
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> Any: ...
+
+
 class EpochCheckpoints:
     """The checkpoints in ``folder`` of the run ``identity`` describes (everything that decides
     its weights: a checkpoint is continued only for the same); errors are ``error``."""
@@ -37,7 +45,7 @@ class EpochCheckpoints:
         self.identity = identity
         self.error = error
 
-    def save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def save(self, epoch: int, model: Checkpointed, optimizer: torch.optim.Optimizer) -> None:
         weights = self.folder / f"epoch-{epoch:04d}.safetensors"
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | optimizer_tensors(optimizer, "optim")
         save_tensors(weights, tensors)
@@ -46,7 +54,7 @@ class EpochCheckpoints:
             if old != weights:
                 old.unlink()
 
-    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int) -> int:
+    def load(self, model: Checkpointed, optimizer: torch.optim.Optimizer, epochs: int) -> int:
         """The number of finished epochs (of at most ``epochs``) restored; 0 without a checkpoint."""
         path = self.folder / STATE
         if not path.is_file():

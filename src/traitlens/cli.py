@@ -286,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_probe_command(commands)
     add_heads_command(commands, add_model_args)
+    from traitlens.finetune.cli import add_finetune_commands
+
+    add_finetune_commands(commands, add_model_args)
     from traitlens.features.cli import add_features_command
 
     add_features_command(commands)

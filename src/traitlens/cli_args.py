@@ -86,6 +86,8 @@ positive_float = _checked(float, "a finite number above 0", lambda value: value 
 non_negative_float = _checked(float, "a finite number of at least 0", lambda value: value >= 0)
 # shares held out, in [0, 1)
 fraction = _checked(float, "a number in [0, 1)", lambda value: 0 <= value < 1)
+# levels from none to all, in [0, 1]
+closed_unit_interval = _checked(float, "a number in [0, 1]", lambda value: 0 <= value <= 1)
 # shares such as a minimum coverage, in (0, 1]
 unit_interval = _checked(float, "a number in (0, 1]", lambda value: 0 < value <= 1)
 # any finite number

@@ -280,3 +280,21 @@ def test_a_folder_with_other_content_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     generate(GenerateConfig(tmp_path / "empty", n=2, seed=0), show_progress=False)
     assert (tmp_path / "empty" / JOB_FILE).is_file() and (tmp_path / "empty" / "traits.json").is_file()
+
+
+def test_saturation_fades_the_photographs_and_nothing_else(tmp_path: Path) -> None:
+    generate(GenerateConfig(out=tmp_path / "colour", n=4, seed=3, size=48), show_progress=False)
+    generate(GenerateConfig(out=tmp_path / "gray", n=4, seed=3, size=48, saturation=0.0), show_progress=False)
+    generate(GenerateConfig(out=tmp_path / "faded", n=4, seed=3, size=48, saturation=0.5), show_progress=False)
+    colour, gray = (file_bytes(tmp_path / name) for name in ("colour", "gray"))
+    images = [name for name in colour if name.startswith("images/")]
+    for name in images:
+        rgb, gray_hw3, faded_hw3 = (np.asarray(Image.open(tmp_path / folder / name), dtype=np.int16)
+                                    for folder in ("colour", "gray", "faded"))
+        assert (gray_hw3 == gray_hw3[..., :1]).all() and not (rgb == rgb[..., :1]).all()
+        assert np.abs(faded_hw3 - (rgb + gray_hw3) / 2).max() <= 1  # halfway between the colour and the luminance
+    # the masks and label maps are the colour benchmark's
+    assert all(gray[name] == colour[name] for name in colour if name.startswith(("masks/", "annotations/")))
+    assert json.loads(gray[JOB_FILE])["saturation"] == 0.0 and "saturation" not in json.loads(colour[JOB_FILE])
+    with pytest.raises(DataError, match="--saturation"):
+        GenerateConfig(out=tmp_path / "bad", n=4, seed=3, saturation=1.5)

@@ -9,7 +9,7 @@ and patch positions of a ``TokenLayout`` stay where they were.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +21,17 @@ from traitlens.backbones.backbone import Backbone, Layer
 from traitlens.backbones.codecs import FeatureMapCodec, SequenceCodec, SequenceFirstCodec, TokenCodec
 from traitlens.errors import LayerError, first_line
 
+Tokens = torch.Tensor | Callable[[], torch.Tensor]
+"""Appended tokens, or what gives them when the block runs."""
+
 
 @contextmanager
-def appended_tokens(backbone: Backbone, tokens_by_layer: Mapping[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
+def appended_tokens(backbone: Backbone, tokens_by_layer: Mapping[str, Tokens]) -> Iterator[dict[str, torch.Tensor]]:
     """Within the block, each listed layer's block (by name or index) takes its input tokens with
     ``tokens_by_layer[layer]`` — (p, d), shared by the batch, or (b, p, d) — appended at the end,
     and its output without them. The yielded dict receives, per layer name, the block's outputs at
-    the appended positions (b, p, d), in the autograd graph."""
+    the appended positions (b, p, d), in the autograd graph. A callable value is asked for the
+    tokens at each forward (shallow prompts: a block takes what the block before it gave out)."""
     outputs: dict[str, torch.Tensor] = {}
     appenders = _appenders(backbone, tokens_by_layer, outputs)
     with ExitStack() as stack:
@@ -64,8 +68,8 @@ class _Appender:
 
     layer: Layer
     input_codec: TokenCodec
-    tokens: torch.Tensor
-    """(p, d) or (b, p, d)."""
+    tokens: Tokens
+    """(p, d) or (b, p, d), or what gives them."""
     outputs: dict[str, torch.Tensor]
     n_model_tokens: int = 0
     """The model's own tokens in the forward running now: where the appended ones start."""
@@ -89,7 +93,7 @@ class _Appender:
 
     def _batched(self, like_btd: torch.Tensor) -> torch.Tensor:
         """The appended tokens as (b, p, d) in the sequence's dtype and device."""
-        tokens = self.tokens.to(like_btd)
+        tokens = (self.tokens() if callable(self.tokens) else self.tokens).to(like_btd)
         if tokens.dim() == 2:
             return tokens.expand(like_btd.shape[0], -1, -1)
         if tokens.shape[0] != like_btd.shape[0]:
@@ -98,14 +102,15 @@ class _Appender:
         return tokens
 
 
-def _appenders(backbone: Backbone, tokens_by_layer: Mapping[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> list[_Appender]:
+def _appenders(backbone: Backbone, tokens_by_layer: Mapping[str, Tokens], outputs: dict[str, torch.Tensor]) -> list[_Appender]:
     """One appender per layer, filling ``outputs``; every layer and tensor checked before any hook goes in."""
     appenders: dict[str, _Appender] = {}
     for key, tokens in tokens_by_layer.items():
         layer = backbone.layer(key)
         if layer.name in appenders:
             raise LayerError(f"layer {layer.name} of {backbone.spec} is given twice for appended tokens")
-        _check_tokens(tokens, layer)
+        if not callable(tokens):
+            _check_tokens(tokens, layer)
         appenders[layer.name] = _Appender(layer, _input_codec(layer, backbone.spec), tokens, outputs)
     return list(appenders.values())
 

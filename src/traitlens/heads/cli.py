@@ -12,7 +12,6 @@ from traitlens.cli_args import (
     fraction,
     non_negative_float,
     non_negative_int,
-    positive_float,
     positive_int,
 )
 
@@ -56,14 +55,13 @@ def add_probe_command(commands: Any) -> None:
 
 def _run_heads_train(args: argparse.Namespace) -> int:
     from traitlens.heads.training import HeadTrainConfig, train_head
+    from traitlens.sgd_recipe import recipe_options
 
     options = {name: getattr(args, name) for name in ("pooling", "decoder_layers", "decoder_width", "decoder_heads")
                if getattr(args, name) is not None}
     saved = train_head(HeadTrainConfig(kind=args.kind, model=args.model, data=args.data, out=args.out, layer=args.layer,
-                                       weights=args.weights, pretrained=not args.random_init, options=options, epochs=args.epochs,
-                                       batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                                       weight_decay=args.weight_decay, val_fraction=args.val_fraction, seed=args.seed,
-                                       device=args.device, overwrite=args.overwrite))
+                                       weights=args.weights, pretrained=not args.random_init, options=options,
+                                       device=args.device, overwrite=args.overwrite, **recipe_options(args)))  # type: ignore[arg-type]
     metrics = saved["metrics"]
     print(f"saved {saved['kind']} head {args.out}: layer {saved['layer']}, {len(saved['class_names'])} classes, "
           f"train accuracy {_percent(metrics['train_accuracy'])} ({metrics['n_train']} images), "
@@ -76,6 +74,7 @@ def add_heads_command(commands: Any, add_model_args: Any) -> None:
     """Register ``traitlens heads train`` on the top-level subcommands."""
     from traitlens.heads.pooling import POOLINGS
     from traitlens.heads.trainable import head_kinds
+    from traitlens.sgd_recipe import add_recipe_args
 
     heads = commands.add_parser("heads", help="heads on a frozen model: Prompt-CAM, INTR, linear")
     actions = heads.add_subparsers(dest="heads_command", required=True, metavar="COMMAND")
@@ -85,13 +84,7 @@ def add_heads_command(commands: Any, add_model_args: Any) -> None:
     add_model_args(train)
     train.add_argument("--data", required=True, type=Path, help="labelled images: a class folder, table or saved HF dataset")
     train.add_argument("--layer", help="the last layer the head reads (default: the model's last)")
-    train.add_argument("--epochs", type=positive_int, default=10, help="passes over the training images (default 10)")
-    train.add_argument("--batch-size", type=positive_int, default=16, help="images per step (default 16, Prompt-CAM's)")
-    train.add_argument("--lr", type=positive_float, default=5e-3, help="peak SGD learning rate (default 5e-3, Prompt-CAM's)")
-    train.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum (default 0.9)")
-    train.add_argument("--weight-decay", type=non_negative_float, default=1e-3, help="SGD weight decay (default 1e-3)")
-    train.add_argument("--val-fraction", type=fraction, default=0.1, help="share of images held out for validation (default 0.1)")
-    train.add_argument("--seed", type=non_negative_int, default=0, help="seed of the head's initialization, the split and the order")
+    add_recipe_args(train, "the head's initialization")
     train.add_argument("--pooling", choices=POOLINGS, help="linear only: the CLS token or the mean of the patch tokens "
                                                            "(default cls when the layer has one)")
     train.add_argument("--decoder-layers", type=positive_int, help="intr only: decoder layers (default 2)")

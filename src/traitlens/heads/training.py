@@ -11,20 +11,16 @@ trained; the model's weights are checked unchanged by fingerprint wherever the h
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from tqdm import tqdm
 
 from traitlens.backbones import Backbone, load_backbone
 from traitlens.backbones.weights import fixed_seed
 from traitlens.checkpoints import CHECKPOINT, EpochCheckpoints, claim_training_folder
-from traitlens.checks import check_float, check_int
 from traitlens.cli_args import option_name
 from traitlens.data import open_image_source
 from traitlens.data.labelled import LabelledImages, load_labelled_images
@@ -32,7 +28,7 @@ from traitlens.distributed import Workers
 from traitlens.heads.errors import HeadError
 from traitlens.heads.linear_head import CONFIG
 from traitlens.heads.trainable import TrainableHead, head_kind
-from traitlens.lr_schedule import warmup_cosine
+from traitlens.sgd_recipe import SGDRecipe, train_epochs
 from traitlens.splits import train_val_split
 from traitlens.version import __version__
 
@@ -40,7 +36,7 @@ COMMAND = "heads train"
 
 
 @dataclass(frozen=True)
-class HeadTrainConfig:
+class HeadTrainConfig(SGDRecipe):
     """What ``heads train`` runs. ``options`` are the kind's own (``pooling`` for linear,
     ``decoder_layers``/``decoder_width``/``decoder_heads`` for intr); ``layer`` is the last one
     the head reads (default: the model's last)."""
@@ -53,40 +49,17 @@ class HeadTrainConfig:
     weights: Path | None = None
     pretrained: bool = True
     options: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 5e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-3
-    warmup_epochs: float = 1.0
-    val_fraction: float = 0.1
-    seed: int = 0
     device: str = "auto"
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            check_int(getattr(self, name), option_name(name), HeadError)
-        check_int(self.seed, "--seed", HeadError, minimum=0)
-        check_float(self.lr, "--lr", HeadError, above=True)
-        check_float(self.momentum, "--momentum", HeadError, below=1)
-        check_float(self.weight_decay, "--weight-decay", HeadError)
-        check_float(self.warmup_epochs, "--warmup-epochs", HeadError)
-        check_float(self.val_fraction, "--val-fraction", HeadError, below=1)
+        self.check_recipe(HeadError)
         kind = head_kind(self.kind)
         foreign = sorted(name for name in self.options if name not in kind.options)
         if foreign:
             accepted = ", ".join(option_name(name) for name in kind.options) or "none"
             raise HeadError(f"{', '.join(option_name(name) for name in foreign)} does not apply to --kind {self.kind} "
                             f"(its own options: {accepted})")
-
-    def identity(self) -> dict[str, Any]:
-        """What fixes the weights (not ``out``, ``device`` or ``overwrite``)."""
-        data = asdict(self)
-        for name in ("out", "device", "overwrite"):
-            del data[name]
-        data["data"], data["weights"] = str(self.data), None if self.weights is None else str(self.weights)
-        return json.loads(json.dumps(data))
 
 
 @torch.no_grad()
@@ -128,30 +101,12 @@ def train_head(config: HeadTrainConfig, show_progress: bool = True) -> dict[str,
     for parameter in backbone.model.parameters():  # frozen: gradients only for the head
         parameter.requires_grad_(False)
     train_idx, val_idx = train_val_split(len(images.labels_n), config.val_fraction, config.seed)
-    optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     checkpoints = EpochCheckpoints(config.out / CHECKPOINT, identity, HeadError)
-    first_epoch = checkpoints.load(head, optimizer, config.epochs)
-    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
-    total_steps, warmup_steps = config.epochs * steps_per_epoch, round(config.warmup_epochs * steps_per_epoch)
-    loss_fn = nn.CrossEntropyLoss()
     start = time.perf_counter()
-    for epoch in range(first_epoch, config.epochs):
-        head.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))]
-        progress = tqdm(order.split(config.batch_size), unit="batch", desc=f"{config.kind} epoch {epoch + 1}/{config.epochs}",
-                        disable=not show_progress)
-        for step_in_epoch, batch in enumerate(progress):
-            for group in optimizer.param_groups:
-                group["lr"] = warmup_cosine(config.lr, epoch * steps_per_epoch + step_in_epoch, warmup_steps, total_steps)
-            logits_bc = head.training_logits(backbone, images.pixels_nchw[batch].to(device))
-            loss = loss_fn(logits_bc, images.labels_n[batch].to(device))
-            if not bool(torch.isfinite(loss)):
-                raise HeadError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); try a lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            progress.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        checkpoints.save(epoch + 1, head, optimizer)
+    head.train()
+    train_epochs(config, head.parameters(), head, checkpoints,
+                 lambda batch: head.training_logits(backbone, images.pixels_nchw[batch].to(device)), images.labels_n, train_idx,
+                 HeadError, config.kind, show_progress)
     metrics = {"train_accuracy": head_accuracy(head, backbone, images, train_idx),
                "val_accuracy": head_accuracy(head, backbone, images, val_idx),
                "n_train": len(train_idx), "n_val": len(val_idx), "train_seconds_this_run": round(time.perf_counter() - start, 1)}

@@ -11,6 +11,7 @@ from traitlens.cli_args import (
     add_device_arg,
     add_head_arg,
     add_overwrite_arg,
+    closed_unit_interval,
     comma_list,
     fraction,
     legacy_json_file,
@@ -39,7 +40,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     from traitlens.specimens.generate import GenerateConfig, generate
 
     out = generate(GenerateConfig(out=args.out, n=args.n_images, seed=args.seed, size=args.size, workers=args.workers,
-                                  overwrite=args.overwrite, twins=args.twins))
+                                  overwrite=args.overwrite, twins=args.twins, saturation=args.saturation))
     print(f"wrote {args.n_images} specimens (seed {args.seed}, {args.size}x{args.size} px) to {out}")
     print(f"  class folder: {out / 'images'}; segmentation folder: {out}; ground truth: {out / 'traits.json'}")
     if args.twins:
@@ -155,6 +156,18 @@ def _run_score_reliance(args: argparse.Namespace) -> int:
     return _print_table(args)
 
 
+def _run_score_finetune(args: argparse.Namespace) -> int:
+    from traitlens.specimens.finetune_comparison import FinetuneComparisonConfig, score_finetune
+
+    config = FinetuneComparisonConfig(model=args.model, weights=args.weights, pretrained=not args.random_init, data=args.data,
+                                      test_data=args.test_data, out=args.out, classes=args.classes,
+                                      n_per_class=args.n_per_class, methods=args.methods, pcv_n_per_class=args.pcv_n_per_class,
+                                      epochs=args.epochs, seed=args.seed, device=args.device)
+    _claim_score_folder(args)
+    score_finetune(config, show_progress=True)
+    return _print_table(args)
+
+
 def _run_score_heads(args: argparse.Namespace) -> int:
     from traitlens.specimens.head_comparison import HeadComparisonConfig, load_compared_heads, score_heads
     from traitlens.specimens.reliance import read_twin_benchmark
@@ -256,6 +269,31 @@ def _add_score_commands(sub: Any, add_model_args: Any) -> None:
     add_device_arg(heads)
     add_overwrite_arg(heads)
     heads.set_defaults(run=_run_score_heads)
+    _add_finetune_score(kinds, add_model_args)
+
+
+def _add_finetune_score(kinds: Any, add_model_args: Any) -> None:
+    from traitlens.finetune.methods import finetune_methods
+
+    finetune = kinds.add_parser("finetune", help="every fine-tuning method at a few images per class on some classes: accuracy "
+                                                 "on those and on the absent ones, before and after calibration")
+    add_model_args(finetune)
+    finetune.add_argument("--data", required=True, type=Path, help="training images: a class folder of the model's classes")
+    finetune.add_argument("--test-data", required=True, type=Path, help="test images of every class: a class folder")
+    finetune.add_argument("--classes", required=True, type=comma_list(str), metavar="C1,C2,...",
+                          help="the classes fine-tuned on; the model's others are the absent classes")
+    finetune.add_argument("--n-per-class", type=comma_list(positive_int), default=(4, 16, 64), metavar="N1,N2,...",
+                          help="training images per class, one run each (default 4,16,64)")
+    finetune.add_argument("--methods", type=comma_list(str), metavar="M1,M2,...",
+                          help=f"fine-tuning methods (default: all, {','.join(finetune_methods())})")
+    finetune.add_argument("--pcv-n-per-class", type=positive_int, default=16,
+                          help="the --n-per-class at which pseudo cross-validation also runs (default 16)")
+    finetune.add_argument("--epochs", type=positive_int, default=10, help="passes over the training images (default 10)")
+    finetune.add_argument("--seed", type=non_negative_int, default=0, help="seed of every fine-tuning")
+    add_device_arg(finetune)
+    finetune.add_argument("--out", required=True, type=Path, help="output folder: finetune.md, finetune.json, a folder per run")
+    add_overwrite_arg(finetune)
+    finetune.set_defaults(run=_run_score_finetune)
 
 
 def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
@@ -271,6 +309,9 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     generate.add_argument("--workers", type=positive_int, default=2, help="drawing threads (does not change the output)")
     generate.add_argument("--twins", action="store_true",
                           help="also draw each image's counterfactual twin: the look-alike species, same organism and scene")
+    generate.add_argument("--saturation", type=closed_unit_interval, default=1.0,
+                          help="colour saturation of the photographs: 1 as drawn (default), 0 grayscale; below 1 a shifted "
+                               "domain, for adapting a model with finetune")
     add_overwrite_arg(generate, resumable=True)
     generate.set_defaults(run=_run_generate)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance
 from tqdm import tqdm
 
 from traitlens.atomic import (
@@ -42,7 +42,7 @@ from traitlens.atomic import (
     atomic_write_json,
     remove_temp_files,
 )
-from traitlens.checks import check_int
+from traitlens.checks import check_float, check_int
 from traitlens.errors import DataError
 from traitlens.output_folder import claim_output_folder
 from traitlens.specimens.catalog import SPECIES, Species, catalog_dict, label_names, lookalike_of
@@ -82,6 +82,10 @@ class GenerateConfig:
     state, both framed twin-safe (:func:`render_specimen`), so the two differ only inside the
     footprint of the trait that separates them. The images are then framed slightly differently
     from a benchmark of the same seed without twins."""
+    saturation: float = 1.0
+    """Colour saturation of the photographs: 1 as drawn, 0 grayscale (Pillow's ``ImageEnhance.Color``
+    blends each image with its luminance). Below 1 it is a shifted domain, for adapting a model
+    trained on the colour ones (``traitlens finetune``)."""
 
     def __post_init__(self) -> None:
         check_int(self.n, "--n-images", DataError)
@@ -92,13 +96,16 @@ class GenerateConfig:
             raise DataError(f"number of images must be between 1 and {MAX_IMAGES}, got {self.n}")
         if not MIN_SIZE <= self.size <= MAX_SIZE:
             raise DataError(f"image size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {self.size}")
+        check_float(self.saturation, "--saturation", DataError)
+        if self.saturation > 1:
+            raise DataError(f"--saturation must be between 0 (grayscale) and 1 (as drawn), got {self.saturation}")
 
     def job(self) -> dict[str, Any]:
         """What fixes the output: a run resumes only into a folder started with the same job."""
         job = {"format": f"{FORMAT}.job", "version": VERSION, "n": self.n, "seed": self.seed,
                "size": self.size, "catalog": catalog_dict()}
         # only when asked, so a folder generated before twins existed resumes as the same job
-        return {**job, "twins": True} if self.twins else job
+        return {**job, **({"twins": True} if self.twins else {}), **({"saturation": self.saturation} if self.saturation != 1 else {})}
 
 
 def image_species(index: int) -> Species:
@@ -193,22 +200,23 @@ def _draw_chunk(config: GenerateConfig, indices: range) -> list[float]:
     for index in indices:
         specimen = render_specimen(image_species(index), config.size, np.random.default_rng([config.seed, index]),
                                    twin_safe=config.twins)
-        _write_specimen(config.out, image_source(index), specimen)
+        _write_specimen(config.out, image_source(index), specimen, config.saturation)
         if config.twins:
             twin = render_specimen(lookalike_of(image_species(index))[0], config.size,
                                    np.random.default_rng([config.seed, index]), twin_safe=True)
-            _write_specimen(config.out / TWINS_DIR, twin_source(index).removeprefix(f"{TWINS_DIR}/"), twin)
+            _write_specimen(config.out / TWINS_DIR, twin_source(index).removeprefix(f"{TWINS_DIR}/"), twin, config.saturation)
         fractions.append(specimen.occluded_fraction)
     return fractions
 
 
-def _write_specimen(root: Path, source: str, specimen: Specimen) -> None:
+def _write_specimen(root: Path, source: str, specimen: Specimen, saturation: float = 1.0) -> None:
     """The image at ``root/source`` (``images/...``), its label map under ``root/annotations`` and
     its trait masks under ``root/masks``, each unless a finished run already wrote it."""
-    for path, pixels in ((root / source, specimen.image_hw3),
-                         (root / "annotations" / source.removeprefix("images/"), specimen.labels_hw)):
+    image = Image.fromarray(specimen.image_hw3)
+    for path, picture in ((root / source, image if saturation == 1 else ImageEnhance.Color(image).enhance(saturation)),
+                          (root / "annotations" / source.removeprefix("images/"), Image.fromarray(specimen.labels_hw))):
         if not path.is_file():
-            atomic_save_png(path, Image.fromarray(pixels))
+            atomic_save_png(path, picture)
     masks = root / mask_source(source)
     if not masks.is_file():
         atomic_save_npy(masks, specimen.footprints_thw)

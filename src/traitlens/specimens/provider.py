@@ -1,6 +1,6 @@
 """``traitlens:specimens-vit`` — the embedded default model —, the other embedded models of the
 specimens zoo, or ``traitlens:DIR``, a model directory written by ``traitlens specimens
-train-model``; all are small timm models (ViTs or a ResNet) with a head.
+train-model`` (small timm models, ViTs or a ResNet, with a head) or by ``traitlens finetune``.
 
 Registered with :mod:`traitlens.backbones` from here, the package that owns the models, through the
 ``traitlens.backbones`` entry-point group (pyproject.toml): any installed package can add a
@@ -18,6 +18,7 @@ from traitlens.backbones.spec import LoadRequest, register_provider
 from traitlens.backbones.timm_provider import timm_backbone
 from traitlens.backbones.weights import build_model, load_into, read_state_dict
 from traitlens.errors import SpecError
+from traitlens.finetune import is_finetuned_folder, load_finetuned
 from traitlens.specimens.model_dir import WEIGHTS, read_model_dir
 
 EMBEDDED = {"specimens-vit": "specimens/default_model", "specimens-vit-mean": "specimens/zoo/vit-mean",
@@ -41,6 +42,8 @@ def model_directory(name: str) -> Path:
 @register_provider("traitlens")
 def load_traitlens(request: LoadRequest) -> Backbone:
     directory = model_directory(request.spec.name)
+    if is_finetuned_folder(directory):
+        return load_finetuned(directory, request.spec.text, request.pretrained, request.weights)
     saved = read_model_dir(directory)
 
     def create(pretrained: bool) -> nn.Module:

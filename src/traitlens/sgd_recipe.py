@@ -57,6 +57,9 @@ class SGDRecipe:
         check_float(self.val_fraction, "--val-fraction", error, below=1)
 
 
+RECIPE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "val_fraction", "seed")
+
+
 def add_recipe_args(parser: argparse.ArgumentParser, what: str) -> None:
     """The recipe's options, one vocabulary for every command that trains with it."""
     parser.add_argument("--epochs", type=positive_int, default=10, help="passes over the training images (default 10)")
@@ -70,7 +73,7 @@ def add_recipe_args(parser: argparse.ArgumentParser, what: str) -> None:
 
 def recipe_options(args: argparse.Namespace) -> dict[str, float | int]:
     """The recipe's fields from parsed options (:func:`add_recipe_args`)."""
-    return {name: getattr(args, name) for name in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "val_fraction", "seed")}
+    return {name: getattr(args, name) for name in RECIPE_FIELDS if hasattr(args, name)}
 
 
 def train_epochs(recipe: SGDRecipe, parameters: Iterable[nn.Parameter], trained: Checkpointed, checkpoints: EpochCheckpoints,

@@ -4,6 +4,7 @@ pseudo cross-validation, the report, and the calibrated model it writes."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,4 +55,22 @@ def test_bad_requests_are_one_line(finetuned: Path, colours: Path, tmp_path: Pat
                    says="pink")
     assert_refused([*base, "--model", f"traitlens:{finetuned}", "--method", "gap",
                     "--finetuned-classes", "blue,cyan,green,red,yellow"], colours, says="no absent class")
+    assert_refused([*base, "--model", f"traitlens:{finetuned}", "--method", "gap", "--finetuned-classes", "blue"], colours,
+                   says="at least 2 fine-tuned classes")
+    assert_refused([*base, "--model", f"traitlens:{finetuned}", "--method", "pcv", "--finetuned-classes", "blue,cyan"], colours,
+                   says="at least 3 fine-tuned classes")
+    # test images of fine-tuned classes only: nothing to score the absent classes on
+    seen_only = tmp_path / "seen"
+    for name in ("blue", "red"):
+        shutil.copytree(colours / name, seen_only / name)
+    assert_refused(["calibrate", "--data", str(seen_only), "--out", str(tmp_path / "never"), "--model", f"traitlens:{finetuned}",
+                    "--method", "gap"], colours, says="fine-tuned and of absent classes")
     assert not (tmp_path / "never").exists()
+
+
+def test_an_earlier_calibration_is_replaced_only_with_overwrite(finetuned: Path, colours: Path, tmp_path: Path) -> None:
+    argv = ["calibrate", "--model", f"traitlens:{finetuned}", "--data", str(colours), "--method", "gap", "--out", str(tmp_path / "cal"),
+            "--device", "cpu"]
+    assert run_cli(argv)[0] == 0
+    assert_refused(argv, tmp_path / "cal", says="--overwrite")
+    assert run_cli([*argv, "--overwrite"])[0] == 0

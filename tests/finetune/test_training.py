@@ -96,7 +96,8 @@ def test_bad_requests_are_one_line_and_claim_nothing(colours: Path, tmp_path: Pa
     from tests.backbones.builders import tiny_open_clip_spec
 
     assert_refused([*base, "--model", tiny_open_clip_spec(), "--method", "linear"], colours, says="no classifier head")
-    assert_refused([*base, "--model", f"traitlens:{colours}", "--method", "linear"], colours, says="local folder")
+    for local in (f"traitlens:{colours}", f"hf:{colours}", "open_clip:local-dir:/somewhere"):  # paths stay out of finetune.json
+        assert_refused([*base, "--model", local, "--method", "linear"], colours, says="local path")
     assert not (tmp_path / "never").exists()
 
 
@@ -106,7 +107,24 @@ def test_loading_refuses_a_damaged_folder_in_one_line(colours: Path, tmp_path: P
     (tmp_path / "model" / "finetune.json").write_text(config.replace('"weights": null', '"weights": "/etc/passwd"'))
     assert_refused(["specimens", "accuracy", "--model", f"traitlens:{tmp_path / 'model'}", "--data", str(colours)], colours,
                    says="base weights must be")
+    for damage, says in ((('"seed": 0', '"seed": 1180591620717411303424'), "seed must be"),
+                         (('"n_per_class": null', '"n_per_class": "all"'), "n_per_class must be")):
+        (tmp_path / "model" / "finetune.json").write_text(config.replace(*damage))
+        assert_refused(["specimens", "accuracy", "--model", f"traitlens:{tmp_path / 'model'}", "--data", str(colours)], colours,
+                       says=says)
+    # the base rebuilt from its spec must be the one fine-tuned
+    (tmp_path / "model" / "finetune.json").write_text(config.replace('"weights_fingerprint": "', '"weights_fingerprint": "0'))
+    assert_refused(["specimens", "accuracy", "--model", f"traitlens:{tmp_path / 'model'}", "--data", str(colours)], colours,
+                   says="other weights")
     (tmp_path / "model" / "finetune.json").write_text(config)
+    # every trained parameter must be in the weights file
+    from safetensors.torch import save_file
+
+    trained = load_file(str(tmp_path / "model" / "finetuned.safetensors"))
+    save_file({name: tensor for name, tensor in trained.items() if not name.startswith("head.")},
+              str(tmp_path / "model" / "finetuned.safetensors"))
+    assert_refused(["specimens", "accuracy", "--model", f"traitlens:{tmp_path / 'model'}", "--data", str(colours)], colours,
+                   says="do not fit")
     (tmp_path / "model" / "finetuned.safetensors").write_bytes(b"not tensors")
     assert_refused(["specimens", "accuracy", "--model", f"traitlens:{tmp_path / 'model'}", "--data", str(colours)], colours,
                    says="damaged fine-tuned weights")

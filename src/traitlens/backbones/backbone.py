@@ -239,6 +239,10 @@ class Backbone:
         finally:
             handle.remove()
 
+    def weights_changed(self) -> None:
+        """Forget the cached fingerprint: the weights were changed in place (a fine-tuned model)."""
+        self._fingerprint = None
+
     def weights_fingerprint(self) -> str:
         """SHA-256 over parameter and buffer names, shapes, dtypes and bytes (cached)."""
         if self._fingerprint is None:

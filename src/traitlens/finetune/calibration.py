@@ -49,6 +49,7 @@ from traitlens.finetune.errors import FinetuneError
 from traitlens.finetune.saved import CALIBRATION, CALIBRATION_FORMAT, is_finetuned_folder, load_finetuned, read_finetune_json
 from traitlens.finetune.training import BASE_WEIGHTS, CONFIG, WEIGHTS, FinetuneConfig, finetune, training_split
 from traitlens.output_folder import claim_output_folder
+from traitlens.sgd_recipe import RECIPE_FIELDS
 from traitlens.tables import markdown_table, write_text
 from traitlens.version import __version__
 
@@ -130,8 +131,7 @@ def _pcv_gamma(config: CalibrateConfig, folder: Path, saved: dict[str, Any], fit
     if len(finetuned) < 3:
         raise FinetuneError("pcv splits the fine-tuned classes in two halves: it needs at least 3 fine-tuned classes")
     training, base = saved["training"], saved["base"]
-    recipe = {name: training[name] for name in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs",
-                                                "val_fraction", "seed")}
+    recipe = {name: training[name] for name in RECIPE_FIELDS}
     folds = []
     for fold in range(config.n_folds):
         order = torch.randperm(len(finetuned), generator=torch.Generator().manual_seed(fold)).tolist()
@@ -151,6 +151,9 @@ def _pcv_gamma(config: CalibrateConfig, folder: Path, saved: dict[str, Any], fit
         unseen = torch.ones(len(labels_n), dtype=torch.bool)
         unseen[trained] = False
         unseen &= torch.tensor([model.class_names[label] in finetuned for label in labels_n.tolist()])
+        if not bool(unseen.any()):
+            raise FinetuneError(f"pcv fold {fold}: every image of the fine-tuned classes in {fit_source} was trained on; "
+                                "give --fit-data with images the fine-tuning did not use")
         logits, _ = _logits_and_features(model, images.pixels_nchw[unseen], config.batch_size)
         pseudo_absent = torch.tensor([name not in pseudo_finetuned for name in model.class_names])
         curve = seen_unseen_curve(logits, labels_n[unseen], pseudo_absent)
@@ -189,8 +192,9 @@ def _draw_curve(curve: SeenUnseenCurve, points: dict[str, tuple[float, float]], 
 
 
 def _copy_model(folder: Path, out: Path) -> None:
-    """The fine-tuned model's own files into ``out`` (``out`` becomes that model, calibrated)."""
-    for name in (CONFIG, WEIGHTS, BASE_WEIGHTS):
+    """The fine-tuned model's own files into ``out``, its ``finetune.json`` last: only then is
+    ``out`` a model (calibrated, ``calibration.json`` being written before)."""
+    for name in (WEIGHTS, BASE_WEIGHTS, CONFIG):
         if (folder / name).is_file():
             atomic_write_bytes(out / name, (folder / name).read_bytes())
 
@@ -205,7 +209,10 @@ def calibrate(config: CalibrateConfig, show_progress: bool = True) -> dict[str, 
     if config.finetuned_classes is None and saved is None:
         raise FinetuneError("name the fine-tuned classes (--finetuned-classes C1,C2,...); only a model folder written by "
                             "traitlens finetune records them")
-    finetuned = tuple(config.finetuned_classes or saved["finetuned_classes"])  # type: ignore[index]
+    finetuned = tuple(dict.fromkeys(config.finetuned_classes or saved["finetuned_classes"]))  # type: ignore[index]
+    if len(finetuned) < (3 if config.method == "pcv" else 2):
+        raise FinetuneError(f"--method {config.method} needs at least {3 if config.method == 'pcv' else 2} fine-tuned classes "
+                            f"(pcv splits them in two halves), got {len(finetuned)}")
     if config.method == "pcv" and (folder is None or saved is None):
         raise FinetuneError("pcv fine-tunes the base model again: give a model folder written by traitlens finetune "
                             "(--model traitlens:DIR)")
@@ -221,11 +228,24 @@ def calibrate(config: CalibrateConfig, show_progress: bool = True) -> dict[str, 
         raise FinetuneError(f"every class of {config.model} was fine-tuned: there is no absent class to calibrate")
     device = Workers(0, 1).device(config.device)
     backbone.to(device)
-    images = load_labelled_images(open_image_source(config.data), backbone.preprocess, show_progress)
-    labels_n = _labels_in(images, class_names, str(config.data), config.model)
+    # every check a class name answers comes before --out is claimed and before the images load
+    source = open_image_source(config.data)
     fit_source = config.fit_data or config.data
-    fit_images = images if config.fit_data is None else load_labelled_images(open_image_source(config.fit_data),
-                                                                              backbone.preprocess, show_progress)
+    fit_opened = source if config.fit_data is None else open_image_source(config.fit_data)
+    for where, opened in ((config.data, source), (fit_source, fit_opened)):
+        unknown = [name for name in opened.class_names or () if name not in class_names]
+        if unknown:
+            raise FinetuneError(f"classes of {where} that {config.model} does not know: {', '.join(unknown[:5])}")
+    if {name in finetuned for name in source.class_names or ()} != {True, False}:
+        raise FinetuneError(f"{config.data} must hold images of fine-tuned and of absent classes to score the calibration "
+                            f"(its classes: {', '.join((source.class_names or ['none'])[:8])})")
+    if not any(name in finetuned for name in fit_opened.class_names or ()):
+        raise FinetuneError(f"{fit_source} has no image of a fine-tuned class to learn gamma from")
+    # one-shot: an earlier calibration in --out is replaced only with --overwrite (the pcv folds inside resume)
+    claim_output_folder(config.out, "calibrate", overwrite=config.overwrite, own_files=(CALIBRATION,), error=FinetuneError)
+    images = load_labelled_images(source, backbone.preprocess, show_progress)
+    labels_n = _labels_in(images, class_names, str(config.data), config.model)
+    fit_images = images if config.fit_data is None else load_labelled_images(fit_opened, backbone.preprocess, show_progress)
     fit_labels_n = labels_n if config.fit_data is None else _labels_in(fit_images, class_names, str(config.fit_data), config.model)
     fit_seen_n = ~absent_c[fit_labels_n]  # gamma never sees an image of an absent class
     if saved is not None and config.fit_data is not None:  # the images the fine-tuning itself picked from them
@@ -234,9 +254,6 @@ def calibrate(config: CalibrateConfig, show_progress: bool = True) -> dict[str, 
                                    tuple(name for name in finetuned if name in fit_images.class_names) or None,
                                    recorded["n_per_class"], recorded["val_fraction"], recorded["seed"])
         fit_seen_n &= torch.zeros(len(fit_seen_n), dtype=torch.bool).index_fill_(0, picked, True)
-    if int(fit_seen_n.sum()) == 0:
-        raise FinetuneError(f"{fit_source} has no image of a fine-tuned class to learn gamma from")
-    claim_output_folder(config.out, "calibrate", overwrite=config.overwrite, resumable=True, error=FinetuneError)
     logits, features = _logits_and_features(backbone, images.pixels_nchw, config.batch_size)
     folds: list[dict[str, Any]] = []
     if config.method == "gap":
@@ -270,9 +287,9 @@ def calibrate(config: CalibrateConfig, show_progress: bool = True) -> dict[str, 
               "curve": {"gamma": curve.gammas.tolist(), "finetuned": curve.finetuned.tolist(), "absent": curve.absent.tolist()},
               "software": {"traitlens": __version__}}
     write_text(config.out / "calibration.md", _markdown(result))
+    atomic_write_json(config.out / CALIBRATION, result)
     if folder is not None:
         _copy_model(folder, config.out)
-    atomic_write_json(config.out / CALIBRATION, result)  # last: with it the folder is a calibrated model
     return result
 
 

@@ -67,7 +67,8 @@ class FinetuneConfig(SGDRecipe):
 
     def __post_init__(self) -> None:
         self.check_recipe(FinetuneError)
-        finetune_method(self.method, self.options)  # an unknown method or a foreign option is one line now
+        # an unknown method or a foreign option is one line now; defaults spelled out or not are the same run
+        object.__setattr__(self, "options", finetune_method(self.method, self.options).settings)
         if self.n_per_class is not None:
             check_int(self.n_per_class, "--n-per-class", FinetuneError)
         if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):
@@ -78,10 +79,11 @@ class FinetuneConfig(SGDRecipe):
 def check_base_spec(spec: str) -> None:
     """A base model must be named, not found at a local path: the folder records it, and paths read
     from an artifact must stay inside the artifact (local weights travel as ``--weights``, copied in)."""
-    parsed = parse_spec(spec)
-    if parsed.provider == "traitlens" and Path(parsed.name).expanduser().exists():
-        raise FinetuneError(f"the base model {spec} is a local folder; fine-tune an embedded traitlens model or a library "
-                            "model, with local weights given by --weights (they are copied into --out)")
+    name = parse_spec(spec).name
+    local = name.startswith(("/", ".", "~", "local-dir:")) or Path(name).expanduser().exists()
+    if local:
+        raise FinetuneError(f"the base model {spec} is read from a local path; fine-tune an embedded traitlens model or a "
+                            "library model, with local weights given by --weights (they are copied into --out)")
 
 
 def training_split(labels_n: torch.Tensor, class_names: list[str], classes: tuple[str, ...] | None, n_per_class: int | None,

@@ -25,12 +25,12 @@ class ScoringError(TraitlensError):
     """Inputs to a score do not fit together (shapes, values, options)."""
 
 
-def claim_score_folder(out: Path, score: str, overwrite: bool = False) -> None:
+def claim_score_folder(out: Path, score: str, overwrite: bool = False, resumable: bool = False) -> None:
     """Claim ``out`` for ``specimens score <score>`` before any work, by the output policy of
     :mod:`traitlens.output_folder` (an earlier result of the same score is replaced only with
     ``overwrite``). The ``score_*`` functions only write into their folder, so that one job (the
     demo, ``specimens report``) can gather several scores in a folder of its own."""
-    claim_output_folder(out, f"specimens score {score}", overwrite=overwrite, error=ScoringError)
+    claim_output_folder(out, f"specimens score {score}", overwrite=overwrite, resumable=resumable, error=ScoringError)
 
 
 TRAIT_KINDS: tuple[str, ...] = get_args(TraitKind)

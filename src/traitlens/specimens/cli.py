@@ -25,10 +25,10 @@ from traitlens.cli_args import (
 )
 
 
-def _claim_score_folder(args: argparse.Namespace) -> None:
+def _claim_score_folder(args: argparse.Namespace, resumable: bool = False) -> None:
     from traitlens.specimens.benchmark import claim_score_folder
 
-    claim_score_folder(args.out, args.score_command, args.overwrite)
+    claim_score_folder(args.out, args.score_command, args.overwrite, resumable)
 
 
 def _print_table(args: argparse.Namespace) -> int:
@@ -163,7 +163,7 @@ def _run_score_finetune(args: argparse.Namespace) -> int:
                                       test_data=args.test_data, out=args.out, classes=args.classes,
                                       n_per_class=args.n_per_class, methods=args.methods, pcv_n_per_class=args.pcv_n_per_class,
                                       epochs=args.epochs, seed=args.seed, device=args.device)
-    _claim_score_folder(args)
+    _claim_score_folder(args, resumable=True)  # each fine-tuning inside resumes; a foreign one is refused by it
     score_finetune(config, show_progress=True)
     return _print_table(args)
 
@@ -291,8 +291,9 @@ def _add_finetune_score(kinds: Any, add_model_args: Any) -> None:
     finetune.add_argument("--epochs", type=positive_int, default=10, help="passes over the training images (default 10)")
     finetune.add_argument("--seed", type=non_negative_int, default=0, help="seed of every fine-tuning")
     add_device_arg(finetune)
-    finetune.add_argument("--out", required=True, type=Path, help="output folder: finetune.md, finetune.json, a folder per run")
-    add_overwrite_arg(finetune)
+    finetune.add_argument("--out", required=True, type=Path,
+                          help="output folder: finetune.md, finetune.json, a folder per run (an unfinished one resumes)")
+    add_overwrite_arg(finetune, resumable=True)
     finetune.set_defaults(run=_run_score_finetune)
 
 

@@ -87,11 +87,13 @@ def score_finetune(config: FinetuneComparisonConfig, show_progress: bool = False
                              show_progress)
             spec = f"traitlens:{folder}"
             gap = calibrate(CalibrateConfig(model=spec, data=config.test_data, method="gap", fit_data=config.data,
-                                            out=config.out / f"{method}-{n_per_class}-gap", device=config.device), show_progress)
+                                            out=config.out / f"{method}-{n_per_class}-gap", device=config.device, overwrite=True),
+                            show_progress)
             pcv = None
             if n_per_class == config.pcv_n_per_class:
                 pcv = calibrate(CalibrateConfig(model=spec, data=config.test_data, method="pcv", fit_data=config.data,
-                                                out=config.out / f"{method}-{n_per_class}-pcv", device=config.device), show_progress)
+                                                out=config.out / f"{method}-{n_per_class}-pcv", device=config.device,
+                                                overwrite=True), show_progress)
             rows.append(_row(method, n_per_class, saved, gap, pcv))
     result = {"model": config.model, "data": str(config.data), "test_data": str(config.test_data), "classes": list(config.classes),
               "epochs": config.epochs, "seed": config.seed, "rows": rows}

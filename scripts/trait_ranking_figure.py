@@ -10,20 +10,15 @@ The README's commands (specimens of seeds 11 and 12, the Prompt-CAM head, its ma
 
 from __future__ import annotations
 
-import argparse
-import io
-import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageDraw
+from readme_figures import figure_main
 
-from traitlens.atomic import atomic_write_bytes
 from traitlens.specimens.benchmark import read_benchmark
 
-REPO = Path(__file__).resolve().parents[1]
-TRAITLENS = Path(sys.executable).with_name("traitlens")
 STEPS = [  # (what the step writes, the README's command)
     ("specimens/h11/traits.json", "specimens generate --n-images 2048 --seed 11 --out specimens/h11"),
     ("heads/vit-prompt-cam/head.json", "heads train --kind prompt-cam --epochs 40 --model traitlens:specimens-vit "
@@ -85,21 +80,5 @@ def figure(work: Path) -> Image.Image:
     return canvas
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "heads", help="where the README's commands run")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "images" / "prompt-cam-traits.png")
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    for written, command in STEPS:
-        if not (args.work / written).is_file():
-            subprocess.run([str(TRAITLENS), *command.split()], cwd=args.work, check=True)
-    buffer = io.BytesIO()
-    figure(args.work).save(buffer, "PNG", optimize=True)
-    atomic_write_bytes(args.out, buffer.getvalue())
-    print(f"wrote {args.out}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(figure_main(__doc__ or "", "heads", "prompt-cam-traits.png", STEPS, figure))

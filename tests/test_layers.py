@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"heads"},
     {"finetune"},
     {"sae"},
-    {"explain", "features"},
+    {"explain", "features", "segment"},
     {"interventions"},
     {"explore"},
     {"specimens"},

@@ -289,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     from traitlens.finetune.cli import add_finetune_commands
 
     add_finetune_commands(commands, add_model_args)
+    from traitlens.segment.cli import add_segment_command
+
+    add_segment_command(commands, add_model_args)
     from traitlens.features.cli import add_features_command
 
     add_features_command(commands)

@@ -30,3 +30,28 @@ def overlay(image: Image.Image, map_hw: torch.Tensor | np.ndarray) -> Image.Imag
     opacity_hw1 = MAX_OPACITY * np.clip(heat_hw, 0.0, 1.0)[..., None]
     blended = (1 - opacity_hw1) * rgb_hw3 + opacity_hw1 * colorize(heat_hw)
     return Image.fromarray(np.round(blended).astype(np.uint8))
+
+
+# Categorical colours for label maps (label 0, the background, is left uncoloured).
+_LABEL_RGB = np.array([[0, 0, 0], [140, 140, 140], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
+                       [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [0, 128, 128],
+                       [170, 110, 40], [128, 0, 0], [0, 0, 128], [128, 128, 0]], dtype=np.float64)
+LABEL_OPACITY = 0.55
+
+
+def label_colour(label: int) -> tuple[int, int, int]:
+    """The colour label ``label`` is drawn in (the palette repeats after 15 labels)."""
+    red, green, blue = (int(value) for value in _LABEL_RGB[0 if label == 0 else 1 + (label - 1) % (len(_LABEL_RGB) - 1)])
+    return red, green, blue
+
+
+def label_overlay(image: Image.Image, labels_hw: np.ndarray) -> Image.Image:
+    """The RGB image with each non-zero label painted in its colour (:func:`label_colour`)."""
+    rgb_hw3 = np.asarray(image.convert("RGB"), dtype=np.float64)
+    labels = np.asarray(labels_hw, dtype=np.int64)
+    if rgb_hw3.shape[:2] != labels.shape:
+        raise ValueError(f"label map {labels.shape} and image {rgb_hw3.shape[:2]} differ in size")
+    palette_index = np.where(labels == 0, 0, 1 + (labels - 1) % (len(_LABEL_RGB) - 1))
+    opacity_hw1 = np.where(labels == 0, 0.0, LABEL_OPACITY)[..., None]
+    blended = (1 - opacity_hw1) * rgb_hw3 + opacity_hw1 * _LABEL_RGB[palette_index]
+    return Image.fromarray(np.round(blended).astype(np.uint8))

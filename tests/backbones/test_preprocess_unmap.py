@@ -106,3 +106,10 @@ def test_fitted_switches_only_the_geometry() -> None:
     assert SHORTEST.fitted("squash") == Preprocess(size_hw=(16, 16), resize=18, resize_mode="squash")
     assert SHORTEST.fitted("pad").resize_mode == "pad" and SQUASH.fitted("crop").resize_mode == "shortest"
     assert SHORTEST.fitted("crop") == SHORTEST
+
+
+def test_several_maps_unmap_at_once_as_each_alone() -> None:
+    maps_chw = torch.rand(3, 16, 16)
+    together = SHORTEST.unmap(maps_chw, (20, 30))
+    assert together.shape == (3, 20, 30)
+    assert torch.equal(together, torch.stack([SHORTEST.unmap(map_hw, (20, 30)) for map_hw in maps_chw]))

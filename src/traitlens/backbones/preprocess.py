@@ -117,6 +117,7 @@ class Preprocess:
     def unmap(self, map_hw: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
         """A map over the model input (h, w), any size with the input's aspect, back onto the
         original image: (H, W) float32 on the map's device, the inverse of :meth:`image`'s geometry.
+        Several maps at once as (c, h, w) give (c, H, W).
 
         Each image pixel samples the map bilinearly where its centre lands in the crop; pixels the
         crop cut away get 0 (sampling with zero padding would instead fade the crop's border).
@@ -129,12 +130,14 @@ class Preprocess:
         rows = ((torch.arange(height, device=device) + 0.5) * resized_h / height - top) / crop_h
         cols = ((torch.arange(width, device=device) + 0.5) * resized_w / width - left) / crop_w
         grid_hw2 = torch.stack(torch.meshgrid(cols * 2 - 1, rows * 2 - 1, indexing="xy"), dim=-1)
-        sampled_hw = torch.nn.functional.grid_sample(
-            map_hw.to(torch.float32)[None, None], grid_hw2[None].to(torch.float32),
+        maps_chw = map_hw[None] if map_hw.ndim == 2 else map_hw
+        sampled_chw = torch.nn.functional.grid_sample(
+            maps_chw.to(torch.float32)[None], grid_hw2[None].to(torch.float32),
             mode="bilinear", padding_mode="border", align_corners=False,
-        )[0, 0]
+        )[0]
         inside_hw = ((rows >= 0) & (rows < 1))[:, None] & ((cols >= 0) & (cols < 1))[None, :]
-        return sampled_hw * inside_hw
+        unmapped = sampled_chw * inside_hw
+        return unmapped[0] if map_hw.ndim == 2 else unmapped
 
     def fitted(self, fit: Fit) -> Preprocess:
         """This preprocessing with the geometry ``fit`` asks for (see :data:`Fit`); ``crop`` is the

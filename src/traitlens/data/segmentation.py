@@ -49,7 +49,7 @@ class SegmentationSource(FileImageSource):
                    for path, part in zip(image_paths, relative, strict=True)]
         super().__init__(root, records, image_paths)
         self.mask_paths = _match_masks(root, image_paths)
-        self.mask_names = _read_names(root)
+        self.mask_names = read_names(root)
 
     def load_mask(self, index: int) -> np.ndarray | None:
         """The (h, w) int64 label map of the image at ``index``, or None when it has no mask.
@@ -103,8 +103,9 @@ def _stem_key(path: Path, folder: Path) -> PurePosixPath:
     return PurePosixPath(path.relative_to(folder).as_posix()).with_suffix("")
 
 
-def _read_names(root: Path) -> list[str] | None:
-    for name in NAMES_FILES:
+def read_names(root: Path, file_names: tuple[str, ...] = NAMES_FILES) -> list[str] | None:
+    """Label names from the first of ``file_names`` in ``root`` (line i names label i), or None."""
+    for name in file_names:
         names_path = root / name
         if names_path.is_file():
             try:

@@ -181,6 +181,19 @@ def _run_score_heads(args: argparse.Namespace) -> int:
     return _print_table(args)
 
 
+def _run_score_segmentation(args: argparse.Namespace) -> int:
+    from traitlens.specimens.segmentation_score import SegmentationScoreConfig, check_inputs, score_segmentation
+
+    config = SegmentationScoreConfig(data=args.data, out=args.out, pred=args.pred, models=(args.model,) if args.model else (),
+                                     support_data=args.support_data, layers=args.layers or (), n_support=args.n_support,
+                                     max_images=args.max_images, weights=args.weights,
+                                     pretrained=not args.random_init, device=args.device)
+    check_inputs(config)
+    _claim_score_folder(args)
+    score_segmentation(config)
+    return _print_table(args)
+
+
 def _run_report(args: argparse.Namespace) -> int:
     from traitlens.specimens.report import ReportConfig, run_report
 
@@ -270,6 +283,27 @@ def _add_score_commands(sub: Any, add_model_args: Any) -> None:
     add_overwrite_arg(heads)
     heads.set_defaults(run=_run_score_heads)
     _add_finetune_score(kinds, add_model_args)
+    _add_segmentation_score(kinds, add_model_args)
+
+
+def _add_segmentation_score(kinds: Any, add_model_args: Any) -> None:
+    segmentation = kinds.add_parser("segmentation", help="label maps against the benchmark's: IoU per trait, of a traitlens "
+                                                         "segment folder (--pred) or of one-shot segmentation run here (--model)")
+    segmentation.add_argument("--data", required=True, type=Path, help="the specimens benchmark folder (holds traits.json)")
+    segmentation.add_argument("--pred", type=Path, metavar="DIR", help="a traitlens segment folder of the benchmark's images")
+    add_model_args(segmentation, required=False)
+    segmentation.add_argument("--support-data", type=Path, metavar="DIR",
+                              help="with --model: a labelled benchmark of another seed; each species is segmented from its "
+                                   "first N specimens there")
+    segmentation.add_argument("--n-support", type=comma_list(positive_int), default=(1, 2, 5), metavar="N1,N2,...",
+                              help="with --model: labelled specimens per species, one run each (default 1,2,5)")
+    segmentation.add_argument("--layers", type=comma_list(str), metavar="L1,L2,...|all",
+                              help="with --model: the layers matched, one run each (default: the segment default; all: every layer)")
+    segmentation.add_argument("--max-images", type=positive_int, help="with --model: at most this many benchmark images (default: all)")
+    add_device_arg(segmentation)
+    segmentation.add_argument("--out", required=True, type=Path, help="output folder: segmentation.md and segmentation.json")
+    add_overwrite_arg(segmentation)
+    segmentation.set_defaults(run=_run_score_segmentation)
 
 
 def _add_finetune_score(kinds: Any, add_model_args: Any) -> None:

@@ -1,0 +1,198 @@
+"""``traitlens segment``: one label map per image of ``--data``, propagated from a few labelled
+support images, written as a segmentation folder that every other command reads.
+
+``OUT/images/<path>`` is a byte copy of each image (its class subfolder kept, so the images keep
+their labels), ``OUT/annotations/<path>.png`` its 8-bit label map, ``OUT/names.txt`` the support's
+label names, ``OUT/previews/`` the support and the least confident images with their labels
+painted on, ``OUT/index.html`` a page of them, and ``OUT/segmentation.json``, written last, the job,
+the model and every image's confidence. Images are segmented in groups (all together, or one group
+per class with ``--match class``), each group a pseudo-video that starts from its support images;
+the run resumes batch by batch (:mod:`traitlens.progress`), the backend's memory saved with each
+finished batch, so a killed run ends with the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from traitlens.atomic import atomic_save_png, atomic_write_bytes, atomic_write_json
+from traitlens.data import open_image_source
+from traitlens.data.segmentation import SegmentationSource
+from traitlens.data.source import FileImageSource
+from traitlens.html_pages import page
+from traitlens.output_folder import claim_output_folder
+from traitlens.overlay import label_colour, label_overlay
+from traitlens.progress import BatchProgress, fixed_batches
+from traitlens.segment.backends import SegmentBackend, make_backend
+from traitlens.segment.config import SegmentConfig, SegmentError
+from traitlens.segment.support import Support, SupportImage, read_support
+from traitlens.tables import write_text
+from traitlens.version import __version__
+
+FORMAT = "traitlens.segmentation"
+RESULT = "segmentation.json"
+N_PREVIEWS = 48
+"""The least confident images shown on the page: the ones to check first."""
+
+
+@dataclass(frozen=True)
+class Group:
+    label: str | None
+    supports: tuple[SupportImage, ...]
+    indices: list[int]
+
+
+def _relative_paths(source: FileImageSource) -> list[PurePosixPath]:
+    """Each image's path inside ``OUT/images`` (a segmentation folder's ``images/`` prefix dropped)."""
+    paths = []
+    for record in source.records:
+        path = PurePosixPath(record.source)
+        if isinstance(source, SegmentationSource):
+            path = path.relative_to("images")
+        if ".." in path.parts or path.is_absolute():
+            raise SegmentError(f"image {record.source!r} has no path inside --out to be written to")
+        paths.append(path)
+    return paths
+
+
+def _groups(config: SegmentConfig, source: FileImageSource, support: Support) -> list[Group]:
+    if config.match == "all":
+        return [Group(None, support.images, list(range(len(source))))]
+    if source.class_names is None or any(record.label is None for record in source.records):
+        raise SegmentError(f"--match class needs --data with classes (a class folder), but {config.data} has none")
+    missing = [label for label in source.class_names if not support.of_class(label)]
+    if missing:
+        raise SegmentError(f"--match class: no support image of class(es) {', '.join(missing[:5])}"
+                           f"{' ...' if len(missing) > 5 else ''}; --support-data must label one of each class of --data")
+    return [Group(label, support.of_class(label), [index for index, record in enumerate(source.records) if record.label == label])
+            for label in source.class_names]
+
+
+def _support_digest(support: Support) -> str:
+    digest = hashlib.sha256()
+    for image in support.images:
+        digest.update(np.ascontiguousarray(np.asarray(image.image)).tobytes())
+        digest.update(np.ascontiguousarray(image.labels_hw).tobytes())
+    digest.update("\n".join(support.names).encode())
+    return digest.hexdigest()
+
+
+def _open_data(config: SegmentConfig) -> FileImageSource:
+    source = open_image_source(config.data)
+    if not isinstance(source, FileImageSource):
+        raise SegmentError(f"segment copies each image next to its label map, so --data must be image files "
+                           f"(a class, image or segmentation folder, a table or one image), not a {source.kind}")
+    out = config.out.expanduser().resolve()
+    if source.root.is_dir() and (out == source.root or source.root in out.parents):
+        raise SegmentError(f"--out {config.out} is inside --data {config.data}; choose a folder outside the images")
+    return source
+
+
+def _write_image(out: Path, source: FileImageSource, index: int, relative: PurePosixPath, labels_hw: np.ndarray) -> None:
+    atomic_write_bytes(out / "images" / relative, source.paths[index].read_bytes())
+    atomic_save_png(out / "annotations" / relative.with_suffix(".png"), Image.fromarray(labels_hw, mode="L"))
+
+
+def _run_groups(config: SegmentConfig, backend: SegmentBackend, source: FileImageSource, groups: list[Group],
+                progress: BatchProgress, show_progress: bool) -> list[dict[str, Any]]:
+    relative = _relative_paths(source)
+    numbered = [(group, batch) for group in groups for batch in fixed_batches(len(group.indices), config.batch_size)]
+    records: list[list[dict[str, Any]] | None] = [None] * len(numbered)
+    for number in range(len(numbered)):
+        saved = progress.load_json(number)
+        if saved is not None:
+            records[number] = saved.get("images") if isinstance(saved.get("images"), list) else None
+            if records[number] is None or len(records[number] or []) != len(numbered[number][1]):
+                raise progress.damaged(progress.path(number, ".json"), "not the records of its images")
+    done = sum(len(saved) for saved in records if saved is not None)
+    with tqdm(total=len(source), initial=done, unit="img", desc=f"segment ({config.backend})", disable=not show_progress) as bar:
+        first_of_group = 0
+        for group in groups:
+            numbers = [number for number in range(first_of_group, len(numbered)) if numbered[number][0] is group]
+            first_of_group += len(numbers)
+            todo = [number for number in numbers if records[number] is None]
+            if not todo:
+                continue
+            backend.start(group.supports)
+            if todo[0] > numbers[0]:  # go on from the memory the last finished batch of this group left
+                backend.restore(progress.load_tensors(todo[0] - 1) or {})
+            for number in range(todo[0], numbers[-1] + 1):
+                indices = [group.indices[position] for position in numbered[number][1]]
+                results = backend.segment([source.load_image(index) for index in indices])
+                batch_records = []
+                for index, result in zip(indices, results, strict=True):
+                    _write_image(config.out, source, index, relative[index], result.labels_hw)
+                    batch_records.append({"source": f"images/{relative[index]}", "annotation":
+                                          f"annotations/{relative[index].with_suffix('.png')}", "class": group.label,
+                                          "confidence": round(result.confidence, 6)})
+                state = backend.state()
+                if state:
+                    progress.save_tensors(number, state)
+                progress.save_json(number, {"images": batch_records})
+                records[number] = batch_records
+                bar.update(len(indices))
+    return [record for saved in records for record in saved or []]
+
+
+def _write_previews(out: Path, support: Support, records: list[dict[str, Any]]) -> None:
+    """Previews of the support and of the least confident images, and the page that shows them."""
+    figures = []
+    for number, supporting in enumerate(support.images):
+        name = f"previews/support-{number:03d}.png"
+        atomic_save_png(out / name, label_overlay(supporting.image, supporting.labels_hw))
+        figures.append(("support", name, supporting.source))
+    for record in sorted(records, key=lambda item: item["confidence"])[:N_PREVIEWS]:
+        with Image.open(out / record["source"]) as image, Image.open(out / record["annotation"]) as labels:
+            drawn = label_overlay(image.convert("RGB"), np.asarray(labels))
+        name = f"previews/{PurePosixPath(record['source']).relative_to('images').with_suffix('.png')}"
+        atomic_save_png(out / name, drawn)
+        figures.append((f"confidence {record['confidence']:.3f}", name, record["source"]))
+    legend = " ".join(f'<span style="background:rgb{label_colour(label)};padding:0 0.5em">&nbsp;</span> {escape(name)}'
+                      for label, name in enumerate(support.names) if label > 0)
+    shown = "".join(f'<figure><img src="{escape(name)}" width="160" alt="{escape(source)}"><figcaption>{escape(caption)}<br>'
+                    f"{escape(source)}</figcaption></figure>" for caption, name, source in figures)
+    body = (f"<h1>traitlens segment</h1><p class=\"meta\">{len(records)} images; labels: {legend}</p>"
+            f"<p class=\"note\">The support images first, then the {min(N_PREVIEWS, len(records))} least confident "
+            f"segmentations, least first: check these before trusting the rest.</p><div class=\"images\">{shown}</div>")
+    write_text(out / "index.html", page("traitlens segment", body))
+
+
+def segment(config: SegmentConfig, backend: SegmentBackend | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Segment every image of ``config.data`` and return the result written to ``segmentation.json``."""
+    support = read_support(list(config.support_images), list(config.support_masks), config.support_data,
+                           config.n_support, config.names)
+    source = _open_data(config)
+    groups = _groups(config, source, support)
+    _relative_paths(source)
+    if backend is None:
+        backend = make_backend(config, len(support.names))
+    # claimed only once the request is known to be good: --overwrite must not empty a folder for a bad one
+    claim_output_folder(config.out, "segment", overwrite=config.overwrite, resumable=True, error=SegmentError)
+    job = config.to_dict()
+    for key in ("out", "overwrite", "device"):
+        del job[key]
+    job.update(backend.identity(), support_sha256=_support_digest(support), dataset_fingerprint=source.fingerprint(),
+               n_images=len(source), traitlens_version=__version__)
+    progress = BatchProgress(config.out, "segmentation", job, SegmentError)
+    finished = progress.finished(config.out / RESULT, FORMAT)
+    if finished is not None:
+        return finished
+    write_text(config.out / "names.txt", "\n".join(support.names) + "\n")
+    records = _run_groups(config, backend, source, groups, progress, show_progress)
+    _write_previews(config.out, support, records)
+    confidences = [record["confidence"] for record in records]
+    result = {"format": FORMAT, "version": 1, "software": {"traitlens": __version__}, "config": config.to_dict(),
+              "job": job, "names": list(support.names), "names_source": support.names_source,
+              "support": [{"source": image.source, "class": image.label} for image in support.images],
+              "mean_confidence": float(np.mean(confidences)), "images": records}
+    atomic_write_json(config.out / RESULT, result)
+    progress.finish()
+    return result

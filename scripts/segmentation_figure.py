@@ -39,7 +39,7 @@ def figure(work: Path) -> Image.Image:
     segmented = read_segmentation(work / "segments/sp00")
     bench = work / "specimens/g81"
     support = "images/sp00/00000000.png"
-    shown = [image for image in segmented.images if image.source != "images/00000000.png"][:N_SHOWN]
+    shown = [image for image in segmented.images if not image.support][:N_SHOWN]
     label, header = 18, 22
     canvas = Image.new("RGB", (TILE * (N_SHOWN + 1), header + 2 * (TILE + label) + 40), "white")
     draw = ImageDraw.Draw(canvas)

@@ -101,3 +101,4 @@ def test_inconsistent_requests_are_one_line(benches: tuple[Path, Path], tmp_path
     assert_refused([*base, "--pred", str(tmp_path)], tmp_path, says="no finished traitlens segmentation")
     assert_refused([*base, "--model", "traitlens:specimens-vit", "--support-data", str(test / "images")], tmp_path,
                    says="not a segmentation folder")
+    assert_refused([*base, "--model", "traitlens:specimens-vit", "--support-data", str(test)], tmp_path, says="another seed")

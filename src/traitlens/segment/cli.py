@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from traitlens.backbones.preprocess import FITS
 from traitlens.cli_args import add_device_arg, add_overwrite_arg, non_negative_int, positive_float, positive_int
 
 
@@ -33,7 +32,7 @@ def _run_segment(args: argparse.Namespace) -> int:
 def add_segment_command(commands: Any, add_model_args: Any) -> None:
     """Register ``traitlens segment`` on the top-level subcommands."""
     from traitlens.segment.backends import segment_backends
-    from traitlens.segment.config import MATCHES, SegmentConfig
+    from traitlens.segment.config import MATCHES, SEGMENT_FITS, SegmentConfig
     from traitlens.segment.refine import REFINEMENTS
 
     defaults = SegmentConfig(data=Path("."), out=Path("."))
@@ -50,7 +49,8 @@ def add_segment_command(commands: Any, add_model_args: Any) -> None:
                          help=f"from --support-data, the first N annotated images of each class (default {defaults.n_support})")
     segment.add_argument("--names", type=Path, metavar="FILE",
                          help="label names, line i naming label i (default: names.txt beside the support masks or above them)")
-    segment.add_argument("--data", required=True, type=Path, help="the images to segment: a class, image or segmentation folder")
+    segment.add_argument("--data", required=True, type=Path,
+                         help="the images to segment: a class, image or segmentation folder, a table or one image file")
     segment.add_argument("--match", choices=MATCHES, default=defaults.match,
                          help="all: every support image for every image (default); class: each class of --data from its own "
                               "support images (one pseudo-video per species)")
@@ -73,7 +73,7 @@ def add_segment_command(commands: Any, add_model_args: Any) -> None:
                                                              "(default: half a patch's side)")
     segment.add_argument("--eps", type=positive_float, default=defaults.eps,
                          help=f"guided: the filter's regularization; larger follows colour edges less (default {defaults.eps})")
-    segment.add_argument("--fit", choices=[fit for fit in FITS if fit != "crop"], default=defaults.fit,
+    segment.add_argument("--fit", choices=SEGMENT_FITS, default=defaults.fit,
                          help="how an image meets the model's input: squash (default) or pad (letterbox); both see the whole image")
     segment.add_argument("--sam2-checkpoint", type=Path, metavar="PATH", help="sam2: the SAM 2 checkpoint (.pt) to load")
     segment.add_argument("--sam2-config", help="sam2: the checkpoint's model config (default: chosen by the checkpoint's name)")

@@ -11,6 +11,7 @@ from traitlens.checks import check_float, check_int
 from traitlens.errors import TraitlensError
 from traitlens.segment.refine import REFINEMENTS, Refinement
 
+SEGMENT_FITS: tuple[str, ...] = tuple(fit for fit in FITS if fit != "crop")
 Match = Literal["all", "class"]
 MATCHES: tuple[str, ...] = get_args(Match)
 DEFAULT_MODEL = "traitlens:specimens-vit"
@@ -73,11 +74,14 @@ class SegmentConfig:
             raise SegmentError(f"--sam2-image-size must be a multiple of 32 of at least 32, got {self.sam2_image_size!r}")
         if self.radius is not None:
             check_int(self.radius, "--radius", SegmentError)
-        if self.fit not in FITS:
-            raise SegmentError(f"fit must be one of {', '.join(FITS)}, got {self.fit!r}")
+        if self.fit not in SEGMENT_FITS:  # a crop would leave the image's edges without labels
+            raise SegmentError(f"fit must be one of {', '.join(SEGMENT_FITS)}, got {self.fit!r}")
         check_int(self.memory, "--memory", SegmentError, minimum=0)
-        for name in ("temperature", "eps", "colour_scale", "contrast_scale", "place_scale"):
-            check_float(getattr(self, name), f"--{name}", SegmentError, above=True)
+        # below these the softmax and the filter's 3x3 solve break down (NaN, singular windows)
+        check_float(self.temperature, "--temperature", SegmentError, minimum=1e-4)
+        check_float(self.eps, "--eps", SegmentError, minimum=1e-8)
+        for name in ("colour_scale", "contrast_scale", "place_scale"):
+            check_float(getattr(self, name), name, SegmentError, minimum=1e-3)
         if self.refine not in REFINEMENTS:
             raise SegmentError(f"refine must be one of {', '.join(REFINEMENTS)}, got {self.refine!r}")
         if self.match not in MATCHES:

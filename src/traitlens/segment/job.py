@@ -51,16 +51,28 @@ class Group:
 
 
 def _relative_paths(source: FileImageSource) -> list[PurePosixPath]:
-    """Each image's path inside ``OUT/images`` (a segmentation folder's ``images/`` prefix dropped)."""
+    """Each image's path inside ``OUT/images`` (a segmentation folder's ``images/`` prefix dropped);
+    two images whose label maps would share a file (``a.jpg`` and ``a.png``) are refused."""
     paths = []
+    owners: dict[str, str] = {}
     for record in source.records:
         path = PurePosixPath(record.source)
         if isinstance(source, SegmentationSource):
             path = path.relative_to("images")
         if ".." in path.parts or path.is_absolute():
             raise SegmentError(f"image {record.source!r} has no path inside --out to be written to")
+        annotation = path.with_suffix(".png").as_posix().casefold()  # a case-insensitive disk would merge them too
+        if annotation in owners:
+            raise SegmentError(f"images {owners[annotation]} and {record.source} would share one label map "
+                               f"(annotations/{path.with_suffix('.png')}); rename one of them")
+        owners[annotation] = record.source
         paths.append(path)
     return paths
+
+
+def _record(relative: PurePosixPath, label: str | None, confidence: float, support: bool) -> dict[str, Any]:
+    return {"source": f"images/{relative}", "annotation": f"annotations/{relative.with_suffix('.png')}", "class": label,
+            "confidence": round(confidence, 6), "support": support}
 
 
 def _groups(config: SegmentConfig, source: FileImageSource, support: Support) -> list[Group]:
@@ -68,6 +80,9 @@ def _groups(config: SegmentConfig, source: FileImageSource, support: Support) ->
         return [Group(None, support.images, list(range(len(source))))]
     if source.class_names is None or any(record.label is None for record in source.records):
         raise SegmentError(f"--match class needs --data with classes (a class folder), but {config.data} has none")
+    if any(image.label is None for image in support.images):
+        raise SegmentError("--match class takes its support from --support-data (labelled images in class folders); "
+                           "a --support IMG has no class")
     missing = [label for label in source.class_names if not support.of_class(label)]
     if missing:
         raise SegmentError(f"--match class: no support image of class(es) {', '.join(missing[:5])}"
@@ -79,6 +94,7 @@ def _groups(config: SegmentConfig, source: FileImageSource, support: Support) ->
 def _support_digest(support: Support) -> str:
     digest = hashlib.sha256()
     for image in support.images:
+        digest.update(f"{image.source}\n{image.label}\n".encode())
         digest.update(np.ascontiguousarray(np.asarray(image.image)).tobytes())
         digest.update(np.ascontiguousarray(image.labels_hw).tobytes())
     digest.update("\n".join(support.names).encode())
@@ -93,6 +109,8 @@ def _open_data(config: SegmentConfig) -> FileImageSource:
     out = config.out.expanduser().resolve()
     if source.root.is_dir() and (out == source.root or source.root in out.parents):
         raise SegmentError(f"--out {config.out} is inside --data {config.data}; choose a folder outside the images")
+    if out in source.root.parents:  # --overwrite would empty the images being segmented
+        raise SegmentError(f"--data {config.data} is inside --out {config.out}; choose a folder outside the images")
     return source
 
 
@@ -101,17 +119,34 @@ def _write_image(out: Path, source: FileImageSource, index: int, relative: PureP
     atomic_save_png(out / "annotations" / relative.with_suffix(".png"), Image.fromarray(labels_hw, mode="L"))
 
 
+def _saved_records(progress: BatchProgress, number: int, indices: list[int], relative: list[PurePosixPath],
+                   label: str | None, supports_at: dict[int, SupportImage]) -> list[dict[str, Any]] | None:
+    """The records of a finished batch, rebuilt from the images they belong to (only each
+    confidence is read back, checked); None when the batch is unfinished."""
+    saved = progress.load_json(number)
+    if saved is None:
+        return None
+    confidences = saved.get("confidences")
+    if not isinstance(confidences, list) or len(confidences) != len(indices) or not all(
+            isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1 for value in confidences):
+        raise progress.damaged(progress.path(number, ".json"), "not a confidence in [0, 1] for each of its images")
+    return [_record(relative[index], label, float(value), index in supports_at) for index, value in zip(indices, confidences, strict=True)]
+
+
+def _supports_among(source: FileImageSource, support: Support) -> dict[int, SupportImage]:
+    """The images of ``source`` that are support images (the same file), by index."""
+    by_path = {image.path: image for image in support.images if image.path is not None}
+    return {index: by_path[path.resolve()] for index, path in enumerate(source.paths) if path.resolve() in by_path}
+
+
 def _run_groups(config: SegmentConfig, backend: SegmentBackend, source: FileImageSource, groups: list[Group],
-                progress: BatchProgress, show_progress: bool) -> list[dict[str, Any]]:
+                progress: BatchProgress, show_progress: bool, supports_at: dict[int, SupportImage]) -> list[dict[str, Any]]:
     relative = _relative_paths(source)
     numbered = [(group, batch) for group in groups for batch in fixed_batches(len(group.indices), config.batch_size)]
     records: list[list[dict[str, Any]] | None] = [None] * len(numbered)
-    for number in range(len(numbered)):
-        saved = progress.load_json(number)
-        if saved is not None:
-            records[number] = saved.get("images") if isinstance(saved.get("images"), list) else None
-            if records[number] is None or len(records[number] or []) != len(numbered[number][1]):
-                raise progress.damaged(progress.path(number, ".json"), "not the records of its images")
+    for number, (group, batch) in enumerate(numbered):
+        records[number] = _saved_records(progress, number, [group.indices[position] for position in batch], relative,
+                                         group.label, supports_at)
     done = sum(len(saved) for saved in records if saved is not None)
     with tqdm(total=len(source), initial=done, unit="img", desc=f"segment ({config.backend})", disable=not show_progress) as bar:
         first_of_group = 0
@@ -123,20 +158,24 @@ def _run_groups(config: SegmentConfig, backend: SegmentBackend, source: FileImag
                 continue
             backend.start(group.supports)
             if todo[0] > numbers[0]:  # go on from the memory the last finished batch of this group left
-                backend.restore(progress.load_tensors(todo[0] - 1) or {})
+                saved_state = progress.load_tensors(todo[0] - 1)
+                if saved_state is None and config.memory > 0 and config.backend == "features":
+                    raise progress.damaged(progress.path(todo[0] - 1, ".safetensors"), "the memory it carries is missing")
+                backend.restore(saved_state or {})
             for number in range(todo[0], numbers[-1] + 1):
                 indices = [group.indices[position] for position in numbered[number][1]]
                 results = backend.segment([source.load_image(index) for index in indices])
                 batch_records = []
                 for index, result in zip(indices, results, strict=True):
-                    _write_image(config.out, source, index, relative[index], result.labels_hw)
-                    batch_records.append({"source": f"images/{relative[index]}", "annotation":
-                                          f"annotations/{relative[index].with_suffix('.png')}", "class": group.label,
-                                          "confidence": round(result.confidence, 6)})
+                    # a support image among the images keeps its own mask: it is the truth, not a guess
+                    labels_hw, confidence = (supports_at[index].labels_hw.astype(np.uint8), 1.0) if index in supports_at \
+                        else (result.labels_hw, result.confidence)
+                    _write_image(config.out, source, index, relative[index], labels_hw)
+                    batch_records.append(_record(relative[index], group.label, confidence, index in supports_at))
                 state = backend.state()
                 if state:
                     progress.save_tensors(number, state)
-                progress.save_json(number, {"images": batch_records})
+                progress.save_json(number, {"confidences": [record["confidence"] for record in batch_records]})
                 records[number] = batch_records
                 bar.update(len(indices))
     return [record for saved in records for record in saved or []]
@@ -146,13 +185,13 @@ def _write_previews(out: Path, support: Support, records: list[dict[str, Any]]) 
     """Previews of the support and of the least confident images, and the page that shows them."""
     figures = []
     for number, supporting in enumerate(support.images):
-        name = f"previews/support-{number:03d}.png"
+        name = f"previews/support/{number:03d}.png"
         atomic_save_png(out / name, label_overlay(supporting.image, supporting.labels_hw))
         figures.append(("support", name, supporting.source))
-    for record in sorted(records, key=lambda item: item["confidence"])[:N_PREVIEWS]:
+    for record in sorted((item for item in records if not item["support"]), key=lambda item: item["confidence"])[:N_PREVIEWS]:
         with Image.open(out / record["source"]) as image, Image.open(out / record["annotation"]) as labels:
             drawn = label_overlay(image.convert("RGB"), np.asarray(labels))
-        name = f"previews/{PurePosixPath(record['source']).relative_to('images').with_suffix('.png')}"
+        name = f"previews/images/{PurePosixPath(record['source']).relative_to('images').with_suffix('.png')}"
         atomic_save_png(out / name, drawn)
         figures.append((f"confidence {record['confidence']:.3f}", name, record["source"]))
     legend = " ".join(f'<span style="background:rgb{label_colour(label)};padding:0 0.5em">&nbsp;</span> {escape(name)}'
@@ -186,12 +225,13 @@ def segment(config: SegmentConfig, backend: SegmentBackend | None = None, show_p
     if finished is not None:
         return finished
     write_text(config.out / "names.txt", "\n".join(support.names) + "\n")
-    records = _run_groups(config, backend, source, groups, progress, show_progress)
+    records = _run_groups(config, backend, source, groups, progress, show_progress, _supports_among(source, support))
     _write_previews(config.out, support, records)
     confidences = [record["confidence"] for record in records]
     result = {"format": FORMAT, "version": 1, "software": {"traitlens": __version__}, "config": config.to_dict(),
               "job": job, "names": list(support.names), "names_source": support.names_source,
-              "support": [{"source": image.source, "class": image.label} for image in support.images],
+              "support": [{"source": image.source, "path": None if image.path is None else str(image.path), "class": image.label}
+                          for image in support.images],
               "mean_confidence": float(np.mean(confidences)), "images": records}
     atomic_write_json(config.out / RESULT, result)
     progress.finish()

@@ -130,13 +130,14 @@ def propagate(queries_pd: torch.Tensor, colours_pq3: torch.Tensor, cell_hw: tupl
     # at most about CANDIDATE_SIDE x CANDIDATE_SIDE, since the cost grows with pixels x candidates
     step_h, step_w = (-(-side // CANDIDATE_SIDE) for side in cell_hw)
     kept_q = torch.tensor([row * cell_hw[1] + col for row in range(0, cell_hw[0], step_h) for col in range(0, cell_hw[1], step_w)])
-    candidate_colours_pkq3 = memory_colours_mq3[top_index_pk][:, :, kept_q]
+    # described on whole patches first, so a pixel's contrast is against its whole patch's mean, as the query's is
+    candidate_described_pkqe = fine.describe(memory_colours_mq3)[top_index_pk][:, :, kept_q]
     candidate_labels_pkq = memory_labels_mq[top_index_pk][:, :, kept_q]
     cells, kept = colours_pq3.shape[1], len(kept_q)
     positions_q2 = cell_positions(cell_hw)
     place_qq = torch.cdist(positions_q2, positions_q2[kept_q]).square() / fine.place_scale ** 2
     # colour distance of every pixel (x) to every pixel (q) of every matched patch (k)
-    colour_pxkq = torch.cdist(fine.describe(colours_pq3), fine.describe(candidate_colours_pkq3).flatten(1, 2))
+    colour_pxkq = torch.cdist(fine.describe(colours_pq3), candidate_described_pkqe.flatten(1, 2))
     colour_pxkq = colour_pxkq.reshape(len(colours_pq3), cells, -1, kept)
     log_weight_pxkq = (patch_weights_pk.log()[:, None, :, None] - colour_pxkq.square()
                        - place_qq[None, :, None, :])

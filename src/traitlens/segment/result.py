@@ -18,6 +18,8 @@ class SegmentedImage:
     """``images/<path>``, relative to the folder."""
     annotation: str
     confidence: float
+    support: bool
+    """A support image among the images: its mask is the one it was labelled with."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,6 @@ class SegmentationResult:
     root: Path
     names: tuple[str, ...]
     images: tuple[SegmentedImage, ...]
-    support_sources: tuple[str, ...]
     grid_hw: tuple[int, int] | None
     """The model's patch grid (features backend), for sizes in patches."""
 
@@ -57,12 +58,11 @@ def read_segmentation(root: Path) -> SegmentationResult:
         confidence = record.get("confidence")
         if isinstance(confidence, bool) or not isinstance(confidence, int | float) or not 0 <= confidence <= 1:
             raise SegmentError(f"{root / RESULT}: {where}.confidence must be a number in [0, 1]")
+        if not isinstance(record.get("support"), bool):
+            raise SegmentError(f"{root / RESULT}: {where}.support must be true or false")
         images.append(SegmentedImage(_inside(root, record.get("source"), "images", f"{where}.source"),
                                      _inside(root, record.get("annotation"), "annotations", f"{where}.annotation"),
-                                     float(confidence)))
-    support = data.get("support")
-    if not isinstance(support, list) or not all(isinstance(item, dict) and isinstance(item.get("source"), str) for item in support):
-        raise SegmentError(f"{root / RESULT}: support must be a list of objects with a source")
+                                     float(confidence), record["support"]))
     job = data.get("job")
     grid = job.get("grid_hw") if isinstance(job, dict) else None
     grid_hw = None
@@ -70,4 +70,4 @@ def read_segmentation(root: Path) -> SegmentationResult:
         if not isinstance(grid, list) or len(grid) != 2 or not all(type(side) is int and side >= 1 for side in grid):
             raise SegmentError(f"{root / RESULT}: job.grid_hw must be two positive integers")
         grid_hw = (grid[0], grid[1])
-    return SegmentationResult(root, tuple(names), tuple(images), tuple(item["source"] for item in support), grid_hw)
+    return SegmentationResult(root, tuple(names), tuple(images), grid_hw)

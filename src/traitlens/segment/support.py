@@ -28,6 +28,8 @@ class SupportImage:
     labels_hw: np.ndarray
     label: str | None
     """Its class (a support folder's subfolder), for ``--match class``."""
+    path: Path | None = None
+    """The image file, resolved: a support image among the images to segment keeps its own mask."""
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,33 @@ def _checked_labels(labels_hw: np.ndarray, image: Image.Image, where: str) -> np
 
 
 def _names_near(mask: Path) -> Path | None:
-    """The first names file in the mask's folder or one above it (a segmentation folder's root)."""
-    for folder in [mask.parent, *mask.parent.parents]:
+    """The names file beside the mask, or at the root of the segmentation folder it is in (the
+    folder that holds its ``annotations/``); no further up, where an unrelated file could be."""
+    folders = [mask.parent]
+    resolved = mask.resolve()
+    if "annotations" in resolved.parent.parts:
+        parts = resolved.parent.parts
+        folders.append(Path(*parts[:len(parts) - parts[::-1].index("annotations") - 1]))
+    for folder in folders:
         for name in NAMES_FILES:
             if (folder / name).is_file():
                 return folder / name
     return None
+
+
+def _single_channel(path: Path) -> None:
+    """Refuse a colour-coded mask: label ids are one value per pixel, and reading one channel of a
+    colour mask would turn a green or blue label into background without a word."""
+    try:
+        with Image.open(path) as mask:
+            if mask.mode not in ("RGB", "RGBA"):
+                return
+            rgb = np.asarray(mask.convert("RGB"))
+    except Exception:  # unreadable: decode_label_map says why
+        return
+    if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
+        raise DataError(f"support mask {path} is a colour image; expected label ids, one value per pixel "
+                        "(a single-channel or palette PNG)")
 
 
 def _read_names_file(path: Path) -> list[str]:
@@ -80,12 +103,14 @@ def _pairs(images: list[Path], masks: list[Path]) -> list[SupportImage]:
         for path, what in ((image_path, "support image"), (mask_path, "support mask")):
             if not path.is_file():
                 raise DataError(f"{what} {path} does not exist")
+        _single_channel(mask_path)
         try:
             image = decode_image(image_path, str(image_path))
             labels_hw = decode_label_map(mask_path, str(mask_path))
         except UnreadableImageError as error:
             raise DataError(str(error)) from error
-        pairs.append(SupportImage(str(image_path), image, _checked_labels(labels_hw, image, str(mask_path)), None))
+        pairs.append(SupportImage(str(image_path), image, _checked_labels(labels_hw, image, str(mask_path)), None,
+                                  image_path.resolve()))
     return pairs
 
 
@@ -96,15 +121,18 @@ def _from_folder(folder: Path, n_per_class: int) -> tuple[list[SupportImage], li
     taken: dict[str | None, int] = {}
     supports = []
     for index, record in enumerate(source.records):
-        if taken.get(record.label, 0) >= n_per_class or source.mask_paths[index] is None:
+        mask_path = source.mask_paths[index]
+        if taken.get(record.label, 0) >= n_per_class or mask_path is None:
             continue
+        _single_channel(mask_path)
         try:
             image = source.load_image(index)
             labels_hw = source.load_mask(index)
         except UnreadableImageError as error:
             raise DataError(str(error)) from error
         assert labels_hw is not None
-        supports.append(SupportImage(record.source, image, _checked_labels(labels_hw, image, record.source), record.label))
+        supports.append(SupportImage(record.source, image, _checked_labels(labels_hw, image, record.source), record.label,
+                                     source.paths[index].resolve()))
         taken[record.label] = taken.get(record.label, 0) + 1
     if not supports:
         raise DataError(f"--support-data {folder} has no annotated image")

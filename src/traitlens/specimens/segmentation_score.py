@@ -150,11 +150,19 @@ def check_inputs(config: SegmentationScoreConfig) -> None:
     from traitlens.segment.result import read_segmentation
     from traitlens.segment.support import read_support
 
-    names = benchmark_names(read_benchmark(config.data))
+    benchmark = read_benchmark(config.data)
+    names = benchmark_names(benchmark)
     if config.pred is not None:
         _label_table(read_segmentation(config.pred).names, names, f"{config.pred}")
     elif config.support_data is not None:
-        _label_table(read_support([], [], config.support_data, 1, None).names, names, f"--support-data {config.support_data}")
+        if config.support_data.resolve() == config.data.resolve():
+            raise ScoringError("--support-data is the benchmark being scored; its labelled specimens must come from another "
+                               "seed, or the support images would be scored too")
+        support = read_support([], [], config.support_data, 1, None)
+        _label_table(support.names, names, f"--support-data {config.support_data}")
+        missing = sorted(set(benchmark.image_species.values()) - support.classes)
+        if missing:
+            raise ScoringError(f"--support-data {config.support_data} has no labelled image of species {', '.join(missing[:5])}")
 
 
 def score_predictions(config: SegmentationScoreConfig) -> dict[str, Any]:
@@ -166,14 +174,13 @@ def score_predictions(config: SegmentationScoreConfig) -> dict[str, Any]:
     predicted = read_segmentation(config.pred)
     names = benchmark_names(benchmark)
     to_benchmark = _label_table(predicted.names, names, f"{config.pred}")
-    supports = {_resolve(benchmark, source) for source in predicted.support_sources} - {None}
     counts = LabelCounts(len(names))
     n_support_images = 0
     for image in predicted.images:
         source = _resolve(benchmark, image.source)
         if source is None:
             raise ScoringError(f"{config.pred}: image {image.source} is not an image of the benchmark {config.data}")
-        if source in supports:
+        if image.support:  # its mask is the one it was labelled with: nothing to score
             n_support_images += 1
             continue
         labels_hw = decode_label_map(config.pred / image.annotation, image.annotation)
@@ -263,9 +270,6 @@ def sweep(config: SegmentationScoreConfig) -> dict[str, Any]:
     largest = max(config.n_support)
     support = read_support([], [], config.support_data, largest, None)
     to_benchmark = _label_table(support.names, names, f"--support-data {config.support_data}")
-    missing = sorted(set(groups) - support.classes)
-    if missing:
-        raise ScoringError(f"--support-data {config.support_data} has no labelled image of species {', '.join(missing[:5])}")
     runs = []
     for model in config.models:
         backbone = load_backbone(model, weights=config.weights, pretrained=config.pretrained)
@@ -276,7 +280,10 @@ def sweep(config: SegmentationScoreConfig) -> dict[str, Any]:
             backend = FeatureBackend(segment_config, len(support.names), backbone)
             counts, seconds = count_per_species(backend, species_images, support, n_support, to_benchmark, len(names))
             rows = counts.rows(names, 2)
-            runs.append({"model": model, "layer": backend.layer, "n_support": n_support, "n_images": counts.n_images,
+            # a species with fewer labelled specimens than asked uses all it has: the run says how many that was
+            used = min(len(support.of_class(species)[:n_support]) for species in groups)
+            runs.append({"model": model, "layer": backend.layer, "n_support": n_support, "n_support_fewest": used,
+                         "n_images": counts.n_images,
                          "images_per_second": counts.n_images / seconds, "labels": rows, **summary(rows, config.min_patches)})
     return {"data": str(config.data), "support_data": str(config.support_data), "min_patches": config.min_patches,
             "iou_goal": IOU_GOAL, "runs": runs}

@@ -7,16 +7,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
 from traitlens.backbones import Backbone, load_backbone
 from traitlens.distributed import Workers
 from traitlens.segment.backends import Segmented, confident_labels, register_backend
-from traitlens.segment.config import SegmentConfig
+from traitlens.segment.config import SegmentConfig, SegmentError
 from traitlens.segment.propagation import Fine, LabelMemory, cell_size, patch_cells, propagate, unit_features
 from traitlens.segment.refine import pixel_scores
 from traitlens.segment.support import SupportImage
+
+MAX_REFINED_SIDE = 1024
 
 
 def default_segment_layer(backbone: Backbone) -> str:
@@ -39,6 +42,10 @@ class FeatureBackend:
         self.memory: LabelMemory | None = None
         self.fine = Fine(config.colour_scale, config.contrast_scale, config.place_scale)
         self.cell_hw = cell_size(self.preprocess.size_hw, self.layout.grid_hw)
+        (input_h, input_w), (grid_h, grid_w) = self.preprocess.size_hw, self.layout.grid_hw
+        if not 0.5 <= (grid_h / grid_w) / (input_h / input_w) <= 2:
+            raise SegmentError(f"the tokens of {self.layer} of {backbone.spec} do not form a patch grid of the image "
+                               f"({grid_h}x{grid_w} for a {input_h}x{input_w} input); choose another --layer")
 
     def identity(self) -> dict[str, Any]:
         return {"model_spec": self.backbone.spec, "weights_fingerprint": self.backbone.weights_fingerprint(),
@@ -66,16 +73,24 @@ class FeatureBackend:
         return max(1, round(patch_side / 2))
 
     def _pixels(self, probs_pqc: torch.Tensor, image: Image.Image) -> Segmented:
-        """Cell probabilities at the model input -> labels at the image's own size."""
+        """Cell probabilities at the model input -> labels at the image's own size. A large photo is
+        refined at most ``MAX_REFINED_SIDE`` pixels a side, then upsampled: the filter holds a few
+        dozen float64 planes of its working size at once."""
         (grid_h, grid_w), (cell_h, cell_w) = self.layout.grid_hw, self.cell_hw
         probs_chw = (probs_pqc.reshape(grid_h, grid_w, cell_h, cell_w, -1).permute(4, 0, 2, 1, 3)
                      .reshape(-1, grid_h * cell_h, grid_w * cell_w))
         image_hw = (image.height, image.width)
-        scores_chw = self.preprocess.unmap(probs_chw, image_hw)
+        scale = min(1.0, MAX_REFINED_SIDE / max(image_hw))
+        work_hw = (max(1, round(image_hw[0] * scale)), max(1, round(image_hw[1] * scale)))
+        scores_chw = self.preprocess.unmap(probs_chw, work_hw)
         rgb_3hw = None
         if self.config.refine == "guided":
-            rgb_3hw = tvf.pil_to_tensor(image.convert("RGB")).to(torch.float32) / 255.0
-        return confident_labels(pixel_scores(scores_chw, rgb_3hw, self._radius(image), self.config.eps))
+            rgb_3hw = tvf.pil_to_tensor(image.convert("RGB").resize((work_hw[1], work_hw[0]), Image.Resampling.BILINEAR))
+            rgb_3hw = rgb_3hw.to(torch.float32) / 255.0
+        refined_chw = pixel_scores(scores_chw, rgb_3hw, max(1, round(self._radius(image) * scale)), self.config.eps)
+        if work_hw != image_hw:
+            refined_chw = F.interpolate(refined_chw[None], size=image_hw, mode="bilinear", align_corners=False)[0]
+        return confident_labels(refined_chw)
 
     def segment(self, images: list[Image.Image]) -> list[Segmented]:
         assert self.memory is not None, "start() first"

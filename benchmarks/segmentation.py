@@ -25,7 +25,7 @@ import torch
 from traitlens.data import open_image_source
 from traitlens.segment import SegmentConfig, segment
 from traitlens.segment.backends.features import FeatureBackend
-from traitlens.segment.propagation import propagate
+from traitlens.segment.propagation import DescribedMemory, propagate
 from traitlens.segment.support import read_support
 from traitlens.specimens.generate import GenerateConfig, generate
 from traitlens.specimens.segmentation_score import SegmentationScoreConfig, score_predictions
@@ -80,9 +80,10 @@ def main() -> None:
         encode = _seconds(lambda: backend._encode(batch))
         queries_bpd, colours_bpq3 = backend._encode(batch)
         assert backend.memory is not None
-        probs = [propagate(q, c, backend.cell_hw, backend.memory, 10, config.n_neighbours, config.temperature, backend.fine)
+        memory = DescribedMemory.of(backend.memory, backend.fine)
+        probs = [propagate(q, c, backend.cell_hw, memory, 10, config.n_neighbours, config.temperature, backend.fine)
                  for q, c in zip(queries_bpd, colours_bpq3, strict=True)]
-        fine = _seconds(lambda: [propagate(q, c, backend.cell_hw, backend.memory, 10, config.n_neighbours, config.temperature,
+        fine = _seconds(lambda: [propagate(q, c, backend.cell_hw, memory, 10, config.n_neighbours, config.temperature,
                                            backend.fine) for q, c in zip(queries_bpd, colours_bpq3, strict=True)])
         to_pixels = _seconds(lambda: [backend._pixels(p, image) for p, image in zip(probs, batch, strict=True)])
 

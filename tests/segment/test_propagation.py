@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from traitlens.segment.propagation import Fine, LabelMemory, cell_size, patch_cells, propagate
+from traitlens.segment.propagation import DescribedMemory, Fine, LabelMemory, cell_size, patch_cells, propagate
 
 
 def test_patch_cells_are_each_patch_s_pixels_in_token_order() -> None:
@@ -32,7 +32,8 @@ def test_each_pixel_takes_the_label_of_the_look_alike_pixel_of_the_matched_patch
     grey, red, green = [0.4, 0.4, 0.4], [0.9, 0.1, 0.1], [0.1, 0.8, 0.1]
     colours_pq3 = torch.tensor([[grey, red, grey, red], [green, green, green, green]])
 
-    probs_pqc = propagate(queries_pd, colours_pq3, (2, 2), _memory(), 3, n_neighbours=1, temperature=0.05, fine=Fine())
+    memory = DescribedMemory.of(_memory(), Fine())
+    probs_pqc = propagate(queries_pd, colours_pq3, (2, 2), memory, 3, n_neighbours=1, temperature=0.05, fine=Fine())
 
     assert probs_pqc.shape == (2, 4, 3)
     assert torch.allclose(probs_pqc.sum(-1), torch.ones(2, 4))

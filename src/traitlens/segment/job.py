@@ -136,34 +136,35 @@ def _saved_records(progress: BatchProgress, number: int, indices: list[int], rel
 def _supports_among(source: FileImageSource, support: Support) -> dict[int, SupportImage]:
     """The images of ``source`` that are support images (the same file), by index."""
     by_path = {image.path: image for image in support.images if image.path is not None}
-    return {index: by_path[path.resolve()] for index, path in enumerate(source.paths) if path.resolve() in by_path}
+    resolved = [path.resolve() for path in source.paths]
+    return {index: by_path[path] for index, path in enumerate(resolved) if path in by_path}
 
 
-def _run_groups(config: SegmentConfig, backend: SegmentBackend, source: FileImageSource, groups: list[Group],
-                progress: BatchProgress, show_progress: bool, supports_at: dict[int, SupportImage]) -> list[dict[str, Any]]:
-    relative = _relative_paths(source)
-    numbered = [(group, batch) for group in groups for batch in fixed_batches(len(group.indices), config.batch_size)]
-    records: list[list[dict[str, Any]] | None] = [None] * len(numbered)
-    for number, (group, batch) in enumerate(numbered):
-        records[number] = _saved_records(progress, number, [group.indices[position] for position in batch], relative,
-                                         group.label, supports_at)
+def _run_groups(config: SegmentConfig, backend: SegmentBackend, source: FileImageSource, relative: list[PurePosixPath],
+                groups: list[Group], progress: BatchProgress, show_progress: bool,
+                supports_at: dict[int, SupportImage]) -> list[dict[str, Any]]:
+    # batches are numbered across the groups, group after group: the units the job resumes from
+    numbered = [(group, [group.indices[position] for position in batch])
+                for group in groups for batch in fixed_batches(len(group.indices), config.batch_size)]
+    records = [_saved_records(progress, number, indices, relative, group.label, supports_at)
+               for number, (group, indices) in enumerate(numbered)]
     done = sum(len(saved) for saved in records if saved is not None)
     with tqdm(total=len(source), initial=done, unit="img", desc=f"segment ({config.backend})", disable=not show_progress) as bar:
-        first_of_group = 0
+        first = 0
         for group in groups:
-            numbers = [number for number in range(first_of_group, len(numbered)) if numbered[number][0] is group]
-            first_of_group += len(numbers)
+            numbers = range(first, first + len(fixed_batches(len(group.indices), config.batch_size)))
+            first = numbers.stop
             todo = [number for number in numbers if records[number] is None]
             if not todo:
                 continue
             backend.start(group.supports)
-            if todo[0] > numbers[0]:  # go on from the memory the last finished batch of this group left
+            if todo[0] > numbers.start:  # go on from the memory the last finished batch of this group left
                 saved_state = progress.load_tensors(todo[0] - 1)
                 if saved_state is None and config.memory > 0 and config.backend == "features":
                     raise progress.damaged(progress.path(todo[0] - 1, ".safetensors"), "the memory it carries is missing")
                 backend.restore(saved_state or {})
-            for number in range(todo[0], numbers[-1] + 1):
-                indices = [group.indices[position] for position in numbered[number][1]]
+            for number in range(todo[0], numbers.stop):
+                indices = numbered[number][1]
                 results = backend.segment([source.load_image(index) for index in indices])
                 batch_records = []
                 for index, result in zip(indices, results, strict=True):
@@ -210,7 +211,7 @@ def segment(config: SegmentConfig, backend: SegmentBackend | None = None, show_p
                            config.n_support, config.names)
     source = _open_data(config)
     groups = _groups(config, source, support)
-    _relative_paths(source)
+    relative = _relative_paths(source)
     if backend is None:
         backend = make_backend(config, len(support.names))
     # claimed only once the request is known to be good: --overwrite must not empty a folder for a bad one
@@ -225,7 +226,7 @@ def segment(config: SegmentConfig, backend: SegmentBackend | None = None, show_p
     if finished is not None:
         return finished
     write_text(config.out / "names.txt", "\n".join(support.names) + "\n")
-    records = _run_groups(config, backend, source, groups, progress, show_progress, _supports_among(source, support))
+    records = _run_groups(config, backend, source, relative, groups, progress, show_progress, _supports_among(source, support))
     _write_previews(config.out, support, records)
     confidences = [record["confidence"] for record in records]
     result = {"format": FORMAT, "version": 1, "software": {"traitlens": __version__}, "config": config.to_dict(),

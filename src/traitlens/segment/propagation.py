@@ -14,6 +14,7 @@ like the support.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -117,25 +118,46 @@ class LabelMemory:
         self.recent_labels_mq = state.get("recent_labels_mq")
 
 
-def propagate(queries_pd: torch.Tensor, colours_pq3: torch.Tensor, cell_hw: tuple[int, int], memory: LabelMemory,
+@functools.cache
+def _candidates(cell_hw: tuple[int, int], place_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which pixels of a matched patch are candidates, and each query pixel's place penalty to each.
+
+    Every pixel, or for large patches a regular subset: at most about CANDIDATE_SIDE x CANDIDATE_SIDE,
+    since the cost grows with pixels x candidates. The same for every image of a model, so made once."""
+    step_h, step_w = (-(-side // CANDIDATE_SIDE) for side in cell_hw)
+    kept_q = torch.tensor([row * cell_hw[1] + col for row in range(0, cell_hw[0], step_h) for col in range(0, cell_hw[1], step_w)])
+    positions_q2 = cell_positions(cell_hw)
+    return kept_q, torch.cdist(positions_q2, positions_q2[kept_q]).square() / place_scale ** 2
+
+
+@dataclass(frozen=True)
+class DescribedMemory:
+    """The memory as one batch reads it: features, pixels described by :meth:`Fine.describe` (on
+    whole patches, so a pixel's contrast is against its whole patch's mean, as a query pixel's is)
+    and labels. Made once per batch, not once per image."""
+
+    keys_md: torch.Tensor
+    described_mqe: torch.Tensor
+    labels_mq: torch.Tensor
+
+    @classmethod
+    def of(cls, memory: LabelMemory, fine: Fine) -> DescribedMemory:
+        keys_md, colours_mq3, labels_mq = memory.entries()
+        return cls(keys_md, fine.describe(colours_mq3), labels_mq)
+
+
+def propagate(queries_pd: torch.Tensor, colours_pq3: torch.Tensor, cell_hw: tuple[int, int], memory: DescribedMemory,
               n_labels: int, n_neighbours: int, temperature: float, fine: Fine) -> torch.Tensor:
     """One image: unit patch features (patches, d) and the pixels' colours (patches, q, 3), q the
     ``cell_hw`` pixels of a patch ->
     (patches, q, labels), each pixel's label distribution (see the module docstring)."""
-    keys_md, memory_colours_mq3, memory_labels_mq = memory.entries()
-    similarity_pm = queries_pd @ keys_md.T
-    top_similarity_pk, top_index_pk = similarity_pm.topk(min(n_neighbours, keys_md.shape[0]), dim=1)
+    similarity_pm = queries_pd @ memory.keys_md.T
+    top_similarity_pk, top_index_pk = similarity_pm.topk(min(n_neighbours, memory.keys_md.shape[0]), dim=1)
     patch_weights_pk = torch.softmax(top_similarity_pk / temperature, dim=1)
-    # every pixel of a matched patch is a candidate, or for large patches a regular subset of them:
-    # at most about CANDIDATE_SIDE x CANDIDATE_SIDE, since the cost grows with pixels x candidates
-    step_h, step_w = (-(-side // CANDIDATE_SIDE) for side in cell_hw)
-    kept_q = torch.tensor([row * cell_hw[1] + col for row in range(0, cell_hw[0], step_h) for col in range(0, cell_hw[1], step_w)])
-    # described on whole patches first, so a pixel's contrast is against its whole patch's mean, as the query's is
-    candidate_described_pkqe = fine.describe(memory_colours_mq3)[top_index_pk][:, :, kept_q]
-    candidate_labels_pkq = memory_labels_mq[top_index_pk][:, :, kept_q]
+    kept_q, place_qq = _candidates(cell_hw, fine.place_scale)
+    candidate_described_pkqe = memory.described_mqe[top_index_pk][:, :, kept_q]
+    candidate_labels_pkq = memory.labels_mq[top_index_pk][:, :, kept_q]
     cells, kept = colours_pq3.shape[1], len(kept_q)
-    positions_q2 = cell_positions(cell_hw)
-    place_qq = torch.cdist(positions_q2, positions_q2[kept_q]).square() / fine.place_scale ** 2
     # colour distance of every pixel (x) to every pixel (q) of every matched patch (k)
     colour_pxkq = torch.cdist(fine.describe(colours_pq3), candidate_described_pkqe.flatten(1, 2))
     colour_pxkq = colour_pxkq.reshape(len(colours_pq3), cells, -1, kept)

@@ -207,13 +207,12 @@ def _species_groups(benchmark: Benchmark, max_images: int | None) -> dict[str, l
     return groups
 
 
-def _sweep_settings(config: SegmentationScoreConfig, model: str) -> Iterator[tuple[str | None, int]]:
-    from traitlens.backbones import load_backbone
-
+def _sweep_settings(config: SegmentationScoreConfig, layer_names: Sequence[str]) -> Iterator[tuple[str | None, int]]:
+    """(layer, support size) of every run on a model with these layers; layer None is the default."""
     if not config.layers:
         layers: list[str | None] = [None]
     elif config.layers == ("all",):
-        layers = list(load_backbone(model, weights=config.weights, pretrained=config.pretrained).layer_names)
+        layers = list(layer_names)
     else:
         layers = list(config.layers)
     for layer in layers:
@@ -273,7 +272,7 @@ def sweep(config: SegmentationScoreConfig) -> dict[str, Any]:
     runs = []
     for model in config.models:
         backbone = load_backbone(model, weights=config.weights, pretrained=config.pretrained)
-        for layer, n_support in _sweep_settings(config, model):
+        for layer, n_support in _sweep_settings(config, backbone.layer_names):
             segment_config = SegmentConfig(data=config.data, out=config.out, model=model, weights=config.weights,
                                            pretrained=config.pretrained, layer=layer, match="class", n_support=n_support,
                                            device=config.device)

@@ -15,7 +15,7 @@ from traitlens.backbones import Backbone, load_backbone
 from traitlens.distributed import Workers
 from traitlens.segment.backends import Segmented, confident_labels, register_backend
 from traitlens.segment.config import SegmentConfig, SegmentError
-from traitlens.segment.propagation import Fine, LabelMemory, cell_size, patch_cells, propagate, unit_features
+from traitlens.segment.propagation import DescribedMemory, Fine, LabelMemory, cell_size, patch_cells, propagate, unit_features
 from traitlens.segment.refine import pixel_scores
 from traitlens.segment.support import SupportImage
 
@@ -95,7 +95,8 @@ class FeatureBackend:
     def segment(self, images: list[Image.Image]) -> list[Segmented]:
         assert self.memory is not None, "start() first"
         queries_bpd, colours_bpq3 = self._encode(images)
-        probs = [propagate(queries_pd, colours_pq3, self.cell_hw, self.memory, self.n_labels, self.config.n_neighbours,
+        memory = DescribedMemory.of(self.memory, self.fine)
+        probs = [propagate(queries_pd, colours_pq3, self.cell_hw, memory, self.n_labels, self.config.n_neighbours,
                            self.config.temperature, self.fine) for queries_pd, colours_pq3 in zip(queries_bpd, colours_bpq3, strict=True)]
         self.memory.remember(queries_bpd, colours_bpq3, torch.stack([probs_pqc.argmax(-1) for probs_pqc in probs]))
         return [self._pixels(probs_pqc, image) for probs_pqc, image in zip(probs, images, strict=True)]

@@ -41,7 +41,7 @@ def _run_extract(args: argparse.Namespace) -> int:
         model=args.model, data=args.data, layers=args.layers, out=args.out,
         weights=args.weights, pretrained=not args.random_init, tokens=args.tokens, dtype=args.dtype,
         batch_size=args.batch_size, strict=args.strict, images_per_shard=args.images_per_shard, device=args.device,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, row_order=args.row_order,
     )
     extract(config)
     print(summarize_store(args.out))
@@ -155,6 +155,7 @@ def _run_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from traitlens.backbones.layout import TOKEN_SELECTIONS
     from traitlens.sae.architectures import ARCHITECTURES
+    from traitlens.store.row_order import ROW_ORDERS
 
     parser = OneLineParser(prog="traitlens", description="Discover, localize and test the visual traits a vision model uses.")
     parser.add_argument("--version", action="version", version=f"traitlens {__version__}")
@@ -172,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     extract.add_argument("--images-per-shard", type=positive_int, default=None,
                          help="images per shard file (default: sized to ~512 MiB)")
+    extract.add_argument("--row-order", choices=ROW_ORDERS, default="image",
+                         help="token rows of each shard file: image (image after image, as tools that read the .npy "
+                              "files expect) or shuffled (SAE training then reads well-mixed batches at nearly sequential "
+                              "speed); traitlens reads either in image order where it needs to (default: image)")
     add_device_arg(extract)
     extract.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     add_overwrite_arg(extract, resumable=True)

@@ -30,16 +30,16 @@ from traitlens.features import (
 from traitlens.features import analysis as analysis_module
 from traitlens.features.patch_positives import describe_positives, patch_coverage, patch_positives
 from traitlens.sae.io import load_sae_with_config, save_sae
-from traitlens.store import ActivationStore
+from traitlens.store import ActivationStore, ExtractConfig, extract
 
-from .conftest import ANALYSIS, D_IN, N_IMAGES, STORE_LAYER, TOKENS_PER_IMAGE, save_random_sae
+from .conftest import ANALYSIS, D_IN, N_IMAGES, STORE_LAYER, STORE_MODEL, TOKENS_PER_IMAGE, save_random_sae
 
 
 @pytest.fixture(scope="module")
 def dense(specimens_store: Path, relu_sae: Path) -> np.ndarray:
     """Every stored token's latents by one dense ``sae.encode``, (n_tokens, width)."""
     store = ActivationStore(specimens_store)
-    tokens_nd = np.concatenate([np.asarray(shard) for shard in store.shards(STORE_LAYER)])
+    tokens_nd = np.concatenate([shard[:] for shard in store.image_ordered_shards(STORE_LAYER)])
     sae, _ = load_sae_with_config(relu_sae)
     with torch.no_grad():
         return sae.encode(torch.from_numpy(tokens_nd)).numpy()
@@ -197,6 +197,21 @@ def test_a_killed_run_resumes_to_the_same_bytes(features_dir: Path, specimens_st
     assert file_bytes(out) == file_bytes(features_dir)
 
 
+def test_a_store_with_shuffled_rows_gives_the_same_features(features_dir: Path, specimens_store: Path,
+                                                            relu_sae: Path, tmp_path: Path) -> None:
+    """The fixture store holds its rows image after image (the default); the same images with
+    shuffled rows give the same features, read in image order."""
+    assert not ActivationStore(specimens_store).row_order.shuffled
+    extract(ExtractConfig(model=STORE_MODEL, data=specimens_store.parent / "specimens", layers=("1",), out=tmp_path / "acts",
+                          pretrained=False, tokens="all", dtype="float32", batch_size=8, images_per_shard=10,
+                          row_order="shuffled"), show_progress=False)
+    assert ActivationStore(tmp_path / "acts").row_order.shuffled
+    out = analyze_features(_config(relu_sae, tmp_path / "acts", tmp_path / "out"))
+    # the JSON files name the store (its manifest's hash); every array must be the same bytes
+    arrays = {path: data for path, data in file_bytes(out).items() if not path.endswith(".json")}
+    assert len(arrays) >= 4 and arrays == {path: data for path, data in file_bytes(features_dir).items() if path in arrays}
+
+
 def test_a_finished_directory_is_returned_as_it_is(features_dir: Path, specimens_store: Path, relu_sae: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
@@ -317,7 +332,7 @@ def test_topk_sae_on_cls_tokens_only(specimens_store: Path, tmp_path: Path) -> N
     from traitlens.store.arrays import store_from_arrays
 
     store = ActivationStore(specimens_store)
-    cls_nd = np.concatenate([np.asarray(shard) for shard in store.shards(STORE_LAYER)])[::TOKENS_PER_IMAGE]
+    cls_nd = np.concatenate([shard[:] for shard in store.image_ordered_shards(STORE_LAYER)])[::TOKENS_PER_IMAGE]
     store_from_arrays(tmp_path / "cls", {STORE_LAYER: cls_nd}, tokens_per_image=1)
     manifest = json.loads((tmp_path / "cls" / "manifest.json").read_text())
     manifest["tokens"] = "cls"

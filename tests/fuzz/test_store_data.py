@@ -175,7 +175,7 @@ def test_a_manifest_field_with_a_wrong_value_is_refused(pristine: tuple[Path, Pa
     (("layers", LAYER, "tokens_per_image"), 0, "tokens_per_image"),
     (("layers", LAYER, "tokens_per_image"), -5, "tokens_per_image"),
     (("dtype",), "int64", "dtype"),
-    (("version",), 2, "version 2"),
+    (("version",), 3, "version 3"),
     (("n_images",), 0, "n_images"),
     (("layers", LAYER, "width"), True, "width"),
 ])

@@ -74,9 +74,11 @@ def test_pooling_reads_the_cls_token_or_the_patch_mean(colour_store: Path, patch
 def test_bad_inputs_are_one_line_errors(colour_store: Path, patch_store: Path, tmp_path: Path) -> None:
     store_from_arrays(tmp_path / "unlabelled", {"layer": np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)})
     shutil.copytree(colour_store, tmp_path / "nan")
-    shard = tmp_path / "nan" / ActivationStore(colour_store).layer("blocks.1").shard_files[0]
+    store = ActivationStore(colour_store)
+    shard = tmp_path / "nan" / store.layer("blocks.1").shard_files[0]
     tokens = np.load(shard)
-    tokens[3, 0] = np.nan  # image 0's first patch token
+    positions = store.row_order.stored_positions(0, len(tokens))  # where each image-order row is stored
+    tokens[3 if positions is None else positions[3], 0] = np.nan  # image 0's first patch token
     np.save(shard, tokens)
     train_probe(ProbeConfig(acts=colour_store, out=tmp_path / "taken"))
     cases = {

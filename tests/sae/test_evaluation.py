@@ -22,12 +22,13 @@ from traitlens.sae.evaluation import (
     _DownstreamTotals,
     evaluate,
     format_metrics,
+    reconstruction_metrics,
     splice,
 )
 from traitlens.store import ActivationStore, ExtractConfig, extract
 from traitlens.store.arrays import store_from_arrays
 
-from .conftest import STORE_LAYER
+from .conftest import STORE_LAYER, STORE_MODEL
 
 
 def _random_sae(d_in: int, width: int, activation: str = "topk", k: int = 4, seed: int = 0) -> SparseAutoencoder:
@@ -48,6 +49,19 @@ def _identity_sae(d_in: int) -> SparseAutoencoder:
         sae.W_dec.copy_(torch.cat([eye, -eye]))
         sae.b_dec.zero_()
     return sae
+
+
+def test_reconstruction_metrics_do_not_depend_on_the_row_order(sae_store: Path, tmp_path: Path) -> None:
+    """The fixture store holds its rows image after image (the default); the same images with
+    shuffled rows give the very same metrics."""
+    extract(ExtractConfig(model=STORE_MODEL, data=sae_store.parent / "images", layers=("1",), out=tmp_path / "acts",
+                          pretrained=False, tokens="all", dtype="float32", batch_size=8, images_per_shard=16,
+                          row_order="shuffled"), show_progress=False)
+    shuffled, image = ActivationStore(tmp_path / "acts"), ActivationStore(sae_store)
+    assert shuffled.row_order.shuffled and not image.row_order.shuffled
+    sae = _random_sae(image.layer(STORE_LAYER).width, 48)
+    metrics = [reconstruction_metrics(sae, store, store.layer(STORE_LAYER), batch_size=37) for store in (shuffled, image)]
+    assert metrics[0] == metrics[1]
 
 
 def test_reconstruction_metrics_match_a_direct_computation(sae_store: Path, tmp_path: Path) -> None:

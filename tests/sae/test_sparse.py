@@ -3,11 +3,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from traitlens.sae import sparse as sparse_module
 from traitlens.sae.sparse import (
+    Selection,
     SparseCodes,
     batch_topk_selection,
+    blocked_topk,
     decode_codes,
-    gather_preactivations,
+    preactivations_at,
+    top_among,
     topk_selection,
 )
 
@@ -30,7 +34,8 @@ def test_sparse_path_has_the_dense_gradients(select) -> None:  # type: ignore[no
 
     pre_nw = torch.addmm(b_enc, x_nd, w_enc.t())
     rows, cols = select(pre_nw.detach(), 3)
-    values = gather_preactivations(pre_nw, x_nd, w_enc, b_enc, rows, cols).relu()
+    chosen = Selection(rows, cols, pre_nw.detach()[rows, cols])
+    values = preactivations_at(chosen, x_nd, w_enc, b_enc).relu()
     recon = decode_codes(SparseCodes(rows, cols, values, 12, 20), w_dec)
     sparse_grads = torch.autograd.grad((recon - target).square().sum(), params)
 
@@ -53,7 +58,59 @@ def test_topk_keeps_k_per_row_and_batch_topk_keeps_the_batch_largest() -> None:
 def test_codes_densify_and_keep_prefixes() -> None:
     codes = SparseCodes(torch.tensor([0, 0, 2]), torch.tensor([1, 3, 0]), torch.tensor([1.0, 2.0, 3.0]), 3, 4)
     assert codes.to_dense().tolist() == [[0, 1, 0, 2], [0, 0, 0, 0], [3, 0, 0, 0]]
-    assert codes.offsets.tolist() == [0, 2, 2]
+    assert codes.pattern is not None and codes.pattern.row_offsets.tolist() == [0, 2, 2]
     assert codes.keep(codes.cols < 2).to_dense().tolist() == [[0, 1, 0, 0], [0, 0, 0, 0], [3, 0, 0, 0]]
     w_dec = torch.arange(8.0).reshape(4, 2)
     torch.testing.assert_close(decode_codes(codes, w_dec), codes.to_dense() @ w_dec)
+
+
+def _assert_same_entries(selection: Selection, rows: torch.Tensor, cols: torch.Tensor, pre_nw: torch.Tensor) -> None:
+    """The same (row, col) entries, and values equal to the full product's up to rounding (a block
+    of rows may be multiplied by another kernel)."""
+    order = sorted(range(len(rows)), key=lambda j: (int(rows[j]), int(cols[j])))
+    got = sorted(range(len(selection.rows)), key=lambda j: (int(selection.rows[j]), int(selection.cols[j])))
+    assert [(int(selection.rows[j]), int(selection.cols[j])) for j in got] == [(int(rows[j]), int(cols[j])) for j in order]
+    torch.testing.assert_close(selection.values[got], pre_nw[rows, cols][order])
+
+
+@pytest.mark.parametrize("block_rows", [1, 4, 7, 64])
+def test_blocked_topk_selects_what_the_full_product_selects(monkeypatch: pytest.MonkeyPatch, block_rows: int) -> None:
+    torch.manual_seed(0)
+    x_nd, w_enc = torch.randn(23, 6, dtype=torch.float64), torch.randn(20, 6, dtype=torch.float64)
+    b_enc = torch.randn(20, dtype=torch.float64)
+    dead_w = torch.zeros(20, dtype=torch.bool)
+    dead_w[[2, 5, 11, 17]] = True
+    monkeypatch.setattr(sparse_module, "BLOCK_ELEMENTS", block_rows * 20)  # blocks of about block_rows rows
+    monkeypatch.setattr(sparse_module, "MIN_BLOCK_ROWS", 1)
+    chosen, dead = blocked_topk(x_nd, w_enc, b_enc, 3, dead_w, 3)
+    pre_nw = torch.addmm(b_enc, x_nd, w_enc.t())
+    rows, cols = topk_selection(pre_nw, 3)
+    _assert_same_entries(chosen, rows, cols, pre_nw)
+    assert torch.equal(chosen.rows, chosen.rows.sort().values)  # grouped by row, as embedding_bag needs
+    masked_nw = pre_nw.masked_fill(~dead_w, float("-inf"))  # AuxK's candidates: the largest among the dead only
+    rows, cols = topk_selection(masked_nw, 3)
+    assert dead is not None
+    _assert_same_entries(dead, rows, cols, pre_nw)
+    among = top_among(pre_nw, dead_w, 8)  # more asked than there are dead latents: all of them
+    assert sorted(set(among.cols.tolist())) == [2, 5, 11, 17] and len(among.cols) == 23 * 4
+
+
+def test_blocked_selection_has_the_dense_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(1)
+    x_nd = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    w_enc = torch.randn(20, 6, dtype=torch.float64, requires_grad=True)
+    b_enc = torch.randn(20, dtype=torch.float64, requires_grad=True)
+    monkeypatch.setattr(sparse_module, "BLOCK_ELEMENTS", 2 * 20)
+    monkeypatch.setattr(sparse_module, "MIN_BLOCK_ROWS", 1)
+    chosen, _ = blocked_topk(x_nd.detach(), w_enc.detach(), b_enc.detach(), 3)
+    values = preactivations_at(chosen, x_nd, w_enc, b_enc)
+    sparse_grads = torch.autograd.grad(values.square().sum(), [x_nd, w_enc, b_enc])
+    pre_nw = torch.addmm(b_enc, x_nd, w_enc.t())
+    dense_grads = torch.autograd.grad(_dense_reference(pre_nw, chosen.rows, chosen.cols).square().sum(), [x_nd, w_enc, b_enc])
+    for blocked, dense in zip(sparse_grads, dense_grads, strict=True):
+        torch.testing.assert_close(blocked, dense)
+
+
+def test_an_empty_batch_selects_nothing() -> None:
+    chosen, dead = blocked_topk(torch.empty(0, 6), torch.randn(20, 6), torch.zeros(20), 3, torch.ones(20, dtype=torch.bool), 4)
+    assert len(chosen.rows) == len(chosen.values) == 0 and dead is not None and len(dead.cols) == 0

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import traitlens.store.extraction as extract_module
 from tests.resume import file_bytes
 from tests.store.conftest import TINY_VIT, make_class_folder
-from traitlens.store import ExtractConfig, extract
+from traitlens.atomic import TEMP_SUFFIX, NpyStream
+from traitlens.store import ActivationStore, ExtractConfig, extract
 from traitlens.store.files import MANIFEST, shard_record_path
 
 
@@ -25,25 +25,38 @@ def test_crash_mid_shard_then_resume_is_identical(tmp_path: Path, monkeypatch: p
     extract(config, show_progress=False)
 
     resumed = ExtractConfig(**{**config.__dict__, "out": tmp_path / "b"})
-    real_save = extract_module.atomic_save_npy
+    real_commit = NpyStream.commit
     calls = {"n": 0}
 
-    def crash_on_fourth_save(path: Path, array: object) -> None:
+    def crash_on_fourth_commit(stream: NpyStream) -> None:
         calls["n"] += 1
         if calls["n"] == 4:  # shard 1, second layer: shard 1's first layer is on disk, no record yet
-            path.with_name(path.name + ".tmp").write_bytes(b"half a file")
-            raise KeyboardInterrupt
-        real_save(path, array)  # type: ignore[arg-type]
+            raise KeyboardInterrupt  # its streamed rows are left in the temporary file
+        real_commit(stream)
 
-    monkeypatch.setattr(extract_module, "atomic_save_npy", crash_on_fourth_save)
+    monkeypatch.setattr(NpyStream, "commit", crash_on_fourth_commit)
     with pytest.raises(KeyboardInterrupt):
         extract(resumed, show_progress=False)
     assert shard_record_path(resumed.out, 0).is_file() and not shard_record_path(resumed.out, 1).is_file()
     assert not (resumed.out / MANIFEST).exists()
 
-    monkeypatch.setattr(extract_module, "atomic_save_npy", real_save)
+    monkeypatch.setattr(NpyStream, "commit", real_commit)
     extract(resumed, show_progress=False)
     assert file_bytes(tmp_path / "a") == file_bytes(tmp_path / "b")
+
+
+def test_a_shard_with_a_skipped_image_is_written_whole_and_identical_on_resume(tmp_path: Path) -> None:
+    """Streamed shard files plan on every image; an unreadable one makes the shard written whole."""
+    images = make_class_folder(tmp_path / "images")
+    broken = sorted(images.rglob("*.png"))[1]
+    broken.write_bytes(b"not an image")
+    config = ExtractConfig(model=TINY_VIT, data=images, layers=("0", "1"), out=tmp_path / "a",
+                           pretrained=False, batch_size=1, images_per_shard=3)
+    manifest = extract(config, show_progress=False)
+    assert manifest["n_skipped"] == 1
+    store = ActivationStore(tmp_path / "a")
+    assert store.layer("blocks.0").shard_rows[0] == 2 * store.layer("blocks.0").tokens_per_image
+    assert not list((tmp_path / "a").rglob("*" + TEMP_SUFFIX))
 
 
 def _extract_command(images: Path, out: Path) -> list[str]:

@@ -5,7 +5,8 @@ The directory ``out`` holds:
 - ``latent_indptr.npy`` (width + 1,) int64, ``latent_rows.npy`` (nnz,) int64 and
   ``latent_values.npy`` (nnz,) float32: every nonzero latent activation, column-major (CSC).
   Latent ``j`` fired on store rows ``rows[indptr[j]:indptr[j + 1]]`` (ascending) with those
-  values; a store row is token ``row % tokens_per_image`` of image ``row // tokens_per_image``.
+  values; a store row is token ``row % tokens_per_image`` of image ``row // tokens_per_image``
+  (rows in image order, read so whatever order the store's shards keep them in).
 - ``latent_statistics.safetensors``: per latent ``count_w``, ``frequency_w``, ``mean_activation_w``
   (over firing tokens), ``max_activation_w``; ``top_images_wk``/``top_image_values_wk`` (image
   activation = the max over the image's stored tokens) and ``top_tokens_wk``/``top_token_values_wk``
@@ -88,6 +89,7 @@ from traitlens.sae.model import SparseAutoencoder
 from traitlens.store import ActivationStore
 from traitlens.store.files import MANIFEST as STORE_MANIFEST
 from traitlens.store.manifest import StoredLayer
+from traitlens.store.row_order import ImageOrderedShard
 
 # Latents are summarized in blocks whose dense (latents x images) activations hold at most this many elements.
 _BLOCK_ELEMENTS = 1 << 24
@@ -152,7 +154,7 @@ def _start_or_resume(out: Path, job: dict[str, Any]) -> bool:
     return False
 
 
-def _read_rows(shards: list[np.ndarray], bounds: np.ndarray, start: int, stop: int) -> np.ndarray:
+def _read_rows(shards: list[ImageOrderedShard], bounds: np.ndarray, start: int, stop: int) -> np.ndarray:
     """Store rows ``start..stop-1`` of a layer (they may span shards) as float32 (n, width)."""
     parts = []
     shard = int(np.searchsorted(bounds, start, side="right")) - 1
@@ -164,7 +166,7 @@ def _read_rows(shards: list[np.ndarray], bounds: np.ndarray, start: int, stop: i
 
 
 @torch.no_grad()
-def _encode_chunk(sae: SparseAutoencoder, shards: list[np.ndarray], bounds: np.ndarray, start: int, stop: int,
+def _encode_chunk(sae: SparseAutoencoder, shards: list[ImageOrderedShard], bounds: np.ndarray, start: int, stop: int,
                   batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Nonzero latents of store rows ``start..stop-1``, row-major: (rows, cols, values, tokens
     skipped as NaN/Inf, which count as firing nowhere)."""
@@ -188,7 +190,7 @@ def _encode_chunk(sae: SparseAutoencoder, shards: list[np.ndarray], bounds: np.n
 
 
 def _write_columns(config: FeaturesConfig, sae: SparseAutoencoder, store: ActivationStore, layer: StoredLayer) -> None:
-    shards = store.shards(layer.name)
+    shards = store.image_ordered_shards(layer.name)
     bounds = np.cumsum((0, *layer.shard_rows))
     starts = range(0, layer.n_tokens, config.chunk_tokens)
     paths = [chunk_path(config.out, index) for index in range(len(starts))]

@@ -148,12 +148,12 @@ class _ReconstructionTotals:
 @torch.no_grad()
 def reconstruction_metrics(sae: SparseAutoencoder, store: ActivationStore, layer: StoredLayer, batch_size: int,
                            strict: bool = False, show_progress: bool = False) -> dict[str, Any]:
-    """One ordered pass over the layer's tokens; NaN/Inf tokens are skipped and counted (an error
-    when ``strict``)."""
+    """One pass over the layer's tokens in image order (so the float sums, and the metrics, do not
+    depend on the store's row order); NaN/Inf tokens are skipped and counted (an error when ``strict``)."""
     device = sae.W_enc.device
     totals = _ReconstructionTotals(torch.from_numpy(store.stats(layer.name).mean_d).double().to(device), sae.config.width)
     progress = tqdm(total=layer.n_tokens, unit="tok", unit_scale=True, desc="reconstruction", disable=not show_progress)
-    for shard in store.shards(layer.name):
+    for shard in store.image_ordered_shards(layer.name):
         for start in range(0, len(shard), batch_size):
             x_nd = torch.from_numpy(np.array(shard[start : start + batch_size], dtype=np.float32)).to(device)
             finite_n = torch.isfinite(x_nd).all(dim=1)

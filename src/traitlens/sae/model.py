@@ -71,9 +71,10 @@ class SparseAutoencoder(nn.Module):
         """(x_norm - b_dec) @ W_enc.T + b_enc, the one dense product, with autograd."""
         return torch.addmm(self.b_enc, xn_nd - self.b_dec, self.W_enc.t())
 
-    def encode_for_training(self, xn_nd: torch.Tensor) -> Encoding:
-        """Latents of normalized inputs in the form training uses (sparse for TopK-family)."""
-        return self.config.architecture.encode_for_training(self, xn_nd)
+    def encode_for_training(self, xn_nd: torch.Tensor, dead_w: torch.Tensor | None = None, aux_k: int = 0) -> Encoding:
+        """Latents of normalized inputs in the form training uses (sparse for TopK-family), with
+        AuxK's candidates among the dead latents ``dead_w`` when given."""
+        return self.config.architecture.encode_for_training(self, xn_nd, dead_w, aux_k)
 
     def decode_normalized(self, encoding: Encoding, prefix: int | None = None) -> torch.Tensor:
         """Reconstruction in normalized space from the first ``prefix`` latents (all by default)."""

@@ -51,7 +51,7 @@ from traitlens.sae.logging_sinks import LOG_FILE, SINKS, MetricSinks
 from traitlens.sae.metrics import DENSE_FREQUENCY, explained_variance
 from traitlens.sae.model import SparseAutoencoder
 from traitlens.sae.schedule import learning_rate, sparsity_coefficient
-from traitlens.sae.sparse import SparseCodes, decode_codes, gather_preactivations, topk_selection
+from traitlens.sae.sparse import SparseCodes, decode_codes, preactivations_at
 from traitlens.store import ActivationStore, ShuffleConfig
 
 log = logging.getLogger(__name__)
@@ -283,8 +283,9 @@ class Trainer:
             initialize_from_data(run.sae, sample_nd, self.config.bias_init, self.config.data_init, generator)
 
     def _sample(self, n_tokens: int) -> torch.Tensor:
-        """The first tokens of a separately seeded stream, the same on every worker."""
-        config = ShuffleConfig(batch_size=min(n_tokens, self.layer.n_tokens), seed=self.config.seed + 7919)
+        """The first tokens of a separately seeded stream, the same on every worker: read row by row
+        (uniform mode), whatever the store's row order, so that it spans the whole store."""
+        config = ShuffleConfig(batch_size=min(n_tokens, self.layer.n_tokens), seed=self.config.seed + 7919, mode="uniform")
         sample_nd = next(self.store.shuffled(self.layer.name, config).batches())
         sample_nd = sample_nd[torch.isfinite(sample_nd).all(dim=1)]
         if not len(sample_nd):
@@ -303,24 +304,27 @@ class Trainer:
             return batch_nd[finite_n]
         return batch_nd
 
+    def _dead_latents(self, run: _Run) -> torch.Tensor | None:
+        """The run's dead latents as a bool mask, None when none is dead (or AuxK does not apply)."""
+        if not run.config.sae.is_sparse_coded:
+            return None
+        dead_w = run.tokens_since_fired >= self.config.dead_after_tokens
+        return dead_w if bool(dead_w.any()) else None
+
     def _aux_loss(self, run: _Run, xn_nd: torch.Tensor, encoding: Encoding, recon_nd: torch.Tensor) -> torch.Tensor:
         """AuxK: the dead latents' top ``aux_k`` pre-activations reconstruct the residual error."""
-        dead_w = run.tokens_since_fired >= self.config.dead_after_tokens
-        n_dead = int(dead_w.sum())
-        if not n_dead:
+        if encoding.dead is None:
             return torch.zeros((), device=xn_nd.device)
         residual_nd = (xn_nd - recon_nd).detach()
-        masked_nw = encoding.pre_nw.masked_fill(~dead_w, float("-inf"))
-        rows, cols = topk_selection(masked_nw, min(self.config.aux_k, n_dead))
-        values = gather_preactivations(encoding.pre_nw, xn_nd - run.sae.b_dec, run.sae.W_enc, run.sae.b_enc, rows, cols)
-        codes = SparseCodes(rows, cols, values.relu(), xn_nd.shape[0], run.sae.config.width)
+        values = preactivations_at(encoding.dead, xn_nd - run.sae.b_dec, run.sae.W_enc, run.sae.b_enc)
+        codes = SparseCodes(encoding.dead.rows, encoding.dead.cols, values.relu(), xn_nd.shape[0], run.sae.config.width)
         aux_nd = decode_codes(codes, run.sae.W_dec)
         return (aux_nd - residual_nd).square().sum(1).mean() / residual_nd.square().sum(1).mean().clamp_min(1e-12)
 
     def _train_run(self, run: _Run, x_nd: torch.Tensor, global_tokens: int, logging_step: bool) -> dict[str, float]:
         cfg, sae = run.config.sae, run.sae
         xn_nd = sae.normalize(x_nd)
-        encoding = sae.encode_for_training(xn_nd)
+        encoding = sae.encode_for_training(xn_nd, self._dead_latents(run), self.config.aux_k)
         recon_nd = sae.decode_normalized(encoding)
         prefixes = cfg.nested_widths[:-1]
         errors = [(sae.decode_normalized(encoding, p) - xn_nd).square().sum(1).mean() for p in prefixes]
@@ -330,7 +334,7 @@ class Trainer:
         penalty = cfg.architecture.sparsity_penalty(sae, encoding)
         if penalty is not None:
             loss = loss + sparsity_coefficient(self.step, run.config.sparsity_coefficient, self.config.sparsity_warmup_steps) * penalty
-        aux = self._aux_loss(run, xn_nd, encoding, recon_nd) if cfg.is_sparse_coded else torch.zeros(())
+        aux = self._aux_loss(run, xn_nd, encoding, recon_nd)
         loss = loss + self.config.aux_coefficient * aux
 
         lr = learning_rate(self.step, self.config.total_steps, run.config.lr, self.config.warmup_steps, self.config.final_lr_fraction)

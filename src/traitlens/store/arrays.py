@@ -12,6 +12,7 @@ from traitlens.backbones.layout import TokenLayout
 from traitlens.errors import StoreError
 from traitlens.store.files import MANIFEST, acts_path, stats_path
 from traitlens.store.manifest import StoredLayer, manifest_header
+from traitlens.store.row_order import RowOrder
 from traitlens.store.stats import StatsAccumulator
 
 ROWS_PER_SHARD = 1 << 18
@@ -20,8 +21,9 @@ ROWS_PER_SHARD = 1 << 18
 def store_from_arrays(root: Path, layers: dict[str, np.ndarray], tokens_per_image: int = 1, source: str = "arrays") -> Path:
     """Write (tokens, width) arrays as a store with the same layout ``extract`` writes.
 
-    Tokens are grouped into "images" of ``tokens_per_image`` consecutive rows with no patch grid;
-    the manifest records ``source`` as the model spec so the store says where it came from.
+    Tokens are grouped into "images" of ``tokens_per_image`` consecutive rows with no patch grid,
+    stored as given (row order ``image``); the manifest records ``source`` as the model spec so the
+    store says where it came from.
     """
     if (root / MANIFEST).exists():
         raise StoreError(f"{root} already holds a store")
@@ -52,7 +54,7 @@ def store_from_arrays(root: Path, layers: dict[str, np.ndarray], tokens_per_imag
         "job": {"source": source}, "model": {"spec": source, "weights": None, "pretrained": False,
                                              "weights_fingerprint": "", "class_names": None},
         "preprocess": None, "dataset": {"path": None, "kind": source, "fingerprint": "", "class_names": None, "mask_names": None},
-        "tokens": "all", "dtype": dtype.pop(), "n_images": n_images, "n_skipped": 0, "layers": entries,
+        "tokens": "all", "dtype": dtype.pop(), **RowOrder("image").to_dict(), "n_images": n_images, "n_skipped": 0, "layers": entries,
         "images": [{"source": f"{source}/{i}", "label": None, "shard": i * tokens_per_image // ROWS_PER_SHARD} for i in range(n_images)],
         "skipped": [],
     }

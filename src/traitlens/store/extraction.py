@@ -1,8 +1,12 @@
 """``traitlens extract``: run a backbone over an image source and store layer tokens in shards.
 
 The images are cut into shards of ``images_per_shard`` consecutive source images. Each shard is
-written whole (arrays first, then its JSON record, all atomically), so a killed run resumes by
-skipping the shards whose record exists, and ends with the same bytes as an uninterrupted run.
+held whole in memory and written atomically, arrays first, then its JSON record, so a killed run
+resumes by skipping the shards whose record exists and ends with the same bytes as an
+uninterrupted run. In image order each layer's file is streamed to a temporary file on a writer
+thread as batches arrive (so the writing overlaps the next forward) and moved into place when the
+shard is whole; with ``row_order`` ``shuffled`` the rows are permuted once the shard is whole (see
+:mod:`traitlens.store.row_order`) and then written.
 Workers of a torchrun job take every ``world_size``-th shard; the main worker writes the manifest.
 """
 
@@ -19,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from traitlens.atomic import atomic_save_npy, atomic_write_json, remove_temp_files
+from traitlens.atomic import NpyStream, atomic_save_npy, atomic_write_json, remove_temp_files
 from traitlens.backbones import Backbone, Layer, TokenSelection, load_backbone, parse_spec
 from traitlens.backbones.layout import TOKEN_SELECTIONS
 from traitlens.data import ImageSource, UnreadableImageError, open_image_source, patch_labels
@@ -37,6 +41,7 @@ from traitlens.store.files import (
 )
 from traitlens.store.manifest import STORE_DTYPES, StoredLayer, manifest_header, read_manifest
 from traitlens.store.reader import NO_PATCH_LABEL, read_patch_labels, read_shard
+from traitlens.store.row_order import ROW_ORDERS, RowOrder, RowOrderName
 from traitlens.store.stats import StatsAccumulator
 from traitlens.version import __version__
 
@@ -45,6 +50,8 @@ log = logging.getLogger(__name__)
 StoreDtype = Literal["float16", "float32"]
 # One shard's arrays (all layers) are held in memory while it fills; this bounds that.
 TARGET_SHARD_BYTES = 512 * 2**20
+# Recorded in the manifest with the row order, so a store names its own permutation.
+ROW_ORDER_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,9 @@ class ExtractConfig:
     images_per_shard: int | None = None  # None: sized so one shard of all layers is ~512 MiB
     device: str = "auto"
     overwrite: bool = False  # replace an earlier extraction in ``out`` instead of resuming it
+    # shuffled: rows permuted within each shard, so SAE training reads well-mixed batches as
+    # contiguous runs; every traitlens reader still sees image order where it needs it
+    row_order: RowOrderName = "image"
 
     def __post_init__(self) -> None:
         if not self.layers or not all(isinstance(name, str) and name.strip() for name in self.layers):
@@ -72,6 +82,8 @@ class ExtractConfig:
             raise StoreError(f"tokens must be one of {', '.join(TOKEN_SELECTIONS)}, got {self.tokens!r}")
         if self.dtype not in STORE_DTYPES:
             raise StoreError(f"the store dtype must be one of {', '.join(STORE_DTYPES)}, got {self.dtype!r}")
+        if self.row_order not in ROW_ORDERS:
+            raise StoreError(f"the row order must be one of {', '.join(ROW_ORDERS)}, got {self.row_order!r}")
         for name, value in (("batch size", self.batch_size), ("images per shard", self.images_per_shard)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise StoreError(f"{name} must be an integer of at least 1, got {value!r}")
@@ -109,6 +121,15 @@ class _ShardBuffer:
     stats: dict[str, StatsAccumulator] = field(default_factory=dict)
     kept: list[int] = field(default_factory=list)
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    streams: dict[str, NpyStream] = field(default_factory=dict)
+    """Each layer's shard file being written as batches arrive (image order only), so the writing
+    overlaps the next forward; given up (the shard written whole) when an image is skipped."""
+    pending: list[Future[None]] = field(default_factory=list)
+    """The writer thread's work for this shard (statistics, appends), in the order it was given."""
+
+
+def store_row_order(config: ExtractConfig) -> RowOrder:
+    return RowOrder("shuffled", ROW_ORDER_SEED) if config.row_order == "shuffled" else RowOrder("image")
 
 
 def plan_shards(n_images: int, images_per_shard: int) -> list[ShardPlan]:
@@ -194,22 +215,29 @@ class _Extraction:
         self.device = device
         self.want_masks = source.has_masks
         self.root = config.out
+        self.row_order = store_row_order(config)
 
     def run(self, shards: Sequence[ShardPlan], show_progress: bool) -> None:
         todo = [plan for plan in shards if not shard_record_path(self.root, plan.index).is_file()]
         total = sum(plan.stop - plan.start for plan in todo)
         # disable=None: no bar when stderr is not a terminal (a log file, a pipe)
-        with tqdm(total=total, unit="img", desc="extract", disable=None if show_progress else True) as progress:
+        with (tqdm(total=total, unit="img", desc="extract", disable=None if show_progress else True) as progress,
+              ThreadPoolExecutor(max_workers=1) as self._writer):
             buffer: _ShardBuffer | None = None
-            for plan, batch in self._batches(todo):
-                if buffer is None or buffer.plan != plan:
-                    if buffer is not None:
-                        self._write(buffer)
-                    buffer = self._empty_buffer(plan)
-                self._add(buffer, batch)
-                progress.update(len(batch.indices) + len(batch.skipped))
-            if buffer is not None:
-                self._write(buffer)
+            try:
+                for plan, batch in self._batches(todo):
+                    if buffer is None or buffer.plan != plan:
+                        if buffer is not None:
+                            self._write(buffer)
+                        buffer = self._empty_buffer(plan)
+                    self._add(buffer, batch)
+                    progress.update(len(batch.indices) + len(batch.skipped))
+                if buffer is not None:
+                    self._write(buffer)
+            except BaseException:
+                if buffer is not None:
+                    self._give_up_streams(buffer)
+                raise
 
     def _batches(self, shards: Sequence[ShardPlan]) -> Iterator[tuple[ShardPlan, _PreparedBatch]]:
         """Batches in order, the next one decoded on a thread while the model runs on this one."""
@@ -232,10 +260,27 @@ class _Extraction:
             buffer.acts[layer.name] = []
             buffer.labels[layer.name] = []
             buffer.stats[layer.name] = StatsAccumulator.empty(layer.width)
+            if not self.row_order.shuffled:  # a shuffled shard's rows are known only when it is whole
+                n_rows = (plan.stop - plan.start) * layer.layout.tokens_per_image(self.config.tokens)
+                try:
+                    buffer.streams[layer.name] = NpyStream(acts_path(self.root, layer.name, plan.index), n_rows,
+                                                           layer.width, np.dtype(self.config.dtype))
+                except BaseException:
+                    self._give_up_streams(buffer)
+                    raise
         return buffer
+
+    def _give_up_streams(self, buffer: _ShardBuffer) -> None:
+        for work in buffer.pending:
+            work.exception()  # waits (no stream is closed under an append); an error is raised by _write
+        for stream in buffer.streams.values():
+            stream.abandon()
+        buffer.streams.clear()
 
     def _add(self, buffer: _ShardBuffer, batch: _PreparedBatch) -> None:
         buffer.skipped.extend(batch.skipped)
+        if batch.skipped and buffer.streams:  # fewer rows than planned: the shard is written whole instead
+            self._give_up_streams(buffer)
         if not batch.indices:
             return
         buffer.kept.extend(batch.indices)
@@ -243,9 +288,14 @@ class _Extraction:
         tokens = self.backbone.tokens(batch.pixels_bchw.to(self.device), names)
         for layer in self.layers:
             selected_btd = layer.layout.select(tokens[layer.name], self.config.tokens)
-            stored_nd = selected_btd.reshape(-1, layer.width).to(getattr(torch, self.config.dtype))
-            buffer.stats[layer.name].add(stored_nd)
-            buffer.acts[layer.name].append(stored_nd.cpu().numpy())
+            # cast first: for a ViT's sliced (non-contiguous) selection the cast is then the one copy
+            stored_nd = selected_btd.to(getattr(torch, self.config.dtype)).reshape(-1, layer.width)
+            acts_nd = np.ascontiguousarray(stored_nd.cpu().numpy())
+            buffer.acts[layer.name].append(acts_nd)
+            # on the writer thread, in order (so the float64 sums are the same): overlapped with the next forward
+            buffer.pending.append(self._writer.submit(buffer.stats[layer.name].add, torch.from_numpy(acts_nd)))
+            if layer.name in buffer.streams:
+                buffer.pending.append(self._writer.submit(buffer.streams[layer.name].append, acts_nd))
             if self.want_masks:
                 buffer.labels[layer.name].append(self._patch_labels(batch.masks, layer))
 
@@ -265,16 +315,29 @@ class _Extraction:
             "skipped": [{"index": i, "reason": reason} for i, reason in buffer.skipped],
             "layers": {},
         }
+        for work in buffer.pending:
+            work.result()  # a failed write fails the job here
         for layer in self.layers:
             parts = buffer.acts[layer.name]
-            # C order, as documented: a CNN's single batch would otherwise keep its transposed layout
-            acts_nd = np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros((0, layer.width), dtype=self.config.dtype)
-            atomic_save_npy(acts_path(self.root, layer.name, index), acts_nd)
+            n_rows = sum(len(part) for part in parts)
+            stream = buffer.streams.get(layer.name)
+            if stream is not None and stream.written == stream.n_rows == n_rows:
+                stream.commit()  # its blocks are already on disk
+            else:
+                # C order, as documented: a CNN's single batch would otherwise keep its transposed layout
+                acts_nd = np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros((0, layer.width), dtype=self.config.dtype)
+                # one in-memory gather; the statistics were summed in image order, so they do not change
+                stored_order = self.row_order.stored_order(index, len(acts_nd))
+                if stored_order is not None:
+                    acts_nd = acts_nd[stored_order]
+                if stream is not None:
+                    stream.abandon()
+                atomic_save_npy(acts_path(self.root, layer.name, index), acts_nd)
             if self.want_masks:
                 label_parts = buffer.labels[layer.name]
                 labels_bp = np.concatenate(label_parts) if label_parts else np.zeros((0, layer.layout.n_patches), np.int32)
                 atomic_save_npy(patch_labels_path(self.root, layer.name, index), labels_bp)
-            record["layers"][layer.name] = {"rows": int(acts_nd.shape[0]), "stats": buffer.stats[layer.name].to_dict()}
+            record["layers"][layer.name] = {"rows": n_rows, "stats": buffer.stats[layer.name].to_dict()}
         atomic_write_json(shard_record_path(self.root, index), record)
 
 
@@ -376,7 +439,7 @@ def _finalize(config: ExtractConfig, job: dict[str, Any], backbone: Backbone, so
         "preprocess": backbone.preprocess.to_dict(),
         "dataset": {"path": str(config.data), "kind": source.kind, "fingerprint": job["dataset_fingerprint"],
                     "class_names": source.class_names, "mask_names": source.mask_names},
-        "tokens": config.tokens, "dtype": config.dtype,
+        "tokens": config.tokens, "dtype": config.dtype, **store_row_order(config).to_dict(),
         "n_images": len(images), "n_skipped": len(skipped),
         "layers": {name: stored.to_dict() for name, stored in stored_layers.items()}, "images": images,
         "skipped": [{"source": source.records[index].source, "reason": reason} for index, reason in skipped],

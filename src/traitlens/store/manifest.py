@@ -13,9 +13,12 @@ from traitlens.backbones.layout import TOKEN_SELECTIONS, TokenLayout, TokenSelec
 from traitlens.errors import StoreError
 from traitlens.store.checked import Fields, read_json_object
 from traitlens.store.files import JOB, MANIFEST
+from traitlens.store.row_order import ROW_ORDERS, RowOrder
 
 FORMAT = "traitlens.activations"
-VERSION = 1
+# Version 2 added ``row_order``: a version 1 reader would take shuffled rows for image order.
+VERSION = 2
+READ_VERSIONS = (1, 2)
 STORE_DTYPES = ("float16", "float32")
 
 
@@ -124,6 +127,8 @@ class Manifest:
     dataset: StoredDataset
     tokens: TokenSelection
     """Which tokens of each image the store keeps (``patch``, ``cls`` or ``all``)."""
+    row_order: RowOrder
+    """How each shard orders its rows: by image, or shuffled (version 1 stores: by image)."""
 
 
 def _check_preprocess(fields: Fields | None) -> None:
@@ -152,12 +157,24 @@ def _read_dataset(fields: Fields) -> StoredDataset:
                          _names(fields.optional_texts("class_names")), _names(fields.optional_texts("mask_names")))
 
 
-def _check_header(fields: Fields, path: Path) -> None:
+def _check_header(fields: Fields, path: Path) -> int:
+    """The manifest's version, checked to be one this traitlens reads."""
     if fields.value("format") != FORMAT:
         raise StoreError(f"{path} is not a traitlens activation store manifest")
     version = fields.integer("version")
-    if version != VERSION:
-        raise StoreError(f"{path} has activation store manifest version {version}; this traitlens reads version {VERSION}")
+    if version not in READ_VERSIONS:
+        raise StoreError(f"{path} has activation store manifest version {version}; this traitlens reads versions "
+                         f"{' and '.join(map(str, READ_VERSIONS))}")
+    return version
+
+
+def _read_row_order(fields: Fields, version: int) -> RowOrder:
+    if version == 1:  # written before rows could be stored shuffled
+        if "row_order" in fields.keys():
+            raise StoreError(f"{fields.where}: row_order is a version 2 field, but the manifest says version 1")
+        return RowOrder("image")
+    name = fields.choice("row_order", ROW_ORDERS)
+    return RowOrder("shuffled", fields.integer("row_order_seed")) if name == "shuffled" else RowOrder("image")
 
 
 def load_manifest(root: Path) -> Manifest:
@@ -167,13 +184,14 @@ def load_manifest(root: Path) -> Manifest:
         hint = " (extraction unfinished: run the same command again to resume)" if (root / JOB).is_file() else ""
         raise StoreError(f"no activation store at {root}: {MANIFEST} missing{hint}")
     fields = read_json_object(path, "activation store manifest")
-    _check_header(fields, path)
+    version = _check_header(fields, path)
     fields.child("job")
     model = _read_model(fields.child("model"))
     _check_preprocess(fields.optional_child("preprocess"))
     dataset = _read_dataset(fields.child("dataset"))
     tokens = cast(TokenSelection, fields.choice("tokens", TOKEN_SELECTIONS))
     fields.choice("dtype", STORE_DTYPES)
+    row_order = _read_row_order(fields, version)
     n_images = fields.integer("n_images", minimum=1)
     images = fields.children("images")
     skipped = fields.children("skipped")
@@ -188,7 +206,7 @@ def load_manifest(root: Path) -> Manifest:
         raise StoreError(f"{path}: no layers are stored")
     layers = {name: StoredLayer.from_fields(name, layer_fields.child(name), tokens, n_images) for name in layer_fields.keys()}
     stored = tuple(StoredImage(entry.text("source"), entry.optional_text("label")) for entry in images)
-    return Manifest(fields.data, layers, stored, model, dataset, tokens)
+    return Manifest(fields.data, layers, stored, model, dataset, tokens, row_order)
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

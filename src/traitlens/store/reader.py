@@ -1,5 +1,9 @@
 """Read access to a complete activation store: ordered by image, or shuffled for training.
 
+Shards may store their rows by image or shuffled (:mod:`traitlens.store.row_order`): ``shards``
+gives the rows as stored, for readers that do not care about order; every reader of images
+(``image_tokens``, ``iter_images``, ``image_ordered_shards``) sees image order either way.
+
 Every file is read through :mod:`traitlens.store.checked` (typed fields, array headers checked
 against the manifest) and named by a path that must stay inside the store folder.
 """
@@ -19,6 +23,7 @@ from traitlens.errors import StoreError
 from traitlens.store.checked import read_array, read_json_object
 from traitlens.store.files import inside_store, stats_path
 from traitlens.store.manifest import StoredLayer, load_manifest
+from traitlens.store.row_order import ImageOrderedShard, RowOrder
 from traitlens.store.shuffle import ShuffleConfig, ShuffledBatches
 from traitlens.store.stats import LayerStats, StatsAccumulator
 
@@ -57,6 +62,8 @@ class ActivationStore:
         self.dataset = manifest.dataset
         self.tokens: TokenSelection = manifest.tokens
         """Which tokens of each image the store keeps."""
+        self.row_order: RowOrder = manifest.row_order
+        """How each shard orders its rows on disk: by image, or shuffled."""
         self._shards: dict[str, list[np.ndarray]] = {}
 
     @property
@@ -82,12 +89,18 @@ class ActivationStore:
         raise StoreError(f"layer {text!r} is not in the store at {self.root}; stored layers: {', '.join(names)}")
 
     def shards(self, key: str | int) -> list[np.ndarray]:
-        """The layer's shards as read-only memory maps of shape (rows, width)."""
+        """The layer's shards as stored: read-only memory maps of shape (rows, width), each shard's
+        rows in the store's ``row_order`` (for readers that do not care about order)."""
         layer = self.layer(key)
         if layer.name not in self._shards:
             self._shards[layer.name] = [read_shard(self.root, layer, shard, self.manifest["dtype"])
                                         for shard in range(len(layer.shard_files))]
         return self._shards[layer.name]
+
+    def image_ordered_shards(self, key: str | int) -> list[ImageOrderedShard]:
+        """The layer's shards read in image order, sliced like arrays: row ``r`` of the layer (of
+        shard after shard) is token ``r % tokens_per_image`` of image ``r // tokens_per_image``."""
+        return [ImageOrderedShard(stored_nd, self.row_order, shard) for shard, stored_nd in enumerate(self.shards(key))]
 
     def image_tokens(self, key: str | int, image: int) -> np.ndarray:
         """Tokens of one image at a layer, (tokens_per_image, width), in the store's dtype."""
@@ -98,15 +111,16 @@ class ActivationStore:
         row = image * layer.tokens_per_image
         shard = int(np.searchsorted(bounds, row, side="right")) - 1
         start = row - int(bounds[shard])
-        return np.asarray(self.shards(key)[shard][start : start + layer.tokens_per_image])
+        return np.asarray(self.image_ordered_shards(key)[shard][start : start + layer.tokens_per_image])
 
     def iter_images(self, key: str | int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Shard by shard in image order: (image indices (n,), tokens (n, tokens_per_image, width))."""
+        """Shard by shard in image order: (image indices (n,), tokens (n, tokens_per_image, width));
+        a shard stored shuffled is gathered into memory (one shard at a time)."""
         layer = self.layer(key)
         first = 0
-        for shard in self.shards(key):
+        for shard in self.image_ordered_shards(key):
             n = len(shard) // layer.tokens_per_image
-            yield np.arange(first, first + n), np.asarray(shard).reshape(n, layer.tokens_per_image, layer.width)
+            yield np.arange(first, first + n), np.asarray(shard[:]).reshape(n, layer.tokens_per_image, layer.width)
             first += n
 
     def patch_labels(self, key: str | int) -> np.ndarray | None:
@@ -128,16 +142,18 @@ class ActivationStore:
         return stats
 
     def compute_stats(self, key: str | int) -> LayerStats:
-        """The same statistics recomputed with one streaming pass over the shards."""
+        """The same statistics recomputed with one streaming pass over the shards, in image order
+        (the same sums in the same order whatever the row order)."""
         import torch
 
         layer = self.layer(key)
         accumulator = StatsAccumulator.empty(layer.width)
-        for shard in self.shards(key):
+        for shard in self.image_ordered_shards(key):
             for start in range(0, len(shard), 65536):
                 accumulator.add(torch.from_numpy(np.array(shard[start : start + 65536])))
         return accumulator.finish()
 
     def shuffled(self, key: str | int, config: ShuffleConfig) -> ShuffledBatches:
-        """Endless shuffled float32 batches; see :mod:`traitlens.store.shuffle`."""
-        return ShuffledBatches(self.shards(key), config)
+        """Endless shuffled float32 batches; see :mod:`traitlens.store.shuffle` (mode ``auto`` reads
+        contiguous runs from a store whose rows are shuffled, gathers single rows otherwise)."""
+        return ShuffledBatches(self.shards(key), config, rows_preshuffled=self.row_order.shuffled)

@@ -26,6 +26,8 @@ def summarize_store(root: str | Path) -> str:
         f"  data     {manifest['dataset']['path']}  ({manifest['dataset']['kind']}, {store.n_images} images, "
         f"{manifest['n_skipped']} skipped)",
         f"  tokens   {manifest['tokens']}, {manifest['dtype']}",
+        "  rows     " + (f"shuffled within each shard (seed {store.row_order.seed})" if store.row_order.shuffled
+                         else "image after image"),
     ]
     for entry in manifest["skipped"]:
         lines.append(f"  skipped  {entry['source']}: {entry['reason']}")

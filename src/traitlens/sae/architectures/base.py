@@ -47,8 +47,11 @@ class Architecture:
     def add_parameters(self, sae: SparseAutoencoder) -> None:
         """Register the architecture's own parameters or buffers on a new SAE."""
 
-    def encode_for_training(self, sae: SparseAutoencoder, xn_nd: torch.Tensor) -> Encoding:
-        """Latents of normalized inputs as training uses them (dense here, with autograd)."""
+    def encode_for_training(self, sae: SparseAutoencoder, xn_nd: torch.Tensor, dead_w: torch.Tensor | None = None,
+                            aux_k: int = 0) -> Encoding:
+        """Latents of normalized inputs as training uses them (dense here, with autograd). A
+        sparse-coded architecture also picks the ``aux_k`` largest pre-activations among the dead
+        latents ``dead_w`` (a bool mask, not all False) for AuxK; a dense one has no AuxK."""
         pre_nw = sae.pre_activations(xn_nd)
         return Encoding(pre_nw=pre_nw.detach(), latents_nw=self.activate(sae, pre_nw))
 

@@ -54,5 +54,6 @@ class JumpReLU(Architecture):
 
     def sparsity_penalty(self, sae: SparseAutoencoder, encoding: Encoding) -> torch.Tensor:
         """Mean number of active latents per token, differentiable in the thresholds."""
+        assert encoding.pre_nw is not None  # a dense architecture keeps its pre-activations
         step_nw = _Threshold.apply(encoding.pre_nw, sae.log_threshold, sae.config.own_fields["jumprelu_bandwidth"], True)
         return step_nw.sum(1).mean()

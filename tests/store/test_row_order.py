@@ -55,7 +55,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_shuffled_rows_permute_each_shard_and_change_no_other_file(stores: dict[str, Path]) -> None:
     shuffled, image = ActivationStore(stores["shuffled"]), ActivationStore(stores["image"])
     assert (shuffled.manifest["row_order"], shuffled.manifest["row_order_seed"]) == ("shuffled", 0)
-    assert image.manifest["row_order"] == "image" and "row_order_seed" not in image.manifest
+    assert "row_order" not in image.manifest and "row_order_seed" not in image.manifest
     assert shuffled.row_order.shuffled and not image.row_order.shuffled
     for name in image.layer_names:
         for index, (stored, by_image) in enumerate(zip(shuffled.shards(name), image.shards(name), strict=True)):
@@ -105,15 +105,21 @@ def _with_manifest(source: Path, target: Path, **changes: object) -> Path:
     return target
 
 
-def test_a_version_1_manifest_reads_as_image_order(stores: dict[str, Path], tmp_path: Path) -> None:
-    old = ActivationStore(_with_manifest(stores["image"], tmp_path / "old", version=1, row_order=None))
-    assert old.row_order.name == "image"
-    np.testing.assert_array_equal(old.image_tokens(1, 5), ActivationStore(stores["image"]).image_tokens(1, 5))
+def test_image_order_is_written_as_version_1_and_version_2_may_name_it(stores: dict[str, Path], tmp_path: Path) -> None:
+    """Stores in image order stay version 1, readable by a traitlens older than row orders."""
+    assert ActivationStore(stores["image"]).manifest["version"] == 1
+    assert ActivationStore(stores["shuffled"]).manifest["version"] == 2
+    named = ActivationStore(_with_manifest(stores["image"], tmp_path / "named", version=2, row_order="image"))
+    assert named.row_order.name == "image"
+    np.testing.assert_array_equal(named.image_tokens(1, 5), ActivationStore(stores["image"]).image_tokens(1, 5))
 
 
 @pytest.mark.parametrize(("source", "changes", "says"), [
-    ("image", {"row_order": "diagonal"}, "row_order is \"diagonal\", expected one of image, shuffled"),
-    ("image", {"row_order": None}, "row_order is missing"),
+    ("shuffled", {"row_order": "diagonal"}, "row_order is \"diagonal\", expected one of image, shuffled"),
+    ("shuffled", {"row_order": None}, "row_order is missing"),
+    ("shuffled", {"row_order": "image"}, "row_order_seed is given, but rows are in image order"),
+    ("shuffled", {"row_order_seed": 2**64}, "row order seed is an integer in"),
+    ("image", {"row_order": "image"}, "row_order is a version 2 field"),
     ("shuffled", {"row_order_seed": None}, "row_order_seed is missing"),
     ("shuffled", {"row_order_seed": -1}, "row_order_seed is -1"),
     ("shuffled", {"version": 1}, "row_order is a version 2 field"),

@@ -50,11 +50,11 @@ def store_from_arrays(root: Path, layers: dict[str, np.ndarray], tokens_per_imag
         layout = TokenLayout(n_prefix=0, grid_hw=(1, tokens_per_image), has_cls=False)
         entries[name] = StoredLayer(name, array.shape[1], layout, tokens_per_image, tuple(files), tuple(rows), None).to_dict()
     manifest = {
-        **manifest_header(),
+        **manifest_header(RowOrder("image")),
         "job": {"source": source}, "model": {"spec": source, "weights": None, "pretrained": False,
                                              "weights_fingerprint": "", "class_names": None},
         "preprocess": None, "dataset": {"path": None, "kind": source, "fingerprint": "", "class_names": None, "mask_names": None},
-        "tokens": "all", "dtype": dtype.pop(), **RowOrder("image").to_dict(), "n_images": n_images, "n_skipped": 0, "layers": entries,
+        "tokens": "all", "dtype": dtype.pop(), "n_images": n_images, "n_skipped": 0, "layers": entries,
         "images": [{"source": f"{source}/{i}", "label": None, "shard": i * tokens_per_image // ROWS_PER_SHARD} for i in range(n_images)],
         "skipped": [],
     }

@@ -432,14 +432,14 @@ def _finalize(config: ExtractConfig, job: dict[str, Any], backbone: Backbone, so
     images = [{"source": source.records[i].source, "label": source.records[i].label, "shard": record.index}
               for record in records for i in record.kept]
     manifest = {
-        **manifest_header(),
+        **manifest_header(store_row_order(config)),
         "job": job,
         "model": {"spec": config.model, "weights": job["weights"], "pretrained": config.pretrained,
                   "weights_fingerprint": job["weights_fingerprint"], "class_names": backbone.class_names},
         "preprocess": backbone.preprocess.to_dict(),
         "dataset": {"path": str(config.data), "kind": source.kind, "fingerprint": job["dataset_fingerprint"],
                     "class_names": source.class_names, "mask_names": source.mask_names},
-        "tokens": config.tokens, "dtype": config.dtype, **store_row_order(config).to_dict(),
+        "tokens": config.tokens, "dtype": config.dtype,
         "n_images": len(images), "n_skipped": len(skipped),
         "layers": {name: stored.to_dict() for name, stored in stored_layers.items()}, "images": images,
         "skipped": [{"source": source.records[index].source, "reason": reason} for index, reason in skipped],

@@ -16,19 +16,24 @@ from traitlens.store.files import JOB, MANIFEST
 from traitlens.store.row_order import ROW_ORDERS, RowOrder
 
 FORMAT = "traitlens.activations"
-# Version 2 added ``row_order``: a version 1 reader would take shuffled rows for image order.
-VERSION = 2
+# Version 2 added ``row_order``, and only stores with shuffled rows are written as version 2 (a
+# version 1 reader would take their rows for image order); image-ordered stores stay version 1,
+# readable by any traitlens.
 READ_VERSIONS = (1, 2)
 STORE_DTYPES = ("float16", "float32")
 
 
-def manifest_header() -> dict[str, Any]:
-    """The fields every manifest starts with: format, version, and the software that wrote it."""
+def manifest_header(row_order: RowOrder) -> dict[str, Any]:
+    """The fields every manifest starts with: format, version, the software that wrote it, and,
+    for shuffled rows, the row order."""
     import torch
 
     from traitlens.version import __version__
 
-    return {"format": FORMAT, "version": VERSION, "software": {"traitlens": __version__, "torch": torch.__version__}}
+    software = {"traitlens": __version__, "torch": torch.__version__}
+    if not row_order.shuffled:
+        return {"format": FORMAT, "version": 1, "software": software}
+    return {"format": FORMAT, "version": 2, "software": software, **row_order.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -174,7 +179,11 @@ def _read_row_order(fields: Fields, version: int) -> RowOrder:
             raise StoreError(f"{fields.where}: row_order is a version 2 field, but the manifest says version 1")
         return RowOrder("image")
     name = fields.choice("row_order", ROW_ORDERS)
-    return RowOrder("shuffled", fields.integer("row_order_seed")) if name == "shuffled" else RowOrder("image")
+    if name == "image":
+        if "row_order_seed" in fields.keys():
+            raise StoreError(f"{fields.where}: row_order_seed is given, but rows are in image order")
+        return RowOrder("image")
+    return RowOrder("shuffled", fields.integer("row_order_seed"))
 
 
 def load_manifest(root: Path) -> Manifest:

@@ -65,6 +65,8 @@ class RowOrder:
     def __post_init__(self) -> None:
         if self.name not in ROW_ORDERS or (self.seed is None) != (self.name == "image"):
             raise StoreError(f"a row order is image (no seed) or shuffled with a seed, got {self.name!r} with seed {self.seed}")
+        if self.seed is not None and not 0 <= self.seed < 2**64:  # the permutation hashes it as a uint64
+            raise StoreError(f"a row order seed is an integer in [0, 2^64), got {self.seed}")
 
     @property
     def shuffled(self) -> bool:

@@ -16,19 +16,20 @@ from traitlens.distributed import Workers
 from traitlens.errors import TraitlensError
 
 
-def _extract(images: Path, out: Path, launcher: list[str]) -> subprocess.CompletedProcess[str]:
+def _extract(images: Path, out: Path, launcher: list[str], row_order: str) -> subprocess.CompletedProcess[str]:
     args = ["--model", TINY_VIT, "--random-init", "--data", str(images), "--layers", "0,1", "--out", str(out),
-            "--batch-size", "2", "--images-per-shard", "2"]
+            "--batch-size", "2", "--images-per-shard", "2", "--row-order", row_order]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([*launcher, "-m", "traitlens", "extract", *args], env=env, capture_output=True, text=True, check=True)
 
 
-def test_two_workers_write_the_same_store_as_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("row_order", ["image", "shuffled"])  # shard files streamed, or written whole
+def test_two_workers_write_the_same_store_as_one(tmp_path: Path, row_order: str) -> None:
     images = make_class_folder(tmp_path / "images", per_class=3)
-    _extract(images, tmp_path / "single", [sys.executable])
+    _extract(images, tmp_path / "single", [sys.executable], row_order)
     # --standalone: a free port, so parallel runs never collide
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-    _extract(images, tmp_path / "multi", torchrun)
+    _extract(images, tmp_path / "multi", torchrun, row_order)
     single, multi = file_bytes(tmp_path / "single"), file_bytes(tmp_path / "multi")
     assert sorted(single) == sorted(multi)
     assert single == multi

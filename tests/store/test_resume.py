@@ -59,18 +59,19 @@ def test_a_shard_with_a_skipped_image_is_written_whole_and_identical_on_resume(t
     assert not list((tmp_path / "a").rglob("*" + TEMP_SUFFIX))
 
 
-def _extract_command(images: Path, out: Path) -> list[str]:
+def _extract_command(images: Path, out: Path, row_order: str) -> list[str]:
     return [sys.executable, "-m", "traitlens", "extract", "--model", "timm:vit_tiny_patch16_224?depth=4",
             "--random-init", "--data", str(images), "--layers", "1,3", "--out", str(out),
-            "--batch-size", "2", "--images-per-shard", "2"]
+            "--batch-size", "2", "--images-per-shard", "2", "--row-order", row_order]
 
 
-def test_sigkill_then_resume_is_identical(tmp_path: Path) -> None:
+@pytest.mark.parametrize("row_order", ["image", "shuffled"])  # shard files streamed, or written whole
+def test_sigkill_then_resume_is_identical(tmp_path: Path, row_order: str) -> None:
     images = make_class_folder(tmp_path / "images", per_class=8)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_extract_command(images, tmp_path / "a"), check=True, env=env, capture_output=True)
+    subprocess.run(_extract_command(images, tmp_path / "a", row_order), check=True, env=env, capture_output=True)
 
-    killed = subprocess.Popen(_extract_command(images, tmp_path / "b"), env=env,
+    killed = subprocess.Popen(_extract_command(images, tmp_path / "b", row_order), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not shard_record_path(tmp_path / "b", 1).exists() and killed.poll() is None and time.monotonic() < deadline:
@@ -79,5 +80,5 @@ def test_sigkill_then_resume_is_identical(tmp_path: Path) -> None:
     killed.wait()
     assert not (tmp_path / "b" / MANIFEST).exists(), "the run finished before it could be killed"
 
-    subprocess.run(_extract_command(images, tmp_path / "b"), check=True, env=env, capture_output=True)
+    subprocess.run(_extract_command(images, tmp_path / "b", row_order), check=True, env=env, capture_output=True)
     assert file_bytes(tmp_path / "a") == file_bytes(tmp_path / "b")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from extraction import MODEL, write_images
+from extraction import MODEL, bare_forward_images_per_s, write_images
 
 import traitlens.atomic as atomic
 import traitlens.store.extraction as extraction
@@ -51,18 +51,6 @@ def timed(owner: Any, name: str, piece: str) -> None:
     setattr(owner, name, wrapper)
 
 
-def bare_forward_seconds(images: Path, batch_size: int) -> float:
-    backbone = load_backbone(MODEL, pretrained=False)
-    source = open_image_source(images)
-    pixels = torch.stack([backbone.preprocess.image(source.load_image(i)) for i in range(len(source))])
-    with torch.inference_mode():
-        backbone.forward(pixels[:batch_size])  # warm-up
-        start = time.perf_counter()
-        for batch in pixels.split(batch_size):
-            backbone.forward(batch)
-    return time.perf_counter() - start
-
-
 def decode_seconds(images: Path) -> float:
     backbone = load_backbone(MODEL, pretrained=False)
     source = open_image_source(images)
@@ -85,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temp:
         root = Path(temp)
         images = write_images(root / "images", args.images)
-        bare = min(bare_forward_seconds(images, args.batch_size) for _ in range(2))
+        bare = args.images / max(bare_forward_images_per_s(images, args.batch_size, "cpu") for _ in range(2))
         print(f"model {MODEL} (random init), {args.images} images, batch {args.batch_size}, "
               f"{torch.get_num_threads()} threads, traitlens at {Path(extraction.__file__).parents[2]}\n")
         print("| piece | last block (s) | all 12 blocks (s) |\n|---|---|---|")

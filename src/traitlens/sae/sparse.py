@@ -112,15 +112,16 @@ def blocked_topk(centered_nd: torch.Tensor, w_enc_wd: torch.Tensor, b_enc_w: tor
     else:
         n_blocks = math.ceil(n_rows / max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // width))
         buffer_bw = _block_buffer(math.ceil(n_rows / n_blocks), width, centered_nd)
+    outside_w, among_k = _outside(among_w, among_k)
     chosen, among = [], []
     with torch.no_grad():
         for block_bd in centered_nd.tensor_split(n_blocks):
             out = None if buffer_bw is None else buffer_bw[: len(block_bd)]
             block_bw = torch.addmm(b_enc_w, block_bd, w_enc_wd.t(), out=out)
-            chosen.append(_largest(block_bw, k))
-            if among_w is not None:
-                among.append(_largest_among(block_bw, among_w, among_k))
-    return _selection(chosen), (_selection(among) if among_w is not None else None)
+            chosen.append(block_bw.topk(k, dim=1, sorted=False))
+            if outside_w is not None:
+                among.append(block_bw.masked_fill(outside_w, float("-inf")).topk(among_k, dim=1, sorted=False))
+    return _selection(chosen), (_selection(among) if outside_w is not None else None)
 
 
 _BLOCK_BUFFERS: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
@@ -141,23 +142,20 @@ def _block_buffer(rows: int, width: int, like: torch.Tensor) -> torch.Tensor:
 def top_among(pre_nw: torch.Tensor, among_w: torch.Tensor, among_k: int) -> Selection:
     """The ``among_k`` largest pre-activations of each row among the latents of ``among_w`` (a
     bool mask, not all False); ``pre_nw`` without autograd."""
-    return _selection([_largest_among(pre_nw, among_w, among_k)])
+    outside_w, among_k = _outside(among_w, among_k)
+    assert outside_w is not None
+    return _selection([pre_nw.masked_fill(outside_w, float("-inf")).topk(among_k, dim=1, sorted=False)])
 
 
-def _largest(block_bw: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, cols) of the ``k`` largest entries of each row."""
-    values_bk, cols_bk = block_bw.topk(k, dim=1, sorted=False)
-    return values_bk, cols_bk
+def _outside(among_w: torch.Tensor | None, among_k: int) -> tuple[torch.Tensor | None, int]:
+    """The latents to leave out, and how many to take among the others (at most as many as there are)."""
+    if among_w is None:
+        return None, among_k
+    return ~among_w, min(among_k, int(among_w.sum()))
 
 
-def _largest_among(block_bw: torch.Tensor, among_w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, cols) of the ``k`` largest entries of each row among the columns of ``among_w``
-    (at most as many as there are)."""
-    return _largest(block_bw.masked_fill(~among_w, float("-inf")), min(k, int(among_w.sum())))
-
-
-def _selection(blocks: list[tuple[torch.Tensor, torch.Tensor]]) -> Selection:
-    """Blocks of (values, cols) of consecutive rows as one selection, rows in increasing order."""
+def _selection(blocks: list[Any]) -> Selection:
+    """Blocks of (values, cols) of consecutive rows (top-k results) as one selection, rows in increasing order."""
     values_nk, cols_nk = torch.cat([values for values, _ in blocks]), torch.cat([cols for _, cols in blocks])
     rows_nk = torch.arange(len(cols_nk), device=cols_nk.device)[:, None].expand_as(cols_nk)
     return Selection(rows_nk.reshape(-1), cols_nk.reshape(-1), values_nk.reshape(-1))

@@ -1,6 +1,6 @@
 """TopK SAE training speed and quality: traitlens vs sae-lens vs a plain dense PyTorch TopK SAE.
 
-All three train a TopK SAE (d=384, width=6144, k=32, batch 4096, fp32, Adam, constant lr) on the
+All three train a TopK SAE (d=384, width=6144, k=32, batch 4096, Adam, constant lr) on the
 same synthetic activations (sparse combinations of a hidden dictionary plus noise) for the same
 number of tokens, each in its own process (so peak memory is its own), one after the other in one
 run. Reported: tokens/s, step time / one dense 4096x384x6144 matmul, NMSE on held-out tokens,
@@ -8,8 +8,10 @@ peak RSS (the process, data included; on a GPU, peak GPU memory too). traitlens'
 twice: the whole run divided by its steps (initialization and saving included, as tokens/s counts
 them) and the steady step, the median time from one step's start to the next's (reading the batch,
 the step, logging: what one more step costs). Then where the steady step's time goes, phase by phase.
+``--precision bfloat16`` runs every trainer's products under bf16 autocast (traitlens'
+``train --precision bfloat16``) and the reference matmul in bf16.
 
-Usage: python benchmarks/sae_training.py [--steps 40] [--device cpu|cuda]
+Usage: python benchmarks/sae_training.py [--steps 40] [--device cpu|cuda] [--precision float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ import torch
 
 D, WIDTH, K, BATCH, LR = 384, 6144, 32, 4096, 5e-4
 TRAINERS = ("matmul", "phases", "traitlens", "traitlens-saelens-init", "saelens", "dense")
+
+
+def autocast(device: str, precision: str) -> torch.autocast:
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
 def synchronize(device: str) -> None:
@@ -68,12 +74,13 @@ def held_out_nmse(reconstruct, tokens: np.ndarray) -> float:  # type: ignore[no-
     return float((recon - x).double().square().sum() / (x - x.mean(0)).double().square().sum())
 
 
-def run_matmul(device: str) -> dict[str, float]:
-    a, b = torch.randn(BATCH, D, device=device), torch.randn(D, WIDTH, device=device)
+def run_matmul(device: str, precision: str) -> dict[str, float]:
+    dtype = getattr(torch, precision)
+    a, b = torch.randn(BATCH, D, device=device, dtype=dtype), torch.randn(D, WIDTH, device=device, dtype=dtype)
     return {"matmul_s": median_time(lambda: torch.mm(a, b), device)}
 
 
-def run_phases(device: str) -> dict[str, float]:
+def run_phases(device: str, precision: str) -> dict[str, float]:
     """Where one steady traitlens step goes: the trainer's own pieces, each timed alone (median of
     repeats) on one batch of the synthetic tokens, after the SAE has trained a few steps."""
     from traitlens.sae import SAEConfig, sparse
@@ -86,17 +93,22 @@ def run_phases(device: str) -> dict[str, float]:
     state: dict[str, torch.Tensor] = {}
 
     def forward() -> None:
-        encoding = sae.encode_for_training(sae.normalize(x_nd))
-        state["loss"] = (sae.decode_normalized(encoding) - sae.normalize(x_nd)).square().sum(1).mean()
+        with autocast(device, precision):
+            encoding = sae.encode_for_training(sae.normalize(x_nd))
+            state["loss"] = (sae.decode_normalized(encoding) - sae.normalize(x_nd)).square().sum(1).mean()
+
+    def select() -> None:
+        with autocast(device, precision):
+            blocked_topk(centered_nd, sae.W_enc, sae.b_enc, K)
 
     def backward() -> None:
         optimizer.zero_grad(set_to_none=True)
         state["loss"].backward(retain_graph=True)
 
     centered_nd = sae.normalize(x_nd) - sae.b_dec
-    blocked = median_time(lambda: blocked_topk(centered_nd, sae.W_enc, sae.b_enc, K), device)
+    blocked = median_time(select, device)
     block_elements, sparse.BLOCK_ELEMENTS = sparse.BLOCK_ELEMENTS, BATCH * WIDTH  # one block: the product, then the top-k
-    whole = median_time(lambda: blocked_topk(centered_nd, sae.W_enc, sae.b_enc, K), device)
+    whole = median_time(select, device)
     sparse.BLOCK_ELEMENTS = block_elements
     timings = {
         "encoder product and top-k, the whole batch as one block": whole,
@@ -109,7 +121,7 @@ def run_phases(device: str) -> dict[str, float]:
     return {f"phase: {name}": seconds for name, seconds in timings.items()}
 
 
-def run_traitlens(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, device: str, saelens_init: bool = False,
+def run_traitlens(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, device: str, precision: str, saelens_init: bool = False,
                   steady: bool = False) -> dict[str, float]:
     """Our defaults (geometric-median decoder bias, inputs scaled to norm sqrt(d)), or with
     ``saelens_init`` sae-lens' (zero decoder bias, no input scaling) to compare the training math alone.
@@ -133,7 +145,7 @@ def run_traitlens(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, device:
                              runs=(RunConfig(SAEConfig(d_in=D, width=WIDTH, activation="topk", k=K,
                                                        normalization="none" if saelens_init else "norm"), lr=LR),),
                              bias_init="zero" if saelens_init else "geometric_median", device=device,
-                             warmup_steps=1, final_lr_fraction=1.0, checkpoint_every=10**9, log_every=10)
+                             warmup_steps=1, final_lr_fraction=1.0, checkpoint_every=10**9, log_every=10, precision=precision)
         trainer = Trainer(config, Workers(0, 1), resume=False)
         Trainer._train_run = timed_train_run  # type: ignore[method-assign]
         synchronize(device)
@@ -148,7 +160,7 @@ def run_traitlens(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, device:
         return result
 
 
-def run_saelens(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, device: str) -> dict[str, float]:
+def run_saelens(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, device: str, precision: str) -> dict[str, float]:
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
@@ -161,8 +173,9 @@ def run_saelens(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, device: s
     start = time.perf_counter()
     for step in range(steps):
         x = x_all[step * BATCH : (step + 1) * BATCH]
-        output = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=since_fired > 1_000_000,
-                                                          n_training_steps=step, is_logging_step=False))
+        with autocast(device, precision):  # as sae-lens' own trainer does with autocast=True
+            output = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=since_fired > 1_000_000,
+                                                              n_training_steps=step, is_logging_step=False))
         optimizer.zero_grad()
         output.loss.backward()
         optimizer.step()
@@ -172,7 +185,7 @@ def run_saelens(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, device: s
     return {"step_s": elapsed / steps, "nmse": held_out_nmse(lambda x: sae.decode(sae.encode(x.to(device))).cpu(), test_nd)}
 
 
-def run_dense(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, device: str) -> dict[str, float]:
+def run_dense(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, device: str, precision: str) -> dict[str, float]:
     """The plain way: dense latents, topk by masking, autograd through dense products."""
     torch.manual_seed(0)
     w_dec = torch.nn.Parameter(torch.nn.functional.normalize(torch.randn(WIDTH, D), dim=1).to(device))
@@ -192,7 +205,9 @@ def run_dense(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, device: str
     start = time.perf_counter()
     for step in range(steps):
         x = x_all[step * BATCH : (step + 1) * BATCH]
-        loss = (forward(x) - x).square().sum(1).mean()
+        with autocast(device, precision):
+            recon = forward(x)
+        loss = (recon.float() - x).square().sum(1).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -201,18 +216,18 @@ def run_dense(steps: int, train_nd: np.ndarray, test_nd: np.ndarray, device: str
     return {"step_s": elapsed / steps, "nmse": held_out_nmse(lambda x: forward(x.to(device)).cpu(), test_nd)}
 
 
-def child(which: str, steps: int, device: str) -> None:
+def child(which: str, steps: int, device: str, precision: str) -> None:
     torch.manual_seed(0)
     if which == "matmul":
-        result = run_matmul(device)
+        result = run_matmul(device, precision)
     elif which == "phases":
-        result = run_phases(device)
+        result = run_phases(device, precision)
     else:
         train_nd, test_nd = synthetic_tokens(steps * BATCH, seed=1), synthetic_tokens(16384, seed=2)
         runners = {"traitlens": lambda *a: run_traitlens(*a, steady=True),
                    "traitlens-saelens-init": lambda *a: run_traitlens(*a, saelens_init=True),
                    "saelens": run_saelens, "dense": run_dense}
-        result = runners[which](steps, train_nd, test_nd, device)
+        result = runners[which](steps, train_nd, test_nd, device, precision)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device == "cuda":
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -223,21 +238,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--child", choices=TRAINERS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.steps, args.device)
+        child(args.child, args.steps, args.device, args.precision)
         return
     results = {}
     for which in TRAINERS:
-        output = subprocess.run([sys.executable, __file__, "--child", which, "--steps", str(args.steps), "--device", args.device],
+        output = subprocess.run([sys.executable, __file__, "--child", which, "--steps", str(args.steps), "--device", args.device,
+                                 "--precision", args.precision],
                                 check=True, capture_output=True, text=True).stdout
         results[which] = json.loads(output.strip().splitlines()[-1])
     matmul = results["matmul"]["matmul_s"]
     cuda = args.device == "cuda"
     where = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} CPU threads"
-    print(f"TopK SAE d={D} width={WIDTH} k={K} batch={BATCH}, fp32, {args.steps} steps, {where}")
-    print(f"one dense {BATCH}x{D}x{WIDTH} matmul: {matmul * 1e3:.1f} ms\n")
+    print(f"TopK SAE d={D} width={WIDTH} k={K} batch={BATCH}, products in {args.precision}, {args.steps} steps, {where}")
+    print(f"one dense {BATCH}x{D}x{WIDTH} matmul in {args.precision}: {matmul * 1e3:.1f} ms\n")
     memory = " peak GPU memory (MiB) |" if cuda else ""
     print(f"| trainer | tokens/s | step (s) | step / matmul | held-out NMSE | peak RSS (MiB) |{memory}")
     print("|---|---|---|---|---|---|" + ("---|" if cuda else ""))

@@ -69,7 +69,7 @@ def _run_train(args: argparse.Namespace) -> int:
         acts=args.acts, layer=layer.name, out=args.out, runs=runs, n_tokens=args.n_tokens, batch_size=args.batch_size,
         seed=args.seed, warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, strict=args.strict, device=args.device,
         data_init=args.data_init, bias_init=args.bias_init, dead_after_tokens=args.dead_after_tokens,
-        log_to=args.log_to,
+        log_to=args.log_to, precision=args.precision,
     )
     if args.resume:
         print("traitlens train: --resume is no longer needed (an unfinished run in --out is resumed); it goes in the next "
@@ -155,6 +155,7 @@ def _run_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from traitlens.backbones.layout import TOKEN_SELECTIONS
     from traitlens.sae.architectures import ARCHITECTURES
+    from traitlens.sae.config import PRECISIONS
     from traitlens.store.row_order import ROW_ORDERS
 
     parser = OneLineParser(prog="traitlens", description="Discover, localize and test the visual traits a vision model uses.")
@@ -215,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the old way to resume; a no-op now
     train.add_argument("--strict", action="store_true", help="stop at NaN/Inf activations instead of skipping them")
     add_device_arg(train)
+    train.add_argument("--precision", choices=PRECISIONS, default="float32",
+                       help="what the encoder and decoder products run in: bfloat16 (autocast; for GPUs with bf16 "
+                            "tensor cores) keeps weights, optimizer and losses in float32 (default float32)")
     train.add_argument("--log-to", type=comma_list(_metrics_sink), default=(),
                        help="also log to tensorboard and/or wandb (comma-separated)")
     train.set_defaults(run=_run_train)

@@ -114,3 +114,20 @@ def test_blocked_selection_has_the_dense_gradients(monkeypatch: pytest.MonkeyPat
 def test_an_empty_batch_selects_nothing() -> None:
     chosen, dead = blocked_topk(torch.empty(0, 6), torch.randn(20, 6), torch.zeros(20), 3, torch.ones(20, dtype=torch.bool), 4)
     assert len(chosen.rows) == len(chosen.values) == 0 and dead is not None and len(dead.cols) == 0
+
+
+def test_under_bf16_autocast_the_selection_is_the_bf16_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(2)
+    x_nd, w_enc, b_enc = torch.randn(40, 16), torch.randn(64, 16), torch.randn(64)
+    monkeypatch.setattr(sparse_module, "BLOCK_ELEMENTS", 8 * 64)
+    monkeypatch.setattr(sparse_module, "MIN_BLOCK_ROWS", 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        chosen, _ = blocked_topk(x_nd, w_enc, b_enc, 4)
+        expected_nw = torch.addmm(b_enc, x_nd, w_enc.t())  # what autocast makes of the full product
+    assert chosen.values.dtype == expected_nw.dtype == torch.bfloat16
+    rows, cols = topk_selection(expected_nw, 4)
+    _assert_same_entries(chosen, rows, cols, expected_nw)
+    full_nw = torch.addmm(b_enc, x_nd, w_enc.t())
+    assert not torch.equal(chosen.values.float(), full_nw[chosen.rows, chosen.cols])  # bf16 rounding, really taken
+    values = preactivations_at(chosen, x_nd, w_enc.requires_grad_(), b_enc)  # the sparse kernels stay in float32
+    assert values.dtype == torch.float32

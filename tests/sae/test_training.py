@@ -61,6 +61,22 @@ def test_every_architecture_learns(sae_store: Path, tmp_path: Path, activation: 
         assert l0 < 128 * 0.6  # the penalty keeps it sparse
 
 
+@pytest.mark.parametrize(("activation", "coefficient"), [("topk", 0.0), ("batchtopk", 0.0), ("relu", 3e-3), ("jumprelu", 3e-2)])
+def test_bfloat16_products_train_as_well_as_float32(sae_store: Path, tmp_path: Path, activation: str, coefficient: float) -> None:
+    run = RunConfig(SAEConfig(d_in=32, width=128, activation=activation, k=8, matryoshka_widths=(32, 128),
+                              normalization="norm"), lr=4e-3, sparsity_coefficient=coefficient)
+    x_nd = _tokens(sae_store)
+    saes = {}
+    for precision in ("float32", "bfloat16"):
+        (directory,) = train(_config(sae_store, tmp_path / precision, run, precision=precision, dead_after_tokens=256),
+                             show_progress=False)
+        saes[precision], saved = load_sae_with_config(directory)
+        assert saved["training"]["precision"] == precision
+        assert all(tensor.dtype == torch.float32 for tensor in saes[precision].state_dict().values())
+    assert not torch.equal(saes["float32"].W_enc, saes["bfloat16"].W_enc)  # the option changes the products
+    assert _nmse(saes["bfloat16"], x_nd) < _nmse(saes["float32"], x_nd) + 0.05
+
+
 def test_matryoshka_prefixes_reconstruct_on_their_own(sae_store: Path, tmp_path: Path) -> None:
     base = SAEConfig(d_in=32, width=128, activation="batchtopk", k=8, normalization="norm")
     runs = (RunConfig(base, lr=4e-3), RunConfig(replace(base, matryoshka_widths=(16, 128)), lr=4e-3))
@@ -115,9 +131,11 @@ def _tree(root: Path) -> dict[str, object]:
     return tree
 
 
-def test_kill_and_resume_ends_identical(sae_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_kill_and_resume_ends_identical(sae_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
     runs = sweep(RunConfig(SAEConfig(d_in=32, width=64, activation="batchtopk", k=4)), lr=(1e-3, 3e-3))
-    config = _config(sae_store, tmp_path / "straight", *runs, n_tokens=256 * 50, checkpoint_every=10, dead_after_tokens=512)
+    config = _config(sae_store, tmp_path / "straight", *runs, n_tokens=256 * 50, checkpoint_every=10, dead_after_tokens=512,
+                     precision=precision)
     train(config, show_progress=False)
 
     killed = replace(config, out=tmp_path / "killed")
@@ -247,6 +265,7 @@ def test_the_log_drops_a_torn_last_line_and_refuses_damage(tmp_path: Path) -> No
 
 
 BAD_TRAIN_FIELDS = [("n_tokens", 0, "n_tokens must be"), ("batch_size", -4, "batch_size must be"),
+                    ("precision", "float16", "unknown precision 'float16'"),
                     ("batch_size", 2.5, "batch_size must be"), ("seed", -1, "seed must be"),
                     ("checkpoint_every", 0, "checkpoint_every must be"),
                     ("dead_after_tokens", -1, "dead_after_tokens must be"), ("log_every", True, "log_every must be"),
@@ -282,6 +301,7 @@ def test_a_finished_run_of_the_previous_release_is_recognized(sae_store: Path, t
     for sae in (saved["sae"], saved["training"]["runs"][0]["sae"]):
         sae.update(jumprelu_initial_threshold=0.001, jumprelu_bandwidth=0.001)
     saved["training"]["tokens"] = saved["training"].pop("n_tokens")  # and the token count was named tokens
+    del saved["training"]["precision"]  # and every run was float32
     path.write_text(json.dumps(saved))
     before = _tree(config.out)
     assert train(config, show_progress=False) == [config.out] and _tree(config.out) == before

@@ -19,6 +19,9 @@ LEGACY_FIELDS = ("jumprelu_initial_threshold", "jumprelu_bandwidth")
 has no such field."""
 Normalization = Literal["none", "norm", "standardize"]
 NORMALIZATIONS: tuple[Normalization, ...] = ("none", "norm", "standardize")
+PRECISIONS = ("float32", "bfloat16")
+"""What training runs an SAE's encoder and decoder products in; weights, optimizer state and losses
+stay float32."""
 
 
 class SAEConfigError(TraitlensError):

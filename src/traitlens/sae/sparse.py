@@ -105,19 +105,26 @@ def blocked_topk(centered_nd: torch.Tensor, w_enc_wd: torch.Tensor, b_enc_w: tor
 
     Rows are cut into blocks of equal size, at least ``MIN_BLOCK_ROWS`` (a product of a few rows
     may take another kernel and round differently): with the BLAS we build with, every
-    pre-activation, and hence every selection, is then bit for bit the one of the full product."""
+    pre-activation, and hence every selection, is then bit for bit the one of the full product.
+
+    Under autocast (``traitlens train --precision bfloat16``) the product runs in autocast's dtype,
+    as autocast would run it, and the selected values keep that dtype."""
     n_rows, width = centered_nd.shape[0], w_enc_wd.shape[0]
+    device_type = centered_nd.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else centered_nd.dtype
     if centered_nd.is_cuda or not n_rows:  # a GPU's caching allocator and its fast top-k need no blocks
         n_blocks, buffer_bw = 1, None
     else:
         n_blocks = math.ceil(n_rows / max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // width))
-        buffer_bw = _block_buffer(math.ceil(n_rows / n_blocks), width, centered_nd)
+        buffer_bw = _block_buffer(math.ceil(n_rows / n_blocks), width, dtype)
     outside_w, among_k = _outside(among_w, among_k)
     chosen, among = [], []
-    with torch.no_grad():
-        for block_bd in centered_nd.tensor_split(n_blocks):
+    # autocast leaves products with an out= buffer alone: the casts are made here, once per batch
+    with torch.no_grad(), torch.autocast(device_type, enabled=False):
+        w_enc_t, b_enc = w_enc_wd.to(dtype).t(), b_enc_w.to(dtype)
+        for block_bd in centered_nd.to(dtype).tensor_split(n_blocks):
             out = None if buffer_bw is None else buffer_bw[: len(block_bd)]
-            block_bw = torch.addmm(b_enc_w, block_bd, w_enc_wd.t(), out=out)
+            block_bw = torch.addmm(b_enc, block_bd, w_enc_t, out=out)
             chosen.append(block_bw.topk(k, dim=1, sorted=False))
             if outside_w is not None:
                 among.append(block_bw.masked_fill(outside_w, float("-inf")).topk(among_k, dim=1, sorted=False))
@@ -127,15 +134,15 @@ def blocked_topk(centered_nd: torch.Tensor, w_enc_wd: torch.Tensor, b_enc_w: tor
 _BLOCK_BUFFERS: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
 
 
-def _block_buffer(rows: int, width: int, like: torch.Tensor) -> torch.Tensor:
+def _block_buffer(rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:
     """One CPU block of pre-activations per shape, reused from step to step: a fresh buffer of this
     size every step costs page faults on its first write that took about a tenth of the step. At
     most 4 shapes are kept (a sweep trains several widths at once), each at most BLOCK_ELEMENTS."""
-    key = (rows, width, like.dtype)
+    key = (rows, width, dtype)
     if key not in _BLOCK_BUFFERS:
         if len(_BLOCK_BUFFERS) >= 4:
             _BLOCK_BUFFERS.clear()
-        _BLOCK_BUFFERS[key] = torch.empty((rows, width), dtype=like.dtype)
+        _BLOCK_BUFFERS[key] = torch.empty((rows, width), dtype=dtype)
     return _BLOCK_BUFFERS[key]
 
 
@@ -222,7 +229,9 @@ def preactivations_at(selection: Selection, x_nd: torch.Tensor, w_enc_wd: torch.
     ``pattern``, the selection's, when the decoder will share it."""
     if pattern is None:
         pattern = Pattern(selection.rows, selection.cols, x_nd.shape[0], w_enc_wd.shape[0])
-    out: torch.Tensor = _Preactivations.apply(selection.values.detach(), x_nd, w_enc_wd, b_enc_w, pattern)
+    # values from a bf16 product (autocast) join the float32 sparse kernels in the input's dtype
+    values = selection.values.detach().to(x_nd.dtype)
+    out: torch.Tensor = _Preactivations.apply(values, x_nd, w_enc_wd, b_enc_w, pattern)
     return out
 
 

@@ -30,6 +30,7 @@ from traitlens.errors import DataError, TraitlensError
 from traitlens.optim_state import load_optimizer_tensors, optimizer_tensors
 from traitlens.output_folder import OWNER_FILE, claim_output_folder
 from traitlens.sae.config import (
+    PRECISIONS,
     Normalization,
     SAEConfig,
     SAEConfigError,
@@ -116,6 +117,7 @@ class TrainConfig:
     strict: bool = False
     device: str = "auto"
     log_to: tuple[str, ...] = ()
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if not isinstance(self.runs, tuple) or not all(isinstance(run, RunConfig) for run in self.runs):
@@ -130,6 +132,7 @@ class TrainConfig:
         check_number("grad_clip", self.grad_clip, TrainingError, positive=True)
         check_number("aux_coefficient", self.aux_coefficient, TrainingError)
         check_choice("bias init", self.bias_init, get_args(BiasInit), TrainingError)
+        check_choice("precision", self.precision, PRECISIONS, TrainingError)
         for sink in self.log_to:
             check_choice("metrics sink", sink, SINKS, TrainingError)
 
@@ -324,11 +327,12 @@ class Trainer:
     def _train_run(self, run: _Run, x_nd: torch.Tensor, global_tokens: int, logging_step: bool) -> dict[str, float]:
         cfg, sae = run.config.sae, run.sae
         xn_nd = sae.normalize(x_nd)
-        encoding = sae.encode_for_training(xn_nd, self._dead_latents(run), self.config.aux_k)
-        recon_nd = sae.decode_normalized(encoding)
-        prefixes = cfg.nested_widths[:-1]
-        errors = [(sae.decode_normalized(encoding, p) - xn_nd).square().sum(1).mean() for p in prefixes]
-        errors.append((recon_nd - xn_nd).square().sum(1).mean())
+        # mixed precision: the products (encoder, dense decoder) under autocast, every loss in float32
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bfloat16"):
+            encoding = _in_float32(sae.encode_for_training(xn_nd, self._dead_latents(run), self.config.aux_k))
+            decoded_nd = [sae.decode_normalized(encoding, p) for p in (*cfg.nested_widths[:-1], None)]
+        *prefix_nd, recon_nd = [decoded.float() for decoded in decoded_nd]
+        errors = [(decoded - xn_nd).square().sum(1).mean() for decoded in (*prefix_nd, recon_nd)]
         recon_loss = torch.stack(errors).mean()
         loss = recon_loss
         penalty = cfg.architecture.sparsity_penalty(sae, encoding)
@@ -474,6 +478,13 @@ class Trainer:
         return self.result_dirs
 
 
+def _in_float32(encoding: Encoding) -> Encoding:
+    """The encoding's dense tensors in float32 (autocast makes them in bfloat16); sparse codes
+    already are."""
+    return replace(encoding, pre_nw=None if encoding.pre_nw is None else encoding.pre_nw.float(),
+                   latents_nw=None if encoding.latents_nw is None else encoding.latents_nw.float())
+
+
 def _identity(training: dict[str, Any]) -> dict[str, Any]:
     """What fixes a training run's result: its config without where and how it is run and logged,
     each SAE config in today's form (one written before architectures had their own fields
@@ -481,6 +492,7 @@ def _identity(training: dict[str, Any]) -> dict[str, Any]:
     identity = {key: value for key, value in training.items() if key not in ("out", "device", "log_to", "checkpoint_every")}
     if "tokens" in identity and "n_tokens" not in identity:  # configs saved before the rename call the count tokens
         identity["n_tokens"] = identity.pop("tokens")
+    identity.setdefault("precision", "float32")  # configs saved before bfloat16 training were float32
     runs = identity.get("runs")
     if isinstance(runs, list):
         identity["runs"] = [_current_run(run) for run in runs]

@@ -4,7 +4,8 @@
     scripts/docs.py --check     list every block or value a fresh run would change; exit 1 if any
     scripts/docs.py --list      every marker and where its content comes from
     --fast                      only the cheap part (CI runs ``--check --fast`` in tests/test_docs.py)
-    --only TEXT                 only the markers whose spec contains TEXT (one section after a change)
+    --only TEXT                 only the markers whose spec contains TEXT (one section after a change;
+                                repeat it for several, which then share one run's results)
 
 ``--check`` also parses every ``traitlens`` command line the docs show (fenced shell blocks, inline
 code, the markers below) with the real argument parser, so a renamed flag fails it; a line with
@@ -48,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -928,9 +929,9 @@ class Outcome:
     skipped: int = 0
 
 
-def regenerate(docs: list[Path], fast: bool, only: str | None = None) -> Outcome:
-    """Render every marker of ``docs`` (those whose spec contains ``only``, when given) and check
-    every command line they show."""
+def regenerate(docs: list[Path], fast: bool, only: Sequence[str] | None = None) -> Outcome:
+    """Render every marker of ``docs`` (those whose spec contains one of ``only``, when given) and
+    check every command line they show."""
     outcome = Outcome()
     texts = {doc: doc.read_text() for doc in docs}
     lines = [line for doc, text in texts.items() for line in command_lines(doc, text)]
@@ -946,7 +947,7 @@ def regenerate(docs: list[Path], fast: bool, only: str | None = None) -> Outcome
             pieces, last = [], 0
             for marker in markers(doc, text):
                 try:
-                    if only is not None and only not in marker.spec:
+                    if only is not None and not any(text in marker.spec for text in only):
                         raise SlowWork(marker.spec)
                     body = render(marker, workspace)
                     outcome.checked += 1
@@ -988,7 +989,8 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--write", action="store_true", help="rewrite the docs with what the code gives")
     action.add_argument("--list", action="store_true", help="every marker and where its content comes from")
     parser.add_argument("--fast", action="store_true", help="only the cheap part (what CI runs)")
-    parser.add_argument("--only", metavar="TEXT", help="only the markers whose command, recipe or source contains TEXT")
+    parser.add_argument("--only", metavar="TEXT", action="append",
+                        help="only the markers whose command, recipe or source contains TEXT (repeat for several)")
     parser.add_argument("docs", nargs="*", type=Path, help="Markdown files (default: README.md and docs/*.md)")
     args = parser.parse_args(argv)
     docs = [doc.resolve() for doc in args.docs] or default_docs()

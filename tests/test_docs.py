@@ -74,6 +74,16 @@ def test_a_stale_value_is_found_then_rewritten_from_its_source(tmp_path: Path) -
     assert docs.main(["--check", str(page)]) == 0
 
 
+def test_only_may_be_repeated_and_leaves_every_other_marker_as_it_is(tmp_path: Path) -> None:
+    metrics = json.loads((model_directory("specimens-vit") / "model.json").read_text())["metrics"]
+    page = tmp_path / "page.md"
+    text = ("Accuracy <!-- value: model/metrics/val_accuracy :.1% -->{}<!-- /value -->, <!-- value: model/metrics/n_val :, -->{}"
+            "<!-- /value --> images, <!-- value: model/metrics/n_train :, -->{}<!-- /value --> to train.\n")
+    page.write_text(text.format("99.9%", "1", "2"))
+    assert docs.main(["--write", "--only", "val_accuracy", "--only", "n_train", str(page)]) == 0
+    assert page.read_text() == text.format(f"{metrics['val_accuracy']:.1%}", "1", f"{metrics['n_train']:,}")
+
+
 def test_lookup_picks_a_row_by_key_and_refuses_what_is_not_one_value() -> None:
     data = {"rows": [{"trait": "crest", "ap": 0.5}, {"trait": "tail", "ap": 0.25}, {"trait": "tail", "ap": 0.1}]}
     assert docs.lookup(data, "rows/trait=crest/ap") == 0.5

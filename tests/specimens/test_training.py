@@ -23,20 +23,6 @@ from traitlens.specimens.training import ModelTrainingError, TrainModelConfig, t
 TINY = ViTShape(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
 
 
-@pytest.fixture(scope="module")
-def colors(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three classes that differ by a colored square in a fixed corner, on noise."""
-    root = tmp_path_factory.mktemp("colors")
-    rng = np.random.default_rng(0)
-    for label, channel in (("red", 0), ("green", 1), ("blue", 2)):
-        (root / label).mkdir()
-        for i in range(40):
-            pixels = rng.integers(0, 90, (32, 32, 3), dtype=np.uint8)
-            pixels[4:14, 4:14, channel] = 255
-            Image.fromarray(pixels).save(root / label / f"{i:03d}.png")
-    return root
-
-
 def _config(data: Path, out: Path, **changes: object) -> TrainModelConfig:
     options: dict = {"epochs": 4, "batch_size": 16, "lr": 3e-3, "shape": TINY, **changes}
     return TrainModelConfig(data=data, out=out, **options)

@@ -71,11 +71,16 @@ def _model_shape(args: argparse.Namespace) -> Any:
 
 
 def _run_train_model(args: argparse.Namespace) -> int:
+    from traitlens.errors import SpecError
+    from traitlens.specimens.distillation import TeacherConfig
     from traitlens.specimens.training import TrainModelConfig, train_model
 
     shape = _model_shape(args)
+    if args.teacher is None and (args.teacher_layer != "-1" or args.distill_weight != 1.0):
+        raise SpecError("--teacher-layer and --distill-weight need --teacher")
+    teacher = None if args.teacher is None else TeacherConfig(args.teacher, args.teacher_layer, args.distill_weight)
     config = TrainModelConfig(data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                              val_fraction=args.val_fraction, seed=args.seed, shape=shape, overwrite=args.overwrite)
+                              val_fraction=args.val_fraction, seed=args.seed, shape=shape, teacher=teacher, overwrite=args.overwrite)
     out = train_model(config)
     metrics = json.loads((out / "model.json").read_text())["metrics"]
     print(f"saved {out}: train accuracy {metrics['train_accuracy']:.1%}, validation accuracy "
@@ -374,6 +379,11 @@ def add_specimens_commands(commands: Any, add_model_args: Any) -> None:
     train.add_argument("--blocks", type=comma_list(positive_int), help=f"{cnn}: residual blocks per stage (default 1,1,1,1)")
     train.add_argument("--output-stride", type=int, choices=(8, 16, 32),
                        help=f"{cnn}: input pixels per cell of the last stage's grid, dilating past it (default 8)")
+    train.add_argument("--teacher", metavar="SPEC", help="distil a teacher model's patch tokens into the last layer's "
+                       "(e.g. traitlens:specimens-cnn; a linear map, dropped after training, predicts them)")
+    train.add_argument("--teacher-layer", default="-1", help="the teacher's layer, a name or index (default -1, its last)")
+    train.add_argument("--distill-weight", type=positive_float, default=1.0,
+                       help="weight of the teacher's hint against the cross-entropy (default 1)")
     add_overwrite_arg(train, resumable=True)
     train.set_defaults(run=_run_train_model)
 

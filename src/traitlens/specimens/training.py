@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from traitlens.backbones.backbone import Backbone
+from traitlens.backbones.preprocess import Preprocess
 from traitlens.backbones.weights import fixed_seed
 from traitlens.checkpoints import CHECKPOINT, EpochCheckpoints, claim_training_folder
 from traitlens.checks import check_float, check_int
@@ -27,6 +29,7 @@ from traitlens.data import open_image_source
 from traitlens.data.labelled import load_labelled_images
 from traitlens.errors import TraitlensError
 from traitlens.lr_schedule import warmup_cosine
+from traitlens.specimens.distillation import FeatureHint, TeacherConfig, load_teacher, patch_grid
 from traitlens.specimens.model_dir import (
     CONFIG,
     CNNShape,
@@ -59,6 +62,8 @@ class TrainModelConfig:
     val_fraction: float = 0.1
     seed: int = 0
     shape: ModelShape = field(default_factory=ViTShape)
+    teacher: TeacherConfig | None = None
+    """Feature distillation from a teacher model's patch tokens (:mod:`traitlens.specimens.distillation`)."""
     overwrite: bool = False
     """Start ``out`` again from scratch instead of resuming or keeping its model."""
 
@@ -73,6 +78,8 @@ class TrainModelConfig:
         check_float(self.val_fraction, "--val-fraction", ModelTrainingError, below=1)
         if not isinstance(self.shape, (ViTShape, CNNShape)):
             raise ModelTrainingError(f"shape must be a ViTShape or a CNNShape, got {self.shape!r}")
+        if self.teacher is not None and not isinstance(self.teacher, TeacherConfig):
+            raise ModelTrainingError(f"teacher must be a TeacherConfig, got {self.teacher!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """What fixes the weights (``overwrite`` does not): a checkpoint or a finished model is
@@ -80,6 +87,8 @@ class TrainModelConfig:
         data = asdict(self)
         data["data"], data["out"] = str(self.data), str(self.out)
         del data["overwrite"]
+        if self.teacher is None:  # as a model trained before distillation existed records it
+            del data["teacher"]
         return json.loads(json.dumps(data))  # as read back from JSON (tuples become lists)
 
 
@@ -99,6 +108,7 @@ def accuracy(model: nn.Module, pixels_nchw: torch.Tensor, labels_n: torch.Tensor
 def train_model(config: TrainModelConfig, show_progress: bool = True) -> Path:
     """Train (or resume training) and save the model directory ``config.out``; a finished model
     of the same config is left as it is."""
+    teacher_backbone = None if config.teacher is None else load_teacher(config.teacher)
     if claim_training_folder(config.out, COMMAND, CONFIG, config.to_dict(), "a model",
                              overwrite=config.overwrite, error=ModelTrainingError):
         return config.out
@@ -108,10 +118,13 @@ def train_model(config: TrainModelConfig, show_progress: bool = True) -> Path:
     saved = SavedModel(config.shape, tuple(images.class_names))
     with fixed_seed(config.seed):
         model = saved.build()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    checkpoints = EpochCheckpoints(config.out / CHECKPOINT, config.to_dict() | {"class_names": images.class_names},
+        hint = None if teacher_backbone is None else _feature_hint(config.teacher, teacher_backbone, model, preprocess)
+    trained = model if hint is None else nn.ModuleDict({"model": model, "hint": hint.project})  # the teacher stays as it is
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    teacher = {} if hint is None else {"teacher": hint.identity()}
+    checkpoints = EpochCheckpoints(config.out / CHECKPOINT, config.to_dict() | {"class_names": images.class_names} | teacher,
                                    ModelTrainingError)
-    first_epoch = checkpoints.load(model, optimizer, config.epochs)
+    first_epoch = checkpoints.load(trained, optimizer, config.epochs)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     start = time.perf_counter()
@@ -123,12 +136,19 @@ def train_model(config: TrainModelConfig, show_progress: bool = True) -> Path:
         for step_in_epoch, batch in enumerate(progress):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, epoch * steps_per_epoch + step_in_epoch, steps_per_epoch)
-            loss = loss_fn(model(images.pixels_nchw[batch]), images.labels_n[batch])
+            pixels_nchw, labels_n = images.pixels_nchw[batch], images.labels_n[batch]
+            if hint is None:
+                loss = loss_fn(model(pixels_nchw), labels_n)
+            else:
+                with hint.student.capture(hint.student_layer, detach=False) as captured:
+                    logits = model(pixels_nchw)
+                patches = patch_grid(hint.student, hint.student_layer, captured[hint.student_layer])
+                loss = loss_fn(logits, labels_n) + hint.config.weight * hint.loss(patches, hint.targets(pixels_nchw))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             progress.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        checkpoints.save(epoch + 1, model, optimizer)
+        checkpoints.save(epoch + 1, trained, optimizer)
     model.eval()
     metrics = {
         "train_accuracy": accuracy(model, images.pixels_nchw[train_idx], images.labels_n[train_idx]),
@@ -136,6 +156,16 @@ def train_model(config: TrainModelConfig, show_progress: bool = True) -> Path:
         "n_train": len(train_idx), "n_val": len(val_idx), "train_seconds_this_run": round(time.perf_counter() - start, 1),
     }
     save_model_dir(config.out, model, SavedModel(config.shape, tuple(images.class_names),
-                                                 {"training": config.to_dict(), "metrics": metrics, "preprocess": preprocess.to_dict()}))
+                                                 {"training": config.to_dict(), "metrics": metrics, "preprocess": preprocess.to_dict()}
+                                                 | teacher))
     checkpoints.remove()
     return config.out
+
+
+def _feature_hint(config: TeacherConfig | None, teacher: Backbone, model: nn.Module, preprocess: Preprocess) -> FeatureHint:
+    """The hint for ``model`` (its layers probed in eval mode, so no batch-norm statistics move)."""
+    from traitlens.backbones.timm_provider import timm_backbone
+
+    assert config is not None
+    model.eval()
+    return FeatureHint(config, teacher, timm_backbone("the student", model, preprocess, None))

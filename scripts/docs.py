@@ -4,8 +4,9 @@
     scripts/docs.py --check     list every block or value a fresh run would change; exit 1 if any
     scripts/docs.py --list      every marker and where its content comes from
     --fast                      only the cheap part (CI runs ``--check --fast`` in tests/test_docs.py)
-    --only TEXT                 only the markers whose spec contains TEXT (one section after a change;
-                                repeat it for several, which then share one run's results)
+    --only TEXT                 only the markers whose spec contains TEXT, or is NAME for ``=NAME`` (one
+                                section after a change; repeat it for several, which then share one run's
+                                results)
 
 ``--check`` also parses every ``traitlens`` command line the docs show (fenced shell blocks, inline
 code, the markers below) with the real argument parser, so a renamed flag fails it; a line with
@@ -947,7 +948,7 @@ def regenerate(docs: list[Path], fast: bool, only: Sequence[str] | None = None) 
             pieces, last = [], 0
             for marker in markers(doc, text):
                 try:
-                    if only is not None and not any(text in marker.spec for text in only):
+                    if only is not None and not any(_selects(text, marker.spec) for text in only):
                         raise SlowWork(marker.spec)
                     body = render(marker, workspace)
                     outcome.checked += 1
@@ -975,6 +976,12 @@ def regenerate(docs: list[Path], fast: bool, only: Sequence[str] | None = None) 
     return outcome
 
 
+def _selects(text: str, spec: str) -> bool:
+    """``--only TEXT``: a spec containing TEXT, or exactly NAME for ``=NAME`` (the recipe ``goals``,
+    not every ``*-goals``)."""
+    return spec == text[1:] if text.startswith("=") else text in spec
+
+
 def _difference(old: str, new: str) -> str:
     if "\n" not in old + new:
         return f": the docs say {old!r}, the code gives {new!r}"
@@ -990,7 +997,7 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--list", action="store_true", help="every marker and where its content comes from")
     parser.add_argument("--fast", action="store_true", help="only the cheap part (what CI runs)")
     parser.add_argument("--only", metavar="TEXT", action="append",
-                        help="only the markers whose command, recipe or source contains TEXT (repeat for several)")
+                        help="only the markers whose command, recipe or source contains TEXT (=NAME: is NAME); repeat for several")
     parser.add_argument("docs", nargs="*", type=Path, help="Markdown files (default: README.md and docs/*.md)")
     args = parser.parse_args(argv)
     docs = [doc.resolve() for doc in args.docs] or default_docs()

@@ -80,7 +80,7 @@ def test_only_may_be_repeated_and_leaves_every_other_marker_as_it_is(tmp_path: P
     text = ("Accuracy <!-- value: model/metrics/val_accuracy :.1% -->{}<!-- /value -->, <!-- value: model/metrics/n_val :, -->{}"
             "<!-- /value --> images, <!-- value: model/metrics/n_train :, -->{}<!-- /value --> to train.\n")
     page.write_text(text.format("99.9%", "1", "2"))
-    assert docs.main(["--write", "--only", "val_accuracy", "--only", "n_train", str(page)]) == 0
+    assert docs.main(["--write", "--only", "val_accuracy", "--only", "=model/metrics/n_train :,", "--only", "=n_val", str(page)]) == 0
     assert page.read_text() == text.format(f"{metrics['val_accuracy']:.1%}", "1", f"{metrics['n_train']:,}")
 
 

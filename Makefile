@@ -39,6 +39,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/extraction.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/extraction_profile.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sae_training.py --steps 40
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sae_training.py --steps 40 --precision bfloat16
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

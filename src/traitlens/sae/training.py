@@ -331,8 +331,9 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bfloat16"):
             encoding = _in_float32(sae.encode_for_training(xn_nd, self._dead_latents(run), self.config.aux_k))
             decoded_nd = [sae.decode_normalized(encoding, p) for p in (*cfg.nested_widths[:-1], None)]
-        *prefix_nd, recon_nd = [decoded.float() for decoded in decoded_nd]
-        errors = [(decoded - xn_nd).square().sum(1).mean() for decoded in (*prefix_nd, recon_nd)]
+        decoded_nd = [decoded.float() for decoded in decoded_nd]
+        recon_nd = decoded_nd[-1]
+        errors = [(decoded - xn_nd).square().sum(1).mean() for decoded in decoded_nd]
         recon_loss = torch.stack(errors).mean()
         loss = recon_loss
         penalty = cfg.architecture.sparsity_penalty(sae, encoding)

@@ -108,7 +108,7 @@ def accuracy(model: nn.Module, pixels_nchw: torch.Tensor, labels_n: torch.Tensor
 def train_model(config: TrainModelConfig, show_progress: bool = True) -> Path:
     """Train (or resume training) and save the model directory ``config.out``; a finished model
     of the same config is left as it is."""
-    teacher_backbone = None if config.teacher is None else load_teacher(config.teacher)
+    teacher = None if config.teacher is None else (config.teacher, load_teacher(config.teacher))  # checked before anything is written
     if claim_training_folder(config.out, COMMAND, CONFIG, config.to_dict(), "a model",
                              overwrite=config.overwrite, error=ModelTrainingError):
         return config.out
@@ -118,11 +118,11 @@ def train_model(config: TrainModelConfig, show_progress: bool = True) -> Path:
     saved = SavedModel(config.shape, tuple(images.class_names))
     with fixed_seed(config.seed):
         model = saved.build()
-        hint = None if teacher_backbone is None else _feature_hint(config.teacher, teacher_backbone, model, preprocess)
+        hint = None if teacher is None else _feature_hint(*teacher, model, preprocess)
     trained = model if hint is None else nn.ModuleDict({"model": model, "hint": hint.project})  # the teacher stays as it is
     optimizer = torch.optim.AdamW(trained.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    teacher = {} if hint is None else {"teacher": hint.identity()}
-    checkpoints = EpochCheckpoints(config.out / CHECKPOINT, config.to_dict() | {"class_names": images.class_names} | teacher,
+    teacher_identity = {} if hint is None else {"teacher": hint.identity()}
+    checkpoints = EpochCheckpoints(config.out / CHECKPOINT, config.to_dict() | {"class_names": images.class_names} | teacher_identity,
                                    ModelTrainingError)
     first_epoch = checkpoints.load(trained, optimizer, config.epochs)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
@@ -157,15 +157,14 @@ def train_model(config: TrainModelConfig, show_progress: bool = True) -> Path:
     }
     save_model_dir(config.out, model, SavedModel(config.shape, tuple(images.class_names),
                                                  {"training": config.to_dict(), "metrics": metrics, "preprocess": preprocess.to_dict()}
-                                                 | teacher))
+                                                 | teacher_identity))
     checkpoints.remove()
     return config.out
 
 
-def _feature_hint(config: TeacherConfig | None, teacher: Backbone, model: nn.Module, preprocess: Preprocess) -> FeatureHint:
+def _feature_hint(config: TeacherConfig, teacher: Backbone, model: nn.Module, preprocess: Preprocess) -> FeatureHint:
     """The hint for ``model`` (its layers probed in eval mode, so no batch-norm statistics move)."""
     from traitlens.backbones.timm_provider import timm_backbone
 
-    assert config is not None
     model.eval()
     return FeatureHint(config, teacher, timm_backbone("the student", model, preprocess, None))

@@ -20,9 +20,9 @@ $(STAMP): pyproject.toml
 	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-build-isolation 'sam2==1.1.0'
 	touch $(STAMP)
 
-# the report on the embedded default: without --data it is the demo (traitlens demo --out runs/demo)
+# the report on the demo's model (traitlens.demo.DEMO_MODEL): without --data it is the demo (traitlens demo --out runs/demo)
 demo: $(STAMP)
-	$(BIN)/traitlens report --model traitlens:specimens-vit --out runs/demo
+	$(BIN)/traitlens report --model traitlens:specimens-vit-mean --out runs/demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

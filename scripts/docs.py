@@ -58,7 +58,7 @@ from typing import Any
 from traitlens.atomic import atomic_write_bytes
 from traitlens.cli import build_parser
 from traitlens.cli_args import join_negative_values
-from traitlens.demo import DemoConfig
+from traitlens.demo import DEMO_MODEL, DemoConfig
 from traitlens.explain.config import DEFAULT_GAMMA
 from traitlens.specimens.catalog import LOOKALIKES, SPECIES, TRAITS
 from traitlens.specimens.provider import model_directory
@@ -220,6 +220,16 @@ def writers(lines: list[CommandLine]) -> dict[Path, set[Command]]:
     return found
 
 
+def _distinct(commands: set[Command]) -> list[Command]:
+    """One of each command that ``commands`` spell more than one way (``demo`` and ``demo --out
+    runs/demo`` are one job): the same subcommand parsed to the same options."""
+    kept: dict[str, Command] = {}
+    for command in sorted(commands, key=len, reverse=True):  # the most explicit spelling runs
+        namespace = parse(command)
+        kept.setdefault(repr(sorted(vars(namespace).items())) if namespace else repr(command), command)
+    return list(kept.values())
+
+
 # --- running commands ----------------------------------------------------------------------------
 
 class Workspace:
@@ -267,7 +277,7 @@ class Workspace:
             if not candidates:
                 continue
             out = max(candidates, key=lambda candidate: len(candidate.parts))
-            commands = self.writers[out] - {command}
+            commands = _distinct(self.writers[out] - {command})
             if len(commands) > 1:
                 raise DocsError(f"{out} is written by several commands in the docs: "
                                 + "; ".join(sorted(display(other) for other in commands)))
@@ -306,7 +316,8 @@ class Workspace:
 EMBEDDED_MODEL = "traitlens:specimens-vit"
 EMBEDDED_DIRECTORY = model_directory("specimens-vit")
 EMBEDDED_FACTS = json.loads((EMBEDDED_DIRECTORY / "model.json").read_text())
-MODEL_LAYERS = tuple(f"blocks.{index}" for index in range(EMBEDDED_FACTS["shape"]["depth"]))
+DEMO_DIRECTORY = model_directory(DEMO_MODEL.removeprefix("traitlens:"))
+DEMO_LAYERS = tuple(f"blocks.{index}" for index in range(json.loads((DEMO_DIRECTORY / "model.json").read_text())["shape"]["depth"]))
 DEMO_LAYER = DemoConfig().layer
 FEATURE_SETS = ("sae", "neurons", "pca", "kmeans")
 
@@ -415,11 +426,10 @@ def report_command(short: str) -> str:
     return f"traitlens specimens report --model traitlens:{ZOO[short]} --out reports/{short} --seed {REPORT_SEED}"
 
 
-def _zoo_model(short: str) -> Callable[[Workspace], dict[str, Any]]:
-    """An embedded zoo model's ``model.json`` with its weights size and parameter count."""
+def _model_facts(directory: Path) -> Callable[[Workspace], dict[str, Any]]:
+    """An embedded model's ``model.json`` with its weights size and parameter count."""
 
     def load(_: Workspace) -> dict[str, Any]:
-        directory = model_directory(ZOO[short])
         facts = json.loads((directory / "model.json").read_text())
         from safetensors.numpy import load_file
 
@@ -603,13 +613,14 @@ def _default_layer(short: str) -> str:
 
 SOURCES: dict[str, Callable[[Workspace], Any]] = {
     **{f"segmentation-{short}": _segmentation(short) for short in SEGMENTERS},
-    **{f"zoo-{short}": _zoo_model(short) for short in ZOO},
+    **{f"zoo-{short}": _model_facts(model_directory(name)) for short, name in ZOO.items()},
     **{f"report-{short}": _report(short) for short in ZOO},
     **{f"sae-convergence-{short}": _sae_convergence(short) for short in ZOO},
     **{f"suppression-{short}": _suppression_counts(short) for short in ZOO},
     "code": _code,
     "model": _model,
-    **{demo_source(layer): _demo(layer) for layer in MODEL_LAYERS},
+    **{demo_source(layer): _demo(layer) for layer in DEMO_LAYERS},
+    "demo-model": _model_facts(DEMO_DIRECTORY),
     "demo-sae": _demo_sae,
     "heads-vit": _heads_vit,
     "finetune-vit": _finetune_vit,
@@ -656,7 +667,7 @@ def fence(text: str, language: str = "") -> str:
 def _steer_crest(workspace: Workspace) -> str:
     """README: zero the demo SAE's crest latents on the crested species, command and output."""
     latents = workspace.source("demo")["trait_latents"]["crest"]
-    options = [("--model", EMBEDDED_MODEL), ("--sae", "runs/demo/sae"), ("--data", "runs/demo/specimens/images/sp01"),
+    options = [("--model", DEMO_MODEL), ("--sae", "runs/demo/sae"), ("--data", "runs/demo/specimens/images/sp01"),
                ("--target", "sp00"), ("--out", "steer/crest"), *(("--edit", f"{latent}=zero") for latent in latents)]
     printed = workspace.run(("steer", *(token for option in options for token in option)))
     shown = [f"{name} {value}" for name, value in options]
@@ -674,7 +685,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _demo_layers(workspace: Workspace) -> str:
     """docs/results.md: the demo's causal test and discovery on every block."""
     rows = []
-    for layer in MODEL_LAYERS:
+    for layer in DEMO_LAYERS:
         results = workspace.source(demo_source(layer))
         pooled = lookup(results, "suppression/pair=all")
         label = f"{layer} (the demo)" if layer == DEMO_LAYER else layer
@@ -923,9 +934,9 @@ class Outcome:
     stale: list[str] = dataclasses.field(default_factory=list)
     """Markers whose content differs from what the code gives now."""
     changed: dict[Path, str] = dataclasses.field(default_factory=dict)
+    """New text of every document whose markers now render differently."""
     notes: list[str] = dataclasses.field(default_factory=list)
     """Timings of this run beside the ``measured`` words of the docs, for a person to judge."""
-    """New text of every document whose markers now render differently."""
     checked: int = 0
     skipped: int = 0
 

@@ -103,7 +103,9 @@ def test_blocks_run_what_their_input_needs_first_and_failures_are_reported(tmp_p
         "```\n```\n<!-- /generated -->\n\n"
         "<!-- generated (fast): traitlens layers --model nosuch:model -->\n```\n```\n<!-- /generated -->\n\n"
         "<!-- generated: traitlens demo --out runs/demo -->\n```\n```\n<!-- /generated -->\n\n"
-        "<!-- value: model/metrics/n_val -->0<!-- /value --> opens a line.\n"
+        "<!-- value: model/metrics/n_val -->0<!-- /value --> opens a line.\n\n"
+        # the same job spelled another way is one writer of tiny/, not two
+        "Or `traitlens specimens generate --seed 3 --n-images 16 --out tiny`.\n"
     )
     outcome = docs.regenerate([page], fast=True)
     assert outcome.skipped == 1  # the demo is not in the fast part

@@ -13,6 +13,7 @@ import pytest
 from tests.html_pages import local_targets, parse_page
 from tests.store.conftest import TINY_VIT, make_class_folder
 from traitlens.cli import main
+from traitlens.demo import DEMO_MODEL
 from traitlens.report import DataReportConfig, report_on_data
 from traitlens.specimens.generate import GenerateConfig, generate
 
@@ -60,9 +61,12 @@ def test_a_model_whose_classes_are_not_the_labels(tmp_path: Path, capsys: pytest
     assert "no-such-layer" in capsys.readouterr().err
 
 
-def test_without_data_only_the_embedded_default_has_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_data_only_the_demos_model_has_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--model", TINY_VIT, "--random-init", "--out", str(tmp_path / "r")]) == 2
     assert "--data is needed" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    # the demo's model before it moved to the mean-pooled ViT: refused, naming the one that is
+    assert main(["report", "--model", "traitlens:specimens-vit", "--out", str(tmp_path / "r")]) == 2
+    assert f"on {DEMO_MODEL}" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_images_the_store_skipped_and_classes_without_images(tmp_path: Path) -> None:

@@ -260,10 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--acts", required=True, type=Path, help="store directory")
     inspect.set_defaults(run=_run_inspect)
 
-    demo = commands.add_parser("demo", help="the main job on the embedded default data and model")
+    demo = commands.add_parser("demo", help="the main job on the embedded benchmark and traitlens:specimens-vit-mean")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"),
                       help="output directory (default: runs/demo; an unfinished demo there is resumed)")
-    demo.add_argument("--layer", help="block the SAE reads and the edits change (default: blocks.1)")
+    demo.add_argument("--layer", help="block the SAE reads and the edits change (default: blocks.2, the one before the last)")
     demo.add_argument("--n-images", type=positive_int, help="specimens drawn, at least 16 (default: 1024)")
     rename_option(demo, "--images", "--n-images")
     demo.add_argument("--seed", type=non_negative_int, help="specimens seed (default: 1; the model was trained on 0)")
@@ -275,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(report)
     report.add_argument("--data", type=Path,
                         help="images: class folder, image folder, image file, table, segmentation folder or saved HF dataset "
-                             "(default, with the embedded traitlens:specimens-vit only: a fresh specimens benchmark, the demo)")
-    report.add_argument("--layer", help="layer the SAE reads (default: the one before the last; blocks.1 for the demo)")
+                             "(default, with traitlens:specimens-vit-mean only, the demo's model: a fresh specimens benchmark, the demo)")
+    report.add_argument("--layer", help="layer the SAE reads (default: the one before the last)")
     report.add_argument("--sae-epochs", type=positive_int, default=5, help="passes of SAE training over the tokens (default 5)")
     add_device_arg(report)
     report.add_argument("--out", required=True, type=Path,

@@ -1,9 +1,9 @@
 """The demo on the embedded default: discover, localize and test traits on the specimens benchmark.
 
-``make demo`` draws specimens from a seed the embedded ``traitlens:specimens-vit`` never saw and:
+``make demo`` draws specimens from a seed the zoo's ``traitlens:specimens-vit-mean`` never saw and:
 
 1. measures the model's accuracy on them;
-2. stores the tokens of its second block and trains a TopK SAE on them;
+2. stores the tokens of its third block and trains a TopK SAE on them;
 3. analyzes every latent (``traitlens features``) and writes the browsable feature report;
 4. scores trait discovery: the SAE's best latent per trait against raw neurons, PCA and k-means;
 5. localizes with Grad-CAM and LayerCAM against their Finer-CAM versions on look-alike pairs;
@@ -46,11 +46,15 @@ from traitlens.specimens.suppression import (
     SuppressionOptions,
     score_suppression,
 )
-from traitlens.store import ExtractConfig, extract
+from traitlens.store import ActivationStore, ExtractConfig, extract
+from traitlens.store.files import MANIFEST
 from traitlens.store.summary import summarize_store
 from traitlens.tables import markdown_table
 
-DEMO_MODEL = "traitlens:specimens-vit"
+DEMO_MODEL = "traitlens:specimens-vit-mean"
+DEMO_MODEL_WHY = ("the zoo's model that tells the clearest true story: counterfactual twins show it relies on every "
+                  "trait, and its head reads the mean of all its patch tokens, so an edit of a trait's latents can "
+                  "change its answer (docs/results.md, \"The demo's model\")")
 FIGURES = "report-figures"
 N_STEPS = 7
 
@@ -63,10 +67,8 @@ class DemoConfig:
     seed: int = 1
     """The embedded model was trained on seed 0; the demo measures it on images it never saw."""
     n_images: int = 1024
-    layer: str = "blocks.1"
-    """The second of four blocks: its patch tokens still pass through two blocks before the CLS
-    head reads them, so an edit there can change the prediction (at the last block only the CLS
-    token counts)."""
+    layer: str = "blocks.2"
+    """The one before the last of four blocks, as in ``specimens report``: at least one block reads the edit."""
     sae_expansion: int = 8
     sae_k: int = 16
     sae_epochs: int = 20
@@ -126,14 +128,27 @@ def _causal_tests(config: DemoConfig, sae_dir: Path) -> dict[str, Any]:
             "attribution": attribution}
 
 
+def _refuse_another_model(config: DemoConfig) -> None:
+    """A demo folder made on another model (before the demo moved to the mean-pooled ViT, it ran
+    on ``traitlens:specimens-vit``) is refused in one line, before anything is drawn into it."""
+    if config.overwrite or not (config.acts / MANIFEST).is_file():
+        return
+    model = ActivationStore(config.acts).model.spec
+    if model != DEMO_MODEL:
+        raise TraitlensError(f"{config.out} holds a demo of {model}; the demo now runs on {DEMO_MODEL}: "
+                             "pass --overwrite to start it again, or choose another --out")
+
+
 def run_demo(config: DemoConfig = DemoConfig()) -> str:
     """Run every step under ``config.out`` (resuming finished ones) and return what to print."""
     # each step claims its own subfolder too; a demo from before the owner file is known by its
     # specimens job or its results
     claim_output_folder(config.out, "demo", overwrite=config.overwrite, resumable=True,
                         own_files=(f"specimens/{JOB_FILE}", "scores/demo.json"))
+    _refuse_another_model(config)
     _step(1, f"specimens: {config.n_images} images of seed {config.seed}, and the model's accuracy on them")
-    data = generate(GenerateConfig(config.data, n=config.n_images, seed=config.seed))
+    # twin-safe framing, as the model was trained on (and the twins for the oracle and reliance)
+    data = generate(GenerateConfig(config.data, n=config.n_images, seed=config.seed, twins=True))
     accuracy = model_accuracy(AccuracyConfig(model=DEMO_MODEL, data=data / "images", device="cpu"))
     _step(2, f"extract {config.layer} tokens and train a TopK SAE ({config.sae_expansion}x, k={config.sae_k}, {config.sae_epochs} epochs)")
     extract(ExtractConfig(model=DEMO_MODEL, data=data, layers=(config.layer,), out=config.acts, tokens="all", batch_size=64))
@@ -148,7 +163,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> str:
                                           show_progress=True).rows
     _step(6, "interventions: suppress trait latents vs matched random latents; attribute look-alike pairs to latents")
     causal = _causal_tests(config, sae_dir)
-    results = {"model": DEMO_MODEL, "seed": config.seed, "n_images": config.n_images, "accuracy": accuracy,
+    results = {"model": DEMO_MODEL, "why": DEMO_MODEL_WHY, "seed": config.seed, "n_images": config.n_images, "accuracy": accuracy,
                "discovery": discovery, "localization": localization, **causal}
     atomic_write_json(config.scores / "demo.json", results)
     _step(7, "report, with its pictures")
@@ -158,6 +173,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> str:
     write_demo_report(config.report, results, features, features_index, figures)
     return "\n".join([
         summarize_store(config.acts),
+        f"Why {DEMO_MODEL}: {DEMO_MODEL_WHY}",
         f"{DEMO_MODEL} on {accuracy['n_images']} specimens of seed {config.seed} (it was trained on seed 0): "
         f"accuracy {accuracy['accuracy']:.1%}",
         "",

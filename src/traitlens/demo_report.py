@@ -108,6 +108,7 @@ def write_demo_report(path: Path, results: dict[str, Any], features: LatentFeatu
     index_href = escape(Path(os.path.relpath(features_index, path.parent)).as_posix())
     body = f"""
 <h1>traitlens demo: which traits {escape(results['model'])} uses, where, and whether it depends on them</h1>
+<p class="meta">Why this model: it is {escape(results['why'])}.</p>
 <p class="meta">{results['n_images']} specimens of seed {results['seed']} (the model was trained on seed 0):
 accuracy {accuracy['accuracy']:.1%}. SAE on layer {escape(results['layer'])}: {features.width} latents, {n_alive} alive.
 <a href="{index_href}">Browse every latent</a> (sortable, filterable; a page per latent with its top images).</p>
@@ -129,8 +130,8 @@ differs from the held-out number by the images alone.</p>
 look-alike; <i>mass inside</i> is the share of the heatmap on the distinguishing trait's pixels,
 <i>pointing game</i> how often its peak lands there, <i>chance</i> the trait's share of the image.</p>
 {_localization(results)}
-<p>One image per pair: the trait that tells the species apart (tinted), Grad-CAM of its species, and Finer-CAM
-against its look-alike.</p>
+<p>One image per pair: the trait that tells the species apart (tinted), its counterfactual twin (the same
+specimen as the look-alike), Grad-CAM of its species, and Finer-CAM against its look-alike.</p>
 {"".join(figures.localization.values())}
 
 <h2>3. Test: does the model depend on the trait latents?</h2>

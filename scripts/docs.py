@@ -369,6 +369,7 @@ def _demo(layer: str) -> Callable[[Workspace], dict[str, Any]]:
         return {**results, "sae_wins": len(won), "sae_won_traits": _spoken(won),
                 "sae_lost_traits": _spoken([row["trait"] for row in rows if row["trait"] not in won]),
                 "unflipped_traits": _spoken([row["trait"] for row in pairs if row["flip_rate"] == 0]),
+                "patching_min": min(row["flip_rate"] for row in results["patching"] if row["trait"]),
                 "attribution_top": len(results["attribution"][0]["top_latents"])}
 
     return load
@@ -459,7 +460,7 @@ def _report(short: str) -> Callable[[Workspace], dict[str, Any]]:
                 "finer_gain": {method: spearman[f"Finer-CAM ({method}, γ={DEFAULT_GAMMA:g}, ref: look-alike)"] - spearman[method]
                                for method in LOCALIZATION_METHODS.values()},
                 "suppression_share": {kind: (suppression[f"flip_{kind}"] or 0) / suppression["reliance"]
-                                      if suppression["reliance"] else None for kind in ("mask_ap", "twin")}}
+                                      if suppression["reliance"] else None for kind in ("mask_ap", "twin", "patch")}}
 
     return load
 
@@ -687,11 +688,12 @@ def _demo_layers(workspace: Workspace) -> str:
     rows = []
     for layer in DEMO_LAYERS:
         results = workspace.source(demo_source(layer))
-        pooled = lookup(results, "suppression/pair=all")
+        pooled, patched = lookup(results, "suppression/pair=all"), lookup(results, "patching/pair=all")
         label = f"{layer} (the demo)" if layer == DEMO_LAYER else layer
         rows.append([label, *(f"{pooled[key]:.3f}" for key in ("flip_rate", "flip_rate_top_latent", "flip_rate_random")),
-                     str(results["sae_wins"])])
+                     f"{patched['flip_rate']:.3f}", f"{patched['flip_rate_random']:.3f}", str(results["sae_wins"])])
     header = ["SAE layer", "flips, trait latents zeroed", "flips, best latent alone", "flips, matched random latents",
+              "flips, twin latents patched from the twin", "flips, matched random latents patched",
               f"best-AP traits won by the SAE (of {len(TRAITS)})"]
     return _table(header, rows)
 
@@ -798,11 +800,13 @@ def _goals(workspace: Workspace) -> str:
                      f"{_number(report['relied_min_ap'])} / {_number(report['relied_mean_ap'])} ({report['relied_traits']} traits)",
                      *(f"{report['finer_gain'][method]:+.3f}" for method in LOCALIZATION_METHODS.values()),
                      f"{_number(report['suppression_share']['mask_ap'], '.0%')} / {_number(report['suppression_share']['twin'], '.0%')}",
-                     f"{_number(pooled['random_mask_ap'], '.1%')} / {_number(pooled['random_twin'], '.1%')}"])
+                     f"{_number(pooled['random_mask_ap'], '.1%')} / {_number(pooled['random_twin'], '.1%')}",
+                     f"{_number(report['suppression_share']['patch'], '.0%')}", f"{_number(pooled['random_patch'], '.1%')}"])
     return _table(["model", "traits where the best SAE latent beats neuron, PCA and k-means",
                    f"best-latent patch AP on relied traits (reliance ≥ {RELIED}), min / mean",
                    "Finer-CAM − Grad-CAM, Spearman with oracle", "Finer-CAM − LayerCAM, Spearman with oracle",
-                   "suppression flips / reliance: mask-AP / twin latents", "matched random flips: mask-AP / twin"], rows)
+                   "suppression flips / reliance: mask-AP / twin latents", "matched random flips: mask-AP / twin",
+                   "twin latents patched from the twin: flips / reliance", "matched random latents patched: flips"], rows)
 
 
 def _sae_convergence_table(workspace: Workspace) -> str:

@@ -22,7 +22,7 @@ def test_a_small_demo_writes_a_report_whose_links_and_images_exist(tmp_path: Pat
     assert "accuracy" in printed and "# Trait discovery" in printed and "Look-alike flips" in printed
     assert (config.data / "twins").is_dir() and DEMO_MODEL in printed and "clearest true story" in printed
     page = parse_page(config.report)
-    assert page.n_tables == 4
+    assert page.n_tables == 5
     targets = local_targets(config.report, page)
     assert any(target.name == "index.html" for target in targets)
     assert any(target.parent.name == "latents" for target in targets)
@@ -42,6 +42,10 @@ def test_a_small_demo_writes_a_report_whose_links_and_images_exist(tmp_path: Pat
     text = " ".join(page.text)
     assert all(row["pair"] in text for row in results["suppression"])
     assert all(len(row["latents"]) == 3 for row in results["suppression"][:-1])
+    # the twin patching table: one row per pair and the pooled one, each pair with its 3 twin latents
+    assert [row["pair"] for row in results["patching"]] == [row["pair"] for row in results["suppression"]]
+    assert all(len(results["twin_latents"][row["trait"]]) == 3 for row in results["patching"][:-1])
+    assert "patched in from the twin" in printed
     report_bytes = config.report.read_bytes()
     assert run_demo(config) == printed and config.report.read_bytes() == report_bytes
 

@@ -8,10 +8,12 @@
 4. scores trait discovery: the SAE's best latent per trait against raw neurons, PCA and k-means;
 5. localizes with Grad-CAM and LayerCAM against their Finer-CAM versions on look-alike pairs;
 6. suppresses each pair's trait latents inside the model and counts look-alike flips, against
-   random latents of matched frequency, and attributes each pair's comparative score to latents;
+   random latents of matched frequency; patches each pair's twin-difference latents in from every
+   image's counterfactual twin and counts flips the same way; and attributes each pair's
+   comparative score to latents;
 7. writes one HTML report (``report.html``) with all of it, and its pictures (``report-figures/``).
 
-Steps 1-3 resume where an interruption left them; the scoring steps 4-7 (about 30 seconds) run again.
+Steps 1-3 resume where an interruption left them; the scoring steps 4-7 (about two minutes) run again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from traitlens.atomic import atomic_write_json
 from traitlens.backbones import load_backbone
@@ -46,6 +50,8 @@ from traitlens.specimens.suppression import (
     SuppressionOptions,
     score_suppression,
 )
+from traitlens.specimens.twin_latents import top_twin_latents, twin_difference
+from traitlens.specimens.twin_patching import PATCHING_COLUMNS, twin_patch_flips
 from traitlens.store import ActivationStore, ExtractConfig, extract
 from traitlens.store.files import MANIFEST
 from traitlens.store.summary import summarize_store
@@ -117,15 +123,21 @@ def _step(number: int, text: str) -> None:
 
 
 def _causal_tests(config: DemoConfig, sae_dir: Path) -> dict[str, Any]:
-    """Suppression flips (trait latents picked on the masks), then pair attribution, on the SAE's layer."""
+    """Suppression flips (trait latents picked on the masks), twin patching flips (latents picked by
+    twin difference), then pair attribution, on the SAE's layer."""
     options = SuppressionOptions(n_latents=config.trait_latents, n_random=config.n_random)
     suppression = score_suppression(SuppressionConfig(model=DEMO_MODEL, sae=sae_dir, acts=config.acts, data=config.data,
                                                       out=config.scores, options=options, device="cpu"), show_progress=True)
     placed = load_sae_on_model(DEMO_MODEL, sae_dir, device="cpu")
+    benchmark = read_benchmark(config.data)
+    twin_latents = top_twin_latents(twin_difference(placed.backbone, placed.sae, placed.layer, placed.tokens, benchmark),
+                                    config.trait_latents)
+    patching = twin_patch_flips(placed.backbone, placed.sae, placed.layer, placed.tokens, benchmark, twin_latents,
+                                torch.from_numpy(LatentFeatures(config.features).frequency), options, show_progress=True)
     attribution = lookalike_attribution(placed.backbone, placed.sae, placed.layer, placed.tokens, open_image_source(config.data),
-                                        read_benchmark(config.data), trait_latents=suppression["trait_latents"], show_progress=True)
+                                        benchmark, trait_latents=suppression["trait_latents"], show_progress=True)
     return {"layer": placed.layer, "trait_latents": suppression["trait_latents"], "suppression": suppression["rows"],
-            "attribution": attribution}
+            "twin_latents": twin_latents, "patching": patching, "attribution": attribution}
 
 
 def _refuse_another_model(config: DemoConfig) -> None:
@@ -161,7 +173,8 @@ def run_demo(config: DemoConfig = DemoConfig()) -> str:
     _step(5, "localization: Grad-CAM and LayerCAM vs Finer-CAM on look-alike pairs")
     localization = lookalike_localization(load_backbone(DEMO_MODEL), open_image_source(data), read_benchmark(data),
                                           show_progress=True).rows
-    _step(6, "interventions: suppress trait latents vs matched random latents; attribute look-alike pairs to latents")
+    _step(6, "interventions: suppress trait latents and patch twin latents, each vs matched random latents; "
+             "attribute look-alike pairs to latents")
     causal = _causal_tests(config, sae_dir)
     results = {"model": DEMO_MODEL, "why": DEMO_MODEL_WHY, "seed": config.seed, "n_images": config.n_images, "accuracy": accuracy,
                "discovery": discovery, "localization": localization, **causal}
@@ -186,6 +199,11 @@ def run_demo(config: DemoConfig = DemoConfig()) -> str:
         f"# Look-alike flips when each pair's {config.trait_latents} trait latents are zeroed at {causal['layer']}",
         "",
         markdown_table(causal["suppression"], SUPPRESSION_COLUMNS).rstrip(),
+        "",
+        f"# Look-alike flips when each pair's {config.trait_latents} twin-difference latents are patched in from the twin "
+        f"at {causal['layer']}",
+        "",
+        markdown_table(causal["patching"], PATCHING_COLUMNS).rstrip(),
         "",
         f"Report: {config.report}  (features: {features_index})",
     ])

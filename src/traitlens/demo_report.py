@@ -85,6 +85,13 @@ def _suppression(results: dict[str, Any], link: _LatentLinks) -> str:
                    "flip: matched random", "any change"], rows)
 
 
+def _patching(results: dict[str, Any], link: _LatentLinks) -> str:
+    rows = [[escape(row["pair"]), escape(row["trait"]), ", ".join(link(latent) for latent in results["twin_latents"].get(row["trait"], [])),
+             row["n_eligible"], row["flip_rate"], row["flip_rate_random"]] for row in results["patching"]]
+    return _table(["pair", "trait", "twin-difference latents", "eligible", "flip: latents patched from the twin",
+                   "flip: matched random patched"], rows)
+
+
 def _attribution(results: dict[str, Any], link: _LatentLinks) -> str:
     rows = []
     for row in results["attribution"]:
@@ -145,6 +152,12 @@ rate as a trait latent.</p>
 <p>Two images per pair with the probabilities of the species and its look-alike before &rarr; after its trait
 latents are zeroed.</p>
 {"".join(figures.suppression.values())}
+<p>Zeroing takes a trait away; the counterfactual twin shows the look-alike's value of it. Here each pair's
+{len(results['suppression'][0]['latents'])} latents that change most between image and twin are
+set, on every token, to their values on the same token of the image's twin (the rest of the token and the
+reconstruction error stay): the edit that asks the model for the look-alike. The control patches as many
+random latents of matched firing rate the same way.</p>
+{_patching(results, link)}
 
 <h2>4. Which latents separate each species from its look-alike?</h2>
 <p>Finer-CAM's question in features: the gradient &times; activation of

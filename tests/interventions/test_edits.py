@@ -11,6 +11,7 @@ from traitlens.interventions.edits import (
     LatentEdit,
     apply_edits,
     latent_edit,
+    latent_patch,
     token_positions,
 )
 from traitlens.sae.config import SAEConfig
@@ -90,3 +91,24 @@ def test_a_long_edit_is_refused_before_it_is_matched() -> None:
         with pytest.raises(InterventionError, match="cannot read the edit"):
             LatentEdit.parse(text)
     assert LatentEdit.parse("7=" + "1" * 20 + ".5max") == LatentEdit(7, "max", float("1" * 20 + ".5"))
+
+
+def test_patching_sets_the_chosen_latents_to_the_source_tokens_values_and_nothing_else() -> None:
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=6, width=12, activation="relu"))
+    layout = TokenLayout(n_prefix=1, grid_hw=(2, 2), has_cls=True)
+    tokens_btd, source_btd = torch.randn(3, 5, 6), torch.randn(3, 5, 6)
+    with torch.no_grad():
+        # the image's own tokens as the source: nothing moves, exactly
+        assert torch.equal(latent_patch(sae, [1, 4], tokens_btd, layout, "all")(tokens_btd), tokens_btd)
+        edited_btd = latent_patch(sae, [1, 4], source_btd, layout, "patch")(tokens_btd)
+        z_nw, z_source_nw = (sae.encode(x_btd[:, 1:].reshape(-1, 6)) for x_btd in (tokens_btd, source_btd))
+        expected_nw = z_nw.clone()
+        expected_nw[:, [1, 4]] = z_source_nw[:, [1, 4]]
+        expected_nd = tokens_btd[:, 1:].reshape(-1, 6) + (sae.decode(expected_nw) - sae.decode(z_nw))
+    assert torch.equal(edited_btd[:, 0], tokens_btd[:, 0])  # the CLS token is not read, so it stays
+    torch.testing.assert_close(edited_btd[:, 1:].reshape(-1, 6), expected_nd)
+    with pytest.raises(InterventionError, match="one source image per image"):
+        latent_patch(sae, [1], source_btd[:2], layout, "all")(tokens_btd)
+    with pytest.raises(InterventionError, match="out of range"):
+        latent_patch(sae, [12], source_btd, layout, "all")

@@ -6,7 +6,7 @@ from traitlens.interventions.attribution import (
     comparative_attribution,
     latent_attribution,
 )
-from traitlens.interventions.edits import InterventionError, LatentEdit, apply_edits, latent_edit
+from traitlens.interventions.edits import InterventionError, LatentEdit, apply_edits, latent_edit, latent_patch
 from traitlens.interventions.steer import (
     SteerConfig,
     SteeredPredictions,
@@ -28,6 +28,7 @@ __all__ = [
     "comparative_attribution",
     "latent_attribution",
     "latent_edit",
+    "latent_patch",
     "steer",
     "steer_batch",
     "steer_source",

@@ -165,3 +165,28 @@ def latent_edit(sae: SparseAutoencoder, edits: Sequence[LatentEdit], layout: Tok
         return edited_btd.reshape(chosen_nd.shape)
 
     return lambda tokens_btd: splice(tokens_btd, layout, selection, replace)
+
+
+def latent_patch(sae: SparseAutoencoder, latents: Sequence[int], source_btd: torch.Tensor, layout: TokenLayout,
+                 selection: TokenSelection) -> TokenEdit:
+    """A token edit for :meth:`Backbone.edit` that patches ``latents`` in from other images: each
+    selected token's chosen latents take their values on the same token of ``source_btd`` (the
+    layer's tokens of one source image per image of the batch, e.g. each image's counterfactual
+    twin). The token moves by the decoded change only, as for :func:`latent_edit`, so its other
+    latents and its reconstruction error stay; patching in the image's own tokens changes nothing."""
+    check_edits([LatentEdit(latent, "zero") for latent in latents], sae.config.width, None)
+    columns = torch.tensor(list(latents), dtype=torch.int64, device=sae.W_enc.device)
+    source_nd = layout.select(source_btd, selection)
+    source_nd = source_nd.reshape(-1, source_nd.shape[-1]).to(sae.W_enc.device, torch.float32)
+
+    def replace(chosen_nd: torch.Tensor) -> torch.Tensor:
+        if chosen_nd.shape != source_nd.shape:
+            raise InterventionError(f"the source tokens are {tuple(source_nd.shape)}, the batch's {tuple(chosen_nd.shape)}: "
+                                    "patching needs one source image per image, at the same layer")
+        x32_nd = chosen_nd.to(sae.W_enc.device, torch.float32)
+        latents_nw = sae.encode(x32_nd)
+        patched_nw = latents_nw.clone()
+        patched_nw[:, columns] = sae.encode(source_nd)[:, columns]
+        return (x32_nd + (sae.decode(patched_nw) - sae.decode(latents_nw))).to(chosen_nd.device)
+
+    return lambda tokens_btd: splice(tokens_btd, layout, selection, replace)

@@ -48,6 +48,7 @@ from traitlens.specimens.model_accuracy import AccuracyConfig, model_accuracy
 from traitlens.specimens.reliance import RelianceConfig, read_oracle_map, score_reliance
 from traitlens.specimens.suppression import SuppressionOptions, suppression_flips, top_trait_latents
 from traitlens.specimens.twin_latents import top_twin_latents, twin_difference
+from traitlens.specimens.twin_patching import twin_patch_flips
 from traitlens.store import ActivationStore, ExtractConfig, extract
 from traitlens.tables import markdown_table, write_text
 
@@ -107,7 +108,8 @@ def _edit_layer(config: ReportConfig, backbone: Backbone) -> str:
 
 
 def _suppression(config: ReportConfig, sae_dir: Path, acts: Path, data: Path, reliance: dict[str, Any]) -> dict[str, Any]:
-    """Suppression flips of the mask-AP latents and of the twin-difference latents, per pair."""
+    """Suppression flips of the mask-AP latents and of the twin-difference latents, and flips when
+    the twin-difference latents are patched in from the twin, per pair."""
     from traitlens.interventions.setup import load_sae_on_model
 
     benchmark = read_benchmark(data)
@@ -124,19 +126,23 @@ def _suppression(config: ReportConfig, sae_dir: Path, acts: Path, data: Path, re
     flips = {name: suppression_flips(placed.backbone, placed.sae, placed.layer, placed.tokens, source, benchmark, latents,
                                      frequency_w, options, show_progress=True)
              for name, latents in choices.items()}
+    patched = twin_patch_flips(placed.backbone, placed.sae, placed.layer, placed.tokens, benchmark, choices["twin difference"],
+                               frequency_w, options, show_progress=True)
     reliance_of = {row["trait"] or "all": row["reliance"] for row in reliance["pairs"]}
     rows = []
     for index, mask_row in enumerate(flips["mask AP"]):
         twin_row = flips["twin difference"][index] if index < len(flips["twin difference"]) else {}
+        patch_row = next((row for row in patched if row["pair"] == mask_row["pair"]), {})
         rows.append({"pair": mask_row["pair"], "trait": mask_row["trait"], "n_eligible": mask_row["n_eligible"],
                      "reliance": reliance_of.get(mask_row["trait"] or "all"),
                      "flip_mask_ap": mask_row["flip_rate"], "random_mask_ap": mask_row["flip_rate_random"],
-                     "flip_twin": twin_row.get("flip_rate"), "random_twin": twin_row.get("flip_rate_random")})
-    return {"layer": placed.layer, "latents": choices, "rows": rows, "flips": flips}
+                     "flip_twin": twin_row.get("flip_rate"), "random_twin": twin_row.get("flip_rate_random"),
+                     "flip_patch": patch_row.get("flip_rate"), "random_patch": patch_row.get("flip_rate_random")})
+    return {"layer": placed.layer, "latents": choices, "rows": rows, "flips": {**flips, "twin patch": patched}}
 
 
 SUPPRESSION_REPORT_COLUMNS = ["pair", "trait", "n_eligible", "reliance", "flip_mask_ap", "random_mask_ap", "flip_twin",
-                              "random_twin"]
+                              "random_twin", "flip_patch", "random_patch"]
 
 
 def run_report(config: ReportConfig) -> dict[str, Any]:
@@ -207,6 +213,7 @@ def _write_report_page(config: ReportConfig, markdown: str, suppression: dict[st
                       {"mask-AP latents": [row["flip_mask_ap"] for row in pairs],
                        "matched random": [row["random_mask_ap"] for row in pairs],
                        "twin-difference latents": [row["flip_twin"] for row in pairs],
+                       "twin-difference latents patched from the twin": [row["flip_patch"] for row in pairs],
                        "twin reliance": [row["reliance"] for row in pairs]})
     body = "\n".join([
         markdown_body(markdown),
@@ -247,7 +254,9 @@ def report_markdown(result: dict[str, Any], discovery_md: str) -> str:
         f"## Suppression ({result['suppression']['layer']}, {config['trait_latents']} latents per pair)", "",
         "Share of correctly predicted images that turn into the look-alike when the pair's latents are zeroed: chosen by mask "
         "AP or by twin difference, each against as many random latents of matched firing rate; `reliance` is the twin's own "
-        "flip rate, what removing the trait perfectly would reach.", "",
+        "flip rate, what removing the trait perfectly would reach. `flip_patch` patches the twin-difference latents in from "
+        "the twin instead (each token's chosen latents take their values on the twin's token; the rest of the token stays), "
+        "`random_patch` as many matched random latents.", "",
         markdown_table(result["suppression"]["rows"], SUPPRESSION_REPORT_COLUMNS),
         "",
     ])

@@ -86,7 +86,7 @@ def matched_random_latents(frequency_w: torch.Tensor, latents: Sequence[int], ca
     return drawn
 
 
-def _pooled(rates: Sequence[dict[str, Any]]) -> float | None:
+def pooled_flip_rate(rates: Sequence[dict[str, Any]]) -> float | None:
     eligible = sum(rate["n_eligible"] for rate in rates)
     return sum(rate["n_flipped"] for rate in rates) / eligible if eligible else None
 
@@ -133,14 +133,14 @@ def suppression_flips(backbone: Backbone, sae: SparseAutoencoder, layer: str, se
         pooled["random"] += draws
         rows.append({"pair": f"{pair.a} / {pair.b}", "trait": pair.trait, "latents": latents, "n_eligible": trait["n_eligible"],
                      "flip_rate": trait["flip_rate"], "flip_rate_top_latent": top["flip_rate"],
-                     "flip_rate_random": _pooled(draws), "change_rate": trait["change_rate"]})
+                     "flip_rate_random": pooled_flip_rate(draws), "change_rate": trait["change_rate"]})
     progress.close()
     if not rows:
         raise ScoringError("no look-alike pair has both images and trait latents to suppress")
     n_eligible = sum(rate["n_eligible"] for rate in pooled["trait"])
     rows.append({"pair": "all", "trait": "", "latents": [], "n_eligible": n_eligible,
-                 "flip_rate": _pooled(pooled["trait"]), "flip_rate_top_latent": _pooled(pooled["top"]),
-                 "flip_rate_random": _pooled(pooled["random"]),
+                 "flip_rate": pooled_flip_rate(pooled["trait"]), "flip_rate_top_latent": pooled_flip_rate(pooled["top"]),
+                 "flip_rate_random": pooled_flip_rate(pooled["random"]),
                  "change_rate": sum(rate["n_changed"] for rate in pooled["trait"]) / n_eligible if n_eligible else None})
     return rows
 

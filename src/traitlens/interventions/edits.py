@@ -12,7 +12,7 @@ import argparse
 import math
 import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -142,6 +142,15 @@ def token_positions(layout: TokenLayout, selection: TokenSelection, patches: Seq
     return sorted({offset + patch for patch in patches})
 
 
+def _moved_by_latents(sae: SparseAutoencoder, x_nd: torch.Tensor,
+                      edit: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``x_nd`` moved by the decoded change ``edit`` makes to its latents: ``x + (decode(z') - decode(z))``,
+    the difference taken first so that an edit that changes no latent changes no bit."""
+    x32_nd = x_nd.to(sae.W_enc.device, torch.float32)
+    latents_nw = sae.encode(x32_nd)
+    return (x32_nd + (sae.decode(edit(latents_nw)) - sae.decode(latents_nw))).to(x_nd.device)
+
+
 def latent_edit(sae: SparseAutoencoder, edits: Sequence[LatentEdit], layout: TokenLayout, selection: TokenSelection,
                 patches: Sequence[int] | None = None, observed_max_w: torch.Tensor | None = None) -> TokenEdit:
     """A token edit for :meth:`Backbone.edit`: the tokens of ``selection`` (only the chosen
@@ -150,10 +159,7 @@ def latent_edit(sae: SparseAutoencoder, edits: Sequence[LatentEdit], layout: Tok
     positions = token_positions(layout, selection, patches)
 
     def shift(x_nd: torch.Tensor) -> torch.Tensor:
-        x32_nd = x_nd.to(sae.W_enc.device, torch.float32)
-        latents_nw = sae.encode(x32_nd)
-        delta_nd = sae.decode(apply_edits(latents_nw, edits, observed_max_w)) - sae.decode(latents_nw)
-        return (x32_nd + delta_nd).to(x_nd.device)
+        return _moved_by_latents(sae, x_nd, lambda latents_nw: apply_edits(latents_nw, edits, observed_max_w))
 
     def replace(chosen_nd: torch.Tensor) -> torch.Tensor:
         if positions is None:
@@ -177,16 +183,19 @@ def latent_patch(sae: SparseAutoencoder, latents: Sequence[int], source_btd: tor
     check_edits([LatentEdit(latent, "zero") for latent in latents], sae.config.width, None)
     columns = torch.tensor(list(latents), dtype=torch.int64, device=sae.W_enc.device)
     source_nd = layout.select(source_btd, selection)
-    source_nd = source_nd.reshape(-1, source_nd.shape[-1]).to(sae.W_enc.device, torch.float32)
+    source_nd = source_nd.reshape(-1, source_nd.shape[-1])
+    # the source is encoded once, however many forward passes the edit is spliced into
+    source_values_nl = sae.encode(source_nd.to(sae.W_enc.device, torch.float32))[:, columns]
+
+    def patched(latents_nw: torch.Tensor) -> torch.Tensor:
+        patched_nw = latents_nw.clone()
+        patched_nw[:, columns] = source_values_nl
+        return patched_nw
 
     def replace(chosen_nd: torch.Tensor) -> torch.Tensor:
         if chosen_nd.shape != source_nd.shape:
             raise InterventionError(f"the source tokens are {tuple(source_nd.shape)}, the batch's {tuple(chosen_nd.shape)}: "
                                     "patching needs one source image per image, at the same layer")
-        x32_nd = chosen_nd.to(sae.W_enc.device, torch.float32)
-        latents_nw = sae.encode(x32_nd)
-        patched_nw = latents_nw.clone()
-        patched_nw[:, columns] = sae.encode(source_nd)[:, columns]
-        return (x32_nd + (sae.decode(patched_nw) - sae.decode(latents_nw))).to(chosen_nd.device)
+        return _moved_by_latents(sae, chosen_nd, patched)
 
     return lambda tokens_btd: splice(tokens_btd, layout, selection, replace)

@@ -130,9 +130,9 @@ def _suppression(config: ReportConfig, sae_dir: Path, acts: Path, data: Path, re
                                frequency_w, options, show_progress=True)
     reliance_of = {row["trait"] or "all": row["reliance"] for row in reliance["pairs"]}
     rows = []
-    for index, mask_row in enumerate(flips["mask AP"]):
-        twin_row = flips["twin difference"][index] if index < len(flips["twin difference"]) else {}
-        patch_row = next((row for row in patched if row["pair"] == mask_row["pair"]), {})
+    twin_rows, patch_rows = ({row["pair"]: row for row in found} for found in (flips["twin difference"], patched))
+    for mask_row in flips["mask AP"]:
+        twin_row, patch_row = twin_rows.get(mask_row["pair"], {}), patch_rows.get(mask_row["pair"], {})
         rows.append({"pair": mask_row["pair"], "trait": mask_row["trait"], "n_eligible": mask_row["n_eligible"],
                      "reliance": reliance_of.get(mask_row["trait"] or "all"),
                      "flip_mask_ap": mask_row["flip_rate"], "random_mask_ap": mask_row["flip_rate_random"],
